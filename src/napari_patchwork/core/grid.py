@@ -1,0 +1,85 @@
+"""Pure grid planning: where the patches of a ``GridSampler`` go and which voxels each owns.
+
+The arithmetic is TorchIO's (from NiftyNet): starts every ``patch - overlap`` voxels, plus one
+last patch flush with the far border. With padding, the grid is planned on the volume padded by
+``overlap // 2`` on each side, and the starts are returned in *unpadded* coordinates.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from .location import PatchLocation
+from .types import TypeTriplet
+
+
+def grid_starts(size: int, patch: int, overlap: int, padded: bool = False) -> list[int]:
+    """Sorted first indices of the patches along one axis.
+
+    Examples
+    --------
+    >>> grid_starts(10, 4, 2)
+    [0, 2, 4, 6]
+    >>> grid_starts(10, 4, 2, padded=True)
+    [-1, 1, 3, 5, 7]
+    """
+    border = overlap // 2 if padded else 0
+    extent = size + 2 * border
+    step = patch - overlap
+    starts = list(range(0, extent - patch + 1, step))
+    if starts[-1] != extent - patch:
+        starts.append(extent - patch)
+    return [start - border for start in starts]
+
+
+def grid_locations(
+    spatial_shape: Sequence[int],
+    patch_size: TypeTriplet,
+    patch_overlap: TypeTriplet = (0, 0, 0),
+    padded: bool = False,
+) -> list[PatchLocation]:
+    """All patch locations of a grid, in lexicographic order of their first index.
+
+    Examples
+    --------
+    >>> locations = grid_locations((8, 8, 4), (4, 4, 4))
+    >>> len(locations), locations[1].index
+    (4, (0, 4, 0))
+    """
+    axes = [
+        grid_starts(s, p, o, padded)
+        for s, p, o in zip(spatial_shape, patch_size, patch_overlap)
+    ]
+    return [PatchLocation(index, patch_size) for index in itertools.product(*axes)]
+
+
+def crop_intervals(
+    size: int, patch: int, overlap: int, padded: bool = False
+) -> dict[int, tuple[int, int]]:
+    """Map each start along one axis to the voxels ``[lo, hi)`` its patch owns in crop mode.
+
+    Half the overlap is trimmed from each inner side (and, for padded grids, from the outer
+    sides too); where the flush last patch overlaps more, the later patch wins, as when
+    TorchIO writes the patches in order. The intervals partition ``[0, size)``.
+
+    Examples
+    --------
+    >>> crop_intervals(10, 4, 2)
+    {0: (0, 3), 2: (3, 5), 4: (5, 7), 6: (7, 10)}
+    """
+    half = overlap // 2
+    starts = grid_starts(size, patch, overlap, padded)
+    bounds = []
+    for start in starts:
+        trim_ini = half if (padded or start > 0) else 0
+        trim_fin = half if (padded or start + patch != size) else 0
+        lo = min(max(start + trim_ini, 0), size)
+        hi = min(max(start + patch - trim_fin, 0), size)
+        bounds.append((lo, hi))
+    intervals = {}
+    for index, (start, (lo, hi)) in enumerate(zip(starts, bounds)):
+        if index + 1 < len(bounds):
+            hi = min(hi, bounds[index + 1][0])
+        intervals[start] = (lo, max(lo, hi))
+    return intervals

@@ -1,0 +1,225 @@
+"""Images: a ``(C, I, J, K)`` tensor and a 4×4 affine, from memory or a lazily read NIfTI file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io.nifti import read_nifti, read_nifti_header
+from .location import PatchLocation
+
+INTENSITY = "intensity"
+LABEL = "label"
+
+
+def _as_tensor(data: Any, name: str) -> torch.Tensor:
+    if isinstance(data, torch.Tensor):
+        tensor = data
+    elif isinstance(data, np.ndarray):
+        if data.dtype == np.uint16:
+            data = data.astype(np.int32)
+        elif data.dtype == np.uint32:
+            data = data.astype(np.int64)
+        tensor = torch.from_numpy(np.ascontiguousarray(data))
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor, a numpy array or a path, got {type(data)}")
+    if tensor.ndim != 4:
+        raise ValueError(
+            f"{name} must be 4D (C, I, J, K), got shape {tuple(tensor.shape)};"
+            " add a channel axis with tensor[None] for a single-channel 3D volume"
+        )
+    if tensor.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def _as_affine(affine: Any) -> np.ndarray:
+    if affine is None:
+        return np.eye(4)
+    array = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine, float)
+    if array.shape != (4, 4) or not np.all(np.isfinite(array)):
+        raise ValueError(f"affine must be a finite 4x4 matrix, got {array!r}")
+    return array
+
+
+class Image:
+    """A 3D image with channels: a ``(C, I, J, K)`` tensor and a 4×4 voxel-to-world affine.
+
+    Built from a tensor, a numpy array or a ``.nii``/``.nii.gz`` path; a path is only read
+    (with nibabel) when ``data`` is first used. Use :class:`ScalarImage` or :class:`LabelMap`.
+
+    Parameters
+    ----------
+    path_or_data : str, PathLike, torch.Tensor or numpy.ndarray, optional
+        A NIfTI path or a 4D ``(C, I, J, K)`` array.
+    tensor : torch.Tensor or numpy.ndarray, optional
+        Same as passing the array positionally (TorchIO's keyword).
+    affine : array-like of shape (4, 4), optional
+        Voxel-to-world matrix; identity when omitted (ignored for paths).
+
+    Examples
+    --------
+    >>> import torch
+    >>> image = ScalarImage(torch.zeros(1, 8, 8, 6))
+    >>> image.spatial_shape, image.spacing
+    ((8, 8, 6), (1.0, 1.0, 1.0))
+    """
+
+    type = INTENSITY
+
+    def __init__(
+        self,
+        path_or_data: str | os.PathLike[str] | torch.Tensor | np.ndarray | None = None,
+        *,
+        tensor: torch.Tensor | np.ndarray | None = None,
+        affine: Any = None,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        given = [x for x in (path_or_data, tensor, path) if x is not None]
+        if len(given) != 1:
+            raise TypeError(
+                f"{type(self).__name__} needs exactly one of a path, a tensor or an array,"
+                f" got {len(given)}"
+            )
+        source = given[0]
+        self._data: torch.Tensor | None = None
+        self.path: Path | None = None
+        if isinstance(source, (str, os.PathLike)):
+            self.path = Path(source)
+            self._header = read_nifti_header(self.path)  # validates path early
+            self._affine = self._header.affine
+        else:
+            self._data = _as_tensor(source, "tensor")
+            self._affine = _as_affine(affine)
+
+    # ------------------------------------------------------------------ data
+    @property
+    def data(self) -> torch.Tensor:
+        """The ``(C, I, J, K)`` tensor (read from disk on first access)."""
+        if self._data is None:
+            assert self.path is not None
+            array, _ = read_nifti(self.path)
+            self._data = _as_tensor(array, f"data of '{self.path}'")
+        return self._data
+
+    @data.setter
+    def data(self, tensor: torch.Tensor | np.ndarray) -> None:
+        self._data = _as_tensor(tensor, "data")
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """Alias of ``data``."""
+        return self.data
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The 4×4 voxel-to-world matrix."""
+        return self._affine
+
+    @affine.setter
+    def affine(self, affine: Any) -> None:
+        self._affine = _as_affine(affine)
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the voxels are in memory."""
+        return self._data is not None
+
+    def load(self) -> Image:
+        """Read the voxels now; returns ``self``."""
+        _ = self.data
+        return self
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(C, I, J, K)``, from the header when not loaded."""
+        if self._data is None:
+            return (self._header.num_channels, *self._header.spatial_shape)
+        return tuple(self._data.shape)
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """``(I, J, K)``."""
+        i, j, k = self.shape[-3:]
+        return (i, j, k)
+
+    @property
+    def num_channels(self) -> int:
+        """Number of channels ``C``."""
+        return self.shape[-4]
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per voxel and channel."""
+        if self._data is None:
+            return int(self._header.dtype.itemsize)
+        return self._data.element_size()
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in world units along ``i, j, k`` (norms of the affine's columns)."""
+        norms = np.linalg.norm(self.affine[:3, :3], axis=0)
+        return (float(norms[0]), float(norms[1]), float(norms[2]))
+
+    # ------------------------------------------------------------------ patches
+    def crop(self, location: PatchLocation) -> Image:
+        """A new image of the same type holding a copy of the voxels inside ``location``.
+
+        The location must lie inside the volume; its affine is shifted to the patch origin.
+        """
+        if not location.inside(self.spatial_shape):
+            raise ValueError(f"location {location} is outside the volume {self.spatial_shape}")
+        patch = self.data[(slice(None), *location.to_slices())].clone()
+        affine = self.affine.copy()
+        affine[:3, 3] = (self.affine @ np.array([*location.index_ini, 1.0]))[:3]
+        return type(self)(tensor=patch, affine=affine)
+
+    def with_data(self, tensor: torch.Tensor) -> Image:
+        """A new image of the same type and affine with other voxels."""
+        return type(self)(tensor=tensor, affine=self.affine.copy())
+
+    @classmethod
+    def _batched(cls, data: torch.Tensor, affines: np.ndarray) -> Image:
+        """An image holding a ``(B, C, I, J, K)`` batch (made by the collate function)."""
+        image = cls.__new__(cls)
+        image._data = data
+        image.path = None
+        image._affine = affines
+        return image
+
+    def __repr__(self) -> str:
+        where = f"path='{self.path}'" if self.path is not None else "in memory"
+        dtype = self._data.dtype if self._data is not None else self._header.dtype
+        return f"{type(self).__name__}(shape={self.shape}, dtype={dtype}, {where})"
+
+
+class ScalarImage(Image):
+    """An intensity image (CT, MRI, microscopy), one or more channels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> ScalarImage(np.ones((2, 4, 4, 4), np.float32)).num_channels
+    2
+    """
+
+    type = INTENSITY
+
+
+class LabelMap(Image):
+    """A segmentation: integer labels in one channel (or one-hot channels).
+
+    Examples
+    --------
+    >>> import torch
+    >>> labels = LabelMap(torch.zeros(1, 6, 6, 6, dtype=torch.int64))
+    >>> labels.data.dtype
+    torch.int64
+    """
+
+    type = LABEL

@@ -1,0 +1,122 @@
+"""Base classes of the samplers: patch-size checks, patch extraction, seeded random streams."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .._validation import check_patch_fits, check_positive_int, to_triplet
+from ..location import PatchLocation
+from ..subject import Subject
+from ..types import TypeSize
+
+
+def _check_subject(subject: Any, name: str = "subject") -> Subject:
+    if not isinstance(subject, Subject):
+        raise TypeError(f"{name} must be a Subject, got {type(subject)}")
+    return subject
+
+
+class PatchSampler:
+    """Base of all samplers: holds and checks ``patch_size``.
+
+    Parameters
+    ----------
+    patch_size : int or tuple of 3 int
+        Spatial size of each patch; a single int applies to all axes.
+    """
+
+    def __init__(self, patch_size: TypeSize) -> None:
+        self.patch_size = to_triplet(patch_size, "patch_size")
+
+    def extract_patch(self, subject: Subject, location: PatchLocation) -> Subject:
+        """A copy of ``subject`` cropped to ``location``, with ``patch_location`` set."""
+        return subject.crop(location)
+
+
+class RandomSampler(PatchSampler, IterableDataset):  # type: ignore[type-arg]
+    """Base of the random samplers: an ``IterableDataset``, also callable for ``Queue``.
+
+    Random numbers come from ``generator`` if given, else from a generator seeded with
+    ``seed``, else from torch's global generator (so ``torch.manual_seed`` makes runs
+    reproducible). Inside ``DataLoader`` workers each worker draws its own stream (mixed with
+    the worker's torch seed) and yields its share of ``num_patches``.
+    """
+
+    def __init__(
+        self,
+        subject: Subject | None,
+        patch_size: TypeSize,
+        num_patches: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(patch_size)
+        self.subject = None if subject is None else _check_subject(subject)
+        check_positive_int(num_patches, "num_patches", allow_none=True)
+        self.num_patches = num_patches
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator)}")
+        if seed is not None:
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise TypeError(f"seed must be a non-negative int, got {seed!r}")
+            generator = torch.Generator().manual_seed(seed)
+        self.generator = generator
+
+    # -------------------------------------------------------------- interface
+    def locations(
+        self, subject: Subject, num_patches: int | None = None
+    ) -> Iterator[PatchLocation]:
+        """Draw patch locations for ``subject`` (infinitely when ``num_patches`` is None)."""
+        draw = self._prepare(subject)
+        generator = self._worker_generator()
+        count = 0
+        while num_patches is None or count < num_patches:
+            yield draw(generator)
+            count += 1
+
+    def __call__(
+        self, subject: Subject | None = None, num_patches: int | None = None
+    ) -> Iterator[Subject]:
+        """Yield patches of ``subject`` (default: the sampler's own)."""
+        subject = self._subject(subject)
+        check_positive_int(num_patches, "num_patches", allow_none=True)
+        for location in self.locations(subject, num_patches):
+            yield self.extract_patch(subject, location)
+
+    def __iter__(self) -> Iterator[Subject]:
+        return self(self._subject(None), self._share_of_patches())
+
+    # -------------------------------------------------------------- helpers
+    def _subject(self, subject: Subject | None) -> Subject:
+        if subject is None:
+            if self.subject is None:
+                raise ValueError("no subject: pass one to the sampler or to the call")
+            return self.subject
+        subject = _check_subject(subject)
+        check_patch_fits(self.patch_size, subject.spatial_shape)
+        return subject
+
+    def _share_of_patches(self) -> int | None:
+        info = get_worker_info()
+        if self.num_patches is None or info is None:
+            return self.num_patches
+        base, extra = divmod(self.num_patches, info.num_workers)
+        return base + (1 if info.id < extra else 0)
+
+    def _worker_generator(self) -> torch.Generator | None:
+        info = get_worker_info()
+        if info is None:
+            return self.generator
+        if self.generator is None:
+            return None  # torch seeds each worker's global generator differently
+        mixed = (self.generator.initial_seed() * 1_000_003 + info.seed) % (2**63)
+        return torch.Generator().manual_seed(mixed)
+
+    def _prepare(self, subject: Subject) -> Any:
+        """Return ``draw(generator) -> PatchLocation`` for ``subject`` (done once per subject)."""
+        raise NotImplementedError

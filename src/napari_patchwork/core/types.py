@@ -1,0 +1,17 @@
+"""Type aliases shared by the core modules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Union
+
+TypeTriplet = tuple[int, int, int]
+TypeSize = Union[int, Sequence[int]]
+OverlapMode = Literal["crop", "average", "hann", "gaussian"]
+OVERLAP_MODES: tuple[str, ...] = ("crop", "average", "hann", "gaussian")
+PaddingMode = Literal[
+    "constant", "edge", "reflect", "symmetric", "wrap", "mean", "median", "minimum", "maximum"
+]
+PADDING_MODES: tuple[str, ...] = (
+    "constant", "edge", "reflect", "symmetric", "wrap", "mean", "median", "minimum", "maximum"
+)
