@@ -126,7 +126,7 @@ class PatchAggregator:
         locations : list of PatchLocation
             One location per batch item, in input-volume coordinates.
         """
-        tensors = self._as_dict(batch)
+        tensors = {key: value.detach() for key, value in self._as_dict(batch).items()}
         batch_size = next(iter(tensors.values())).shape[0]
         locs = _as_locations(locations, batch_size)
         for loc in locs:
@@ -183,6 +183,11 @@ class PatchAggregator:
     ) -> list[PatchLocation]:
         patch_shape = tuple(tensor.shape[-3:])
         size = locations[0].size
+        if any(q % p and p % q for q, p in zip(patch_shape, size)):
+            raise ValueError(
+                f"output patches of shape {patch_shape} do not match location {locations[0]}:"
+                " the output size must be an integer multiple or divisor of the patch size"
+            )
         factor = tuple(q / p for q, p in zip(patch_shape, size))
         scaled = []
         for loc in locations:

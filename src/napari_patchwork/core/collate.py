@@ -30,6 +30,8 @@ def collate_subjects(batch: Sequence[Subject], **_: Any) -> Subject:
     >>> collate_subjects(subjects).t1.data.shape
     torch.Size([3, 1, 4, 4, 4])
     """
+    if isinstance(batch, Subject):  # DataLoader(batch_size=None) passes single items
+        return batch
     first = batch[0]
     items: dict[str, Any] = {}
     for key, value in first.items():

@@ -134,6 +134,14 @@ class Image:
         _ = self.data
         return self
 
+    def loaded_copy(self) -> Image:
+        """A new in-memory image with these voxels; a lazy ``self`` stays unloaded."""
+        if self._data is not None:
+            return self.with_data(self._data)
+        assert self.path is not None
+        array, _ = read_nifti(self.path)
+        return self.with_data(_as_tensor(array, f"data of '{self.path}'"))
+
     # ------------------------------------------------------------------ shape
     @property
     def shape(self) -> tuple[int, ...]:
@@ -179,7 +187,7 @@ class Image:
         affine[:3, 3] = (self.affine @ np.array([*location.index_ini, 1.0]))[:3]
         return type(self)(tensor=patch, affine=affine)
 
-    def with_data(self, tensor: torch.Tensor) -> Image:
+    def with_data(self, tensor: torch.Tensor | np.ndarray) -> Image:
         """A new image of the same type and affine with other voxels."""
         return type(self)(tensor=tensor, affine=self.affine.copy())
 

@@ -122,7 +122,7 @@ class Subject(dict):  # type: ignore[type-arg]
     def loaded_copy(self) -> Subject:
         """A copy whose images hold their voxels; the original stays as it is (lazy or not)."""
         items = {
-            name: value.with_data(value.data) if isinstance(value, Image) else value
+            name: value.loaded_copy() if isinstance(value, Image) else value
             for name, value in self.items()
         }
         return type(self)(items)
