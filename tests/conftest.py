@@ -13,7 +13,9 @@ import torch
 import napari_patchwork as pw
 
 
-def make_subject(shape: tuple[int, int, int] = (12, 10, 8), channels: int = 1, seed: int = 0) -> pw.Subject:
+def make_subject(
+    shape: tuple[int, int, int] = (12, 10, 8), channels: int = 1, seed: int = 0
+) -> pw.Subject:
     """A subject with a random intensity image and a two-class label map."""
     generator = torch.Generator().manual_seed(seed)
     data = torch.rand(channels, *shape, generator=generator)
@@ -30,7 +32,9 @@ def subject() -> pw.Subject:
 def nifti_file(tmp_path: Path) -> Callable[..., Path]:
     """Write an array as a NIfTI file with nibabel and return its path."""
 
-    def write(array: np.ndarray, name: str = "image.nii.gz", affine: np.ndarray | None = None) -> Path:
+    def write(
+        array: np.ndarray, name: str = "image.nii.gz", affine: np.ndarray | None = None
+    ) -> Path:
         path = tmp_path / name
         affine = np.diag([0.5, 0.75, 2.0, 1.0]) if affine is None else affine
         nib.save(nib.Nifti1Image(array, affine), str(path))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
-SEED_EXAMPLES = '''sampler = tio.GridSampler(subject, patch_size=64, patch_overlap=8)
+SEED_EXAMPLES = """sampler = tio.GridSampler(subject, patch_size=64, patch_overlap=8)
 loader = DataLoader(sampler, batch_size=4)
 aggregator = tio.PatchAggregator(subject.spatial_shape, overlap_mode="hann")
 for batch in loader:
@@ -28,7 +28,7 @@ queue = tio.Queue(
 loader = SubjectsLoader(queue, batch_size=16)
 for batch in loader:
     outputs = model(batch.t1.data)
-'''
+"""
 
 
 def python_blocks(path):

@@ -8,7 +8,9 @@ from tests.conftest import make_subject
 MODES = ["crop", "average", "hann", "gaussian"]
 
 
-def aggregate(subject, mode, patch=6, overlap=2, padding_mode=None, model=lambda x: x, batch_size=3, **kwargs):
+def aggregate(
+    subject, mode, patch=6, overlap=2, padding_mode=None, model=lambda x: x, batch_size=3, **kwargs
+):
     sampler = pw.GridSampler(subject, patch, overlap, padding_mode)
     aggregator = pw.PatchAggregator(subject.spatial_shape, mode, overlap, **kwargs)
     for batch in DataLoader(sampler, batch_size=batch_size):
@@ -55,7 +57,9 @@ def test_dict_outputs_with_a_downsampled_one_first(mode):
 
 def test_downsampled_output_shape_is_inferred():
     subject = make_subject((16, 16, 16))
-    aggregator = aggregate(subject, "average", patch=8, overlap=0, model=lambda x: x[..., ::2, ::2, ::2])
+    aggregator = aggregate(
+        subject, "average", patch=8, overlap=0, model=lambda x: x[..., ::2, ::2, ::2]
+    )
     assert aggregator.get_output().shape == (1, 8, 8, 8)
     assert torch.allclose(aggregator.get_output(), subject.t1.data[:, ::2, ::2, ::2])
 

@@ -25,7 +25,9 @@ def test_grid_locations_are_lexicographic():
 
 
 @pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize(("size", "patch", "overlap"), [(10, 4, 2), (17, 6, 4), (9, 9, 0), (33, 8, 6)])
+@pytest.mark.parametrize(
+    ("size", "patch", "overlap"), [(10, 4, 2), (17, 6, 4), (9, 9, 0), (33, 8, 6)]
+)
 def test_crop_intervals_partition_the_axis(size, patch, overlap, padded):
     intervals = sorted(crop_intervals(size, patch, overlap, padded).values())
     covered = [voxel for lo, hi in intervals for voxel in range(lo, hi)]

@@ -34,7 +34,11 @@ def test_scaled_rejects_bad_factor(factor):
 
 @pytest.mark.parametrize(
     ("index", "size", "match"),
-    [((0, 0), (1, 1, 1), "index"), ((0, 0, 0), (1, 0, 1), "size"), ((0.5, 0, 0), (1, 1, 1), "index")],
+    [
+        ((0, 0), (1, 1, 1), "index"),
+        ((0, 0, 0), (1, 0, 1), "size"),
+        ((0.5, 0, 0), (1, 1, 1), "index"),
+    ],
 )
 def test_rejects_bad_fields(index, size, match):
     with pytest.raises((TypeError, ValueError), match=match):

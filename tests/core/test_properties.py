@@ -37,13 +37,17 @@ def test_grid_covers_every_voxel(grid):
     shape, patch, overlap, padding_mode = grid
     coverage = np.zeros(shape, int)
     for location in pw.grid_locations(shape, patch, overlap, padding_mode is not None):
-        slices = tuple(slice(max(a, 0), max(b, 0)) for a, b in zip(location.index_ini, location.index_fin))
+        slices = tuple(
+            slice(max(a, 0), max(b, 0)) for a, b in zip(location.index_ini, location.index_fin)
+        )
         coverage[slices] += 1
     assert coverage.min() >= 1
 
 
 @SETTINGS
-@given(grids(max_size=14), st.sampled_from(["crop", "average", "hann", "gaussian"]), st.integers(1, 5))
+@given(
+    grids(max_size=14), st.sampled_from(["crop", "average", "hann", "gaussian"]), st.integers(1, 5)
+)
 def test_identity_model_returns_the_input(grid, mode, batch_size):
     shape, patch, overlap, padding_mode = grid
     data = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
@@ -81,7 +85,11 @@ def test_random_patches_lie_inside_the_volume(shape, data, kind, seed):
     weights = torch.rand(1, *shape, generator=generator)
     labels = (weights > 0.5).to(torch.int64)
     labels.view(-1)[0] = 1
-    subject = pw.Subject(t1=pw.ScalarImage(weights), p=pw.ScalarImage(weights + 1e-3), seg=pw.LabelMap(torch.ones_like(labels)))
+    subject = pw.Subject(
+        t1=pw.ScalarImage(weights),
+        p=pw.ScalarImage(weights + 1e-3),
+        seg=pw.LabelMap(torch.ones_like(labels)),
+    )
     sampler = {
         "uniform": lambda: pw.UniformSampler(subject, patch, 20, seed=seed),
         "weighted": lambda: pw.WeightedSampler(subject, patch, "p", 20, seed=seed),

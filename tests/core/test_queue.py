@@ -6,7 +6,7 @@ import traceback
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, SubsetRandomSampler
+from torch.utils.data import SubsetRandomSampler
 
 import napari_patchwork as pw
 from tests.conftest import make_subject
@@ -21,11 +21,15 @@ def subjects(count=5, shape=(10, 10, 10)):
 
 
 def test_yields_patches_per_volume_from_every_subject():
-    queue = pw.Queue(subjects(), pw.UniformSampler(None, 4), max_length=7, patches_per_volume=3, num_workers=2)
+    queue = pw.Queue(
+        subjects(), pw.UniformSampler(None, 4), max_length=7, patches_per_volume=3, num_workers=2
+    )
     patches = list(queue)
     assert queue.num_subjects == 5 and queue.patches_per_epoch == 15 and len(queue) == 15
     assert len(patches) == 15
-    assert collections.Counter(p.patch_location.subject_index for p in patches) == {i: 3 for i in range(5)}
+    assert collections.Counter(p.patch_location.subject_index for p in patches) == {
+        i: 3 for i in range(5)
+    }
     assert all(p.t1.data.shape == (1, 4, 4, 4) for p in patches)
 
 
@@ -44,7 +48,9 @@ class CountingSampler:
 @pytest.mark.parametrize("max_length", [1, 4, 10])
 def test_never_holds_more_than_max_length_patches(max_length):
     sampler = CountingSampler(pw.UniformSampler(None, 4))
-    queue = pw.Queue(subjects(), sampler, max_length=max_length, patches_per_volume=6, num_workers=2)
+    queue = pw.Queue(
+        subjects(), sampler, max_length=max_length, patches_per_volume=6, num_workers=2
+    )
     consumed = 0
     for _ in queue:
         consumed += 1
@@ -60,8 +66,15 @@ def test_loads_at_most_num_workers_subjects_ahead():
         time.sleep(0.01)
         return subject
 
-    queue = pw.Queue(subjects(8), pw.UniformSampler(None, 4), max_length=2, patches_per_volume=2,
-                     num_workers=2, transform=transform, shuffle_subjects=False)
+    queue = pw.Queue(
+        subjects(8),
+        pw.UniformSampler(None, 4),
+        max_length=2,
+        patches_per_volume=2,
+        num_workers=2,
+        transform=transform,
+        shuffle_subjects=False,
+    )
     for patch in queue:
         consumed_subjects.add(patch.patch_location.subject_index)
         time.sleep(0.005)
@@ -77,7 +90,13 @@ def test_transform_runs_in_worker_threads_and_is_applied():
         subject["t1"] = subject.t1.with_data(subject.t1.data * 0 + 7)
         return subject
 
-    queue = pw.Queue(subjects(3), pw.UniformSampler(None, 4), patches_per_volume=2, num_workers=2, transform=transform)
+    queue = pw.Queue(
+        subjects(3),
+        pw.UniformSampler(None, 4),
+        patches_per_volume=2,
+        num_workers=2,
+        transform=transform,
+    )
     assert all((p.t1.data == 7).all() for p in queue)
     assert all(name.startswith("patchwork-queue") for name in names)
 
@@ -92,8 +111,14 @@ def test_worker_exception_reaches_the_consumer_with_its_traceback():
 
     data = subjects(4)
     first_mean = data[2].t1.data.mean()
-    queue = pw.Queue(data, pw.UniformSampler(None, 4), patches_per_volume=2, num_workers=2,
-                     transform=flaky_transform, shuffle_subjects=False)
+    queue = pw.Queue(
+        data,
+        pw.UniformSampler(None, 4),
+        patches_per_volume=2,
+        num_workers=2,
+        transform=flaky_transform,
+        shuffle_subjects=False,
+    )
     start = time.monotonic()
     with pytest.raises(RuntimeError, match="cannot load this subject") as info:
         list(queue)
@@ -106,7 +131,9 @@ def test_worker_exception_reaches_the_consumer_with_its_traceback():
 
 
 def test_leaving_the_loop_early_stops_the_threads():
-    queue = pw.Queue(subjects(6), pw.UniformSampler(None, 4), max_length=3, patches_per_volume=3, num_workers=3)
+    queue = pw.Queue(
+        subjects(6), pw.UniformSampler(None, 4), max_length=3, patches_per_volume=3, num_workers=3
+    )
     iterator = iter(queue)
     next(iterator)
     assert queue_threads()
@@ -116,8 +143,15 @@ def test_leaving_the_loop_early_stops_the_threads():
 
 
 def test_order_is_deterministic_without_shuffling():
-    queue = pw.Queue(subjects(4), pw.UniformSampler(None, 4, seed=0), max_length=5, patches_per_volume=3,
-                     num_workers=2, shuffle_subjects=False, shuffle_patches=False)
+    queue = pw.Queue(
+        subjects(4),
+        pw.UniformSampler(None, 4, seed=0),
+        max_length=5,
+        patches_per_volume=3,
+        num_workers=2,
+        shuffle_subjects=False,
+        shuffle_patches=False,
+    )
     order = [p.patch_location.subject_index for p in queue]
     assert order == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
 
@@ -125,7 +159,13 @@ def test_order_is_deterministic_without_shuffling():
 def test_shuffling_is_reproducible_under_manual_seed():
     def run():
         torch.manual_seed(11)
-        queue = pw.Queue(subjects(5), pw.UniformSampler(None, 4), max_length=6, patches_per_volume=3, num_workers=2)
+        queue = pw.Queue(
+            subjects(5),
+            pw.UniformSampler(None, 4),
+            max_length=6,
+            patches_per_volume=3,
+            num_workers=2,
+        )
         return [(p.patch_location.subject_index, p.patch_location.index) for p in queue]
 
     first = run()
@@ -134,21 +174,29 @@ def test_shuffling_is_reproducible_under_manual_seed():
 
 
 def test_subject_sampler_chooses_the_subjects():
-    queue = pw.Queue(subjects(5), pw.UniformSampler(None, 4), patches_per_volume=2,
-                     subject_sampler=SubsetRandomSampler([1, 3]))
+    queue = pw.Queue(
+        subjects(5),
+        pw.UniformSampler(None, 4),
+        patches_per_volume=2,
+        subject_sampler=SubsetRandomSampler([1, 3]),
+    )
     assert queue.num_subjects == 2
     assert {p.patch_location.subject_index for p in queue} == {1, 3}
 
 
 def test_outer_dataloader_workers_shard_the_subjects():
-    queue = pw.Queue(subjects(5), pw.UniformSampler(None, 4), max_length=4, patches_per_volume=3, num_workers=1)
+    queue = pw.Queue(
+        subjects(5), pw.UniformSampler(None, 4), max_length=4, patches_per_volume=3, num_workers=1
+    )
     loader = pw.SubjectsLoader(queue, batch_size=None, num_workers=2)
     indices = [p.patch_location.subject_index for p in loader]
     assert collections.Counter(indices) == {i: 3 for i in range(5)}
 
 
 def test_lazy_subjects_are_released_after_sampling(nifti_file):
-    paths = [nifti_file(np.random.rand(8, 8, 8).astype(np.float32), f"s{i}.nii.gz") for i in range(3)]
+    paths = [
+        nifti_file(np.random.rand(8, 8, 8).astype(np.float32), f"s{i}.nii.gz") for i in range(3)
+    ]
     lazy = [pw.Subject(t1=pw.ScalarImage(path)) for path in paths]
     queue = pw.Queue(lazy, pw.UniformSampler(None, 4), patches_per_volume=2, num_workers=2)
     assert len(list(queue)) == 6
@@ -179,7 +227,13 @@ def test_rejects_bad_arguments(kwargs, error, match):
 
 
 def test_training_loop_with_subjects_loader():
-    queue = pw.Queue(subjects(3), pw.LabelSampler(None, 4, "seg"), max_length=8, patches_per_volume=4, num_workers=2)
+    queue = pw.Queue(
+        subjects(3),
+        pw.LabelSampler(None, 4, "seg"),
+        max_length=8,
+        patches_per_volume=4,
+        num_workers=2,
+    )
     loader = pw.SubjectsLoader(queue, batch_size=5)
     sizes = [batch.t1.data.shape[0] for batch in loader]
     assert sizes == [5, 5, 2]

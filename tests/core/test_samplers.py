@@ -22,7 +22,9 @@ def test_grid_items_hold_every_image_cropped(subject):
     patch = sampler[3]
     assert set(patch) == {"t1", "seg", "patch_location"}
     assert isinstance(patch.seg, pw.LabelMap) and patch.seg.data.dtype == torch.int64
-    assert torch.equal(patch.t1.data, subject.t1.data[(slice(None), *patch.patch_location.to_slices())])
+    assert torch.equal(
+        patch.t1.data, subject.t1.data[(slice(None), *patch.patch_location.to_slices())]
+    )
 
 
 def test_dataloader_batches_subjects_and_locations(subject):
@@ -102,7 +104,9 @@ def test_reproducible_under_manual_seed_and_seed_argument(subject):
     first = corners(pw.UniformSampler(subject, 4), 20)
     torch.manual_seed(5)
     assert corners(pw.UniformSampler(subject, 4), 20) == first
-    assert corners(pw.UniformSampler(subject, 4, seed=3), 20) == corners(pw.UniformSampler(subject, 4, seed=3), 20)
+    assert corners(pw.UniformSampler(subject, 4, seed=3), 20) == corners(
+        pw.UniformSampler(subject, 4, seed=3), 20
+    )
     generator = torch.Generator().manual_seed(3)
     assert corners(pw.UniformSampler(subject, 4, generator=generator), 20) == corners(
         pw.UniformSampler(subject, 4, seed=3), 20
@@ -153,7 +157,7 @@ def test_weighted_centres_follow_the_map_over_every_admissible_corner():
     subject = weighted_subject()
     sampler = pw.WeightedSampler(subject, 4, "prob", seed=1)
     expected = sampler.get_probability_map()
-    assert (expected > 0).sum() == 5 ** 3  # corners 0..4 on each axis: even patch, none dropped
+    assert (expected > 0).sum() == 5**3  # corners 0..4 on each axis: even patch, none dropped
     counts = collections.Counter(p.patch_location.center for p, _ in zip(sampler, range(40000)))
     centres = [tuple(c) for c in torch.nonzero(expected).tolist()]
     assert set(counts) <= set(centres)
@@ -168,7 +172,9 @@ def test_weighted_never_draws_zero_probability_centres():
     weights[0, 2, 7, 5] = 1
     weights[0, 0, 0, 0] = 100  # no patch of size 4 can be centred here
     subject["prob"] = pw.ScalarImage(weights)
-    centres = {p.patch_location.center for p in pw.WeightedSampler(subject, 4, "prob", num_patches=50)}
+    centres = {
+        p.patch_location.center for p in pw.WeightedSampler(subject, 4, "prob", num_patches=50)
+    }
     assert centres == {(2, 7, 5)}
 
 
@@ -244,7 +250,10 @@ def test_label_sampler_reads_float_and_one_hot_label_maps():
     assert set(centre_labels(as_float, pw.LabelSampler(as_float, 6, "seg", seed=0), 200)) <= {1, 2}
     one_hot = torch.nn.functional.one_hot(subject.seg.data[0]).permute(3, 0, 1, 2)
     hot = pw.Subject(t1=subject.t1, seg=pw.LabelMap(one_hot))
-    drawn = [int(subject.seg.data[0][p.patch_location.center]) for p in pw.LabelSampler(hot, 6, "seg", {1: 1}, 50)]
+    drawn = [
+        int(subject.seg.data[0][p.patch_location.center])
+        for p in pw.LabelSampler(hot, 6, "seg", {1: 1}, 50)
+    ]
     assert set(drawn) == {1}
 
 

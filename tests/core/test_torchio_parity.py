@@ -16,7 +16,10 @@ with warnings.catch_warnings():
 
 def position_dependent_model(batch: torch.Tensor) -> torch.Tensor:
     """Not an identity: which patch a voxel is taken from changes the result."""
-    ramp = torch.arange(batch.shape[-1], dtype=batch.dtype) + 10 * torch.arange(batch.shape[-3])[:, None, None]
+    ramp = (
+        torch.arange(batch.shape[-1], dtype=batch.dtype)
+        + 10 * torch.arange(batch.shape[-3])[:, None, None]
+    )
     return 2 * batch + ramp
 
 
@@ -34,7 +37,9 @@ CASES = [
 @pytest.mark.parametrize(("shape", "patch", "overlap"), CASES)
 def test_same_patches_and_stitching_as_torchio(shape, patch, overlap, padding_mode):
     data = torch.rand(1, *shape, generator=torch.Generator().manual_seed(1))
-    theirs = tio.GridSampler(tio.Subject(t1=tio.ScalarImage(tensor=data)), patch, overlap, padding_mode)
+    theirs = tio.GridSampler(
+        tio.Subject(t1=tio.ScalarImage(tensor=data)), patch, overlap, padding_mode
+    )
     ours = pw.GridSampler(pw.Subject(t1=pw.ScalarImage(data)), patch, overlap, padding_mode)
     assert len(ours) == len(theirs)
     border = np.array(overlap) // 2 if padding_mode is not None else np.zeros(3, int)
@@ -45,7 +50,9 @@ def test_same_patches_and_stitching_as_torchio(shape, patch, overlap, padding_mo
     for mode in ("crop", "average", "hann"):
         their_aggregator = tio.inference.GridAggregator(theirs, overlap_mode=mode)
         for batch in tio.SubjectsLoader(theirs, batch_size=5):
-            their_aggregator.add_batch(position_dependent_model(batch["t1"][tio.DATA]), batch[tio.LOCATION])
+            their_aggregator.add_batch(
+                position_dependent_model(batch["t1"][tio.DATA]), batch[tio.LOCATION]
+            )
         our_aggregator = pw.PatchAggregator(shape, mode, overlap)
         for batch in DataLoader(ours, batch_size=5):
             our_aggregator.add_batch(position_dependent_model(batch.t1.data), batch.patch_location)

@@ -37,7 +37,9 @@ def test_voxel_budget_is_checked_before_reading(tmp_path):
     header.set_data_shape((30000, 30000, 30000))
     header.set_data_dtype(np.float32)
     path = tmp_path / "huge.nii"
-    with open(path, "wb") as handle:  # a crafted NIfTI-1 header (dims are int16) over an almost empty file
+    with open(
+        path, "wb"
+    ) as handle:  # a crafted NIfTI-1 header (dims are int16) over an almost empty file
         handle.write(header.binaryblock + b"\x00" * 4)
     assert read_nifti_header(path).spatial_shape == (30000, 30000, 30000)
     with pytest.raises(ValueError, match="over the budget"):

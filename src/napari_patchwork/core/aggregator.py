@@ -104,7 +104,9 @@ class PatchAggregator:
         self.patch_overlap = to_triplet(patch_overlap, "patch_overlap", minimum=0)
         if any(o % 2 for o in self.patch_overlap):
             raise ValueError(f"patch_overlap must be even, got {patch_overlap!r}")
-        self.output_shape = None if output_shape is None else to_triplet(output_shape, "output_shape")
+        self.output_shape = (
+            None if output_shape is None else to_triplet(output_shape, "output_shape")
+        )
         self.device = None if device is None else torch.device(device)
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"dtype must be a torch.dtype, got {dtype!r}")
@@ -114,9 +116,7 @@ class PatchAggregator:
         self._padded = False
 
     # ------------------------------------------------------------------ public
-    def add_batch(
-        self, batch: torch.Tensor | Mapping[str, torch.Tensor], locations: Any
-    ) -> None:
+    def add_batch(self, batch: torch.Tensor | Mapping[str, torch.Tensor], locations: Any) -> None:
         """Add model outputs for a batch of patches.
 
         Parameters
@@ -171,10 +171,13 @@ class PatchAggregator:
             if not isinstance(tensor, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor)}")
             if tensor.ndim != 5:
-                raise ValueError(f"{name} must be 5D (B, C, I, J, K), got shape {tuple(tensor.shape)}")
+                raise ValueError(
+                    f"{name} must be 5D (B, C, I, J, K), got shape {tuple(tensor.shape)}"
+                )
         if self._outputs and set(tensors) != set(self._outputs):
             raise ValueError(
-                f"batch keys {sorted(tensors)} differ from the earlier batches' {sorted(self._outputs)}"
+                f"batch keys {sorted(tensors)} differ from the earlier"
+                f" batches' {sorted(self._outputs)}"
             )
         return tensors
 
@@ -199,7 +202,9 @@ class PatchAggregator:
                 )
             scaled.append(target)
         if key in self._outputs and self._outputs[key].factor != factor:
-            raise ValueError(f"output {key!r} changed scale from {self._outputs[key].factor} to {factor}")
+            raise ValueError(
+                f"output {key!r} changed scale from {self._outputs[key].factor} to {factor}"
+            )
         return scaled
 
     # ------------------------------------------------------------------ buffers
@@ -216,7 +221,8 @@ class PatchAggregator:
             output = self._outputs[key]
             if output.values.shape[0] != tensor.shape[1]:
                 raise ValueError(
-                    f"batch has {tensor.shape[1]} channels, earlier batches {output.values.shape[0]}"
+                    f"batch has {tensor.shape[1]} channels,"
+                    f" earlier batches {output.values.shape[0]}"
                 )
             return output
         factor = tuple(q / p for q, p in zip(tensor.shape[-3:], location.size))
@@ -266,8 +272,9 @@ class PatchAggregator:
         tensor = tensor.to(device=values.device, dtype=values.dtype, non_blocking=True)
         for patch, loc in zip(tensor, locations):
             target, source = _clip(loc, values.shape[1:])
-            values[(slice(None), *target)].addcmul_(patch[(slice(None), *source)],
-                                                     window[(slice(None), *source)])
+            values[(slice(None), *target)].addcmul_(
+                patch[(slice(None), *source)], window[(slice(None), *source)]
+            )
             if add_weight:
                 weight[(slice(None), *target)].add_(window[(slice(None), *source)])
 

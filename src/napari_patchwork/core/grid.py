@@ -48,8 +48,7 @@ def grid_locations(
     (4, (0, 4, 0))
     """
     axes = [
-        grid_starts(s, p, o, padded)
-        for s, p, o in zip(spatial_shape, patch_size, patch_overlap)
+        grid_starts(s, p, o, padded) for s, p, o in zip(spatial_shape, patch_size, patch_overlap)
     ]
     return [PatchLocation(index, patch_size) for index in itertools.product(*axes)]
 

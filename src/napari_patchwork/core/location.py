@@ -90,7 +90,8 @@ class PatchLocation:
     def intersects(self, spatial_shape: Sequence[int]) -> bool:
         """Whether the patch overlaps a volume of ``spatial_shape`` by at least one voxel."""
         return all(
-            ini < s and fin > 0 for ini, fin, s in zip(self.index_ini, self.index_fin, spatial_shape)
+            ini < s and fin > 0
+            for ini, fin, s in zip(self.index_ini, self.index_fin, spatial_shape)
         )
 
     def inside(self, spatial_shape: Sequence[int]) -> bool:

@@ -7,7 +7,6 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, Sampler, get_worker_info
@@ -37,7 +36,8 @@ class _SubjectLoader:
         self._pending: deque[tuple[int, Future[Subject]]] = deque()
         self._executor = (
             ThreadPoolExecutor(num_workers, thread_name_prefix="patchwork-queue")
-            if num_workers > 0 else None
+            if num_workers > 0
+            else None
         )
         for _ in range(num_workers):
             self._submit()
@@ -129,7 +129,9 @@ class Queue(IterableDataset):  # type: ignore[type-arg]
         if len(subjects) == 0:
             raise ValueError("subjects is empty")
         if not callable(patch_sampler):
-            raise TypeError(f"patch_sampler must be a sampler (callable), got {type(patch_sampler)}")
+            raise TypeError(
+                f"patch_sampler must be a sampler (callable), got {type(patch_sampler)}"
+            )
         check_positive_int(max_length, "max_length")
         check_positive_int(patches_per_volume, "patches_per_volume")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:

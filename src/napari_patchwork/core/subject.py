@@ -54,7 +54,9 @@ class Subject(dict):  # type: ignore[type-arg]
         try:
             return super().__getitem__(key)
         except KeyError:
-            raise KeyError(f"Subject has no image or value named {key!r}; it has {list(self)}") from None
+            raise KeyError(
+                f"Subject has no image or value named {key!r}; it has {list(self)}"
+            ) from None
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{k}: {v!r}" for k, v in self.items())

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, Union
+from typing import Literal
 
 TypeTriplet = tuple[int, int, int]
-TypeSize = Union[int, Sequence[int]]
+TypeSize = int | Sequence[int]
 OverlapMode = Literal["crop", "average", "hann", "gaussian"]
 OVERLAP_MODES: tuple[str, ...] = ("crop", "average", "hann", "gaussian")
 PaddingMode = Literal[
     "constant", "edge", "reflect", "symmetric", "wrap", "mean", "median", "minimum", "maximum"
 ]
 PADDING_MODES: tuple[str, ...] = (
-    "constant", "edge", "reflect", "symmetric", "wrap", "mean", "median", "minimum", "maximum"
+    "constant",
+    "edge",
+    "reflect",
+    "symmetric",
+    "wrap",
+    "mean",
+    "median",
+    "minimum",
+    "maximum",
 )

@@ -144,7 +144,8 @@ def write_nifti(
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     image = nib.Nifti1Image(array, affine)
     handle, temp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".nii.gz" if str(path).endswith(".gz") else ".nii",
+        prefix=f".{path.name}.",
+        suffix=".nii.gz" if str(path).endswith(".gz") else ".nii",
         dir=path.parent or Path("."),
     )
     os.close(handle)

@@ -92,7 +92,9 @@ class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
             raise TypeError(f"fill must be a number, got {fill!r}")
         self.padding_mode = padding_mode
         self.fill = fill
-        self.border = tuple(o // 2 for o in self.patch_overlap) if padding_mode is not None else (0, 0, 0)
+        self.border = (
+            tuple(o // 2 for o in self.patch_overlap) if padding_mode is not None else (0, 0, 0)
+        )
         padded_shape = [s + 2 * b for s, b in zip(subject.spatial_shape, self.border)]
         check_patch_fits(self.patch_size, padded_shape)
         self.locations: list[PatchLocation] = grid_locations(
@@ -108,9 +110,7 @@ class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
             raise IndexError(f"index {index} out of range for {len(self)} patches")
         location = self.locations[index]
         source = self._source()
-        shifted = PatchLocation(
-            [i + b for i, b in zip(location.index, self.border)], location.size
-        )
+        shifted = PatchLocation([i + b for i, b in zip(location.index, self.border)], location.size)
         patch = source.crop(shifted)
         patch["patch_location"] = location
         return patch
@@ -123,10 +123,14 @@ class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
     ) -> Iterator[Subject]:
         """Yield the grid's patches (of ``subject`` if given: a new grid is planned)."""
         if num_patches is not None:
-            raise ValueError(f"GridSampler yields the whole grid; num_patches must be None, got {num_patches}")
+            raise ValueError(
+                f"GridSampler yields the whole grid; num_patches must be None, got {num_patches}"
+            )
         if subject is None:
             return iter(self)
-        sampler = GridSampler(subject, self.patch_size, self.patch_overlap, self.padding_mode, self.fill)
+        sampler = GridSampler(
+            subject, self.patch_size, self.patch_overlap, self.padding_mode, self.fill
+        )
         return iter(sampler)
 
     def _source(self) -> Subject:
@@ -135,7 +139,8 @@ class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
         if self._padded_subject is None:
             items = {
                 name: pad_image(value, self.border, self.padding_mode, self.fill)  # type: ignore[arg-type]
-                if isinstance(value, Image) else value
+                if isinstance(value, Image)
+                else value
                 for name, value in self.subject.items()
             }
             self._padded_subject = Subject(items)

@@ -17,7 +17,8 @@ from .weighted import WeightedSampler, admissible_slices
 def _check_label_probabilities(probabilities: object) -> dict[int, float]:
     if not isinstance(probabilities, Mapping) or not probabilities:
         raise TypeError(
-            f"label_probabilities must be a non-empty dict of label -> weight, got {probabilities!r}"
+            "label_probabilities must be a non-empty dict of label -> weight,"
+            f" got {probabilities!r}"
         )
     checked = {}
     for label, weight in probabilities.items():
@@ -26,7 +27,9 @@ def _check_label_probabilities(probabilities: object) -> dict[int, float]:
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
             raise TypeError(f"label_probabilities[{label}] must be a number, got {weight!r}")
         if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"label_probabilities[{label}] must be finite and >= 0, got {weight!r}")
+            raise ValueError(
+                f"label_probabilities[{label}] must be finite and >= 0, got {weight!r}"
+            )
         checked[int(label)] = float(weight)
     if sum(checked.values()) <= 0:
         raise ValueError(f"label_probabilities must not sum to 0, got {probabilities!r}")
@@ -83,7 +86,9 @@ class LabelSampler(WeightedSampler):
         self.label_probabilities = (
             None if label_probabilities is None else _check_label_probabilities(label_probabilities)
         )
-        super().__init__(subject, patch_size, label_name, num_patches, generator=generator, seed=seed)
+        super().__init__(
+            subject, patch_size, label_name, num_patches, generator=generator, seed=seed
+        )
 
     def _map_description(self) -> str:
         return f"the sampling weights of label_name {self.label_name!r}"
@@ -97,7 +102,8 @@ class LabelSampler(WeightedSampler):
         if labels.is_floating_point():
             if not torch.equal(labels, labels.round()):
                 raise ValueError(
-                    f"label_name {self.label_name!r} holds non-integer values; labels must be integers"
+                    f"label_name {self.label_name!r} holds non-integer values;"
+                    " labels must be integers"
                 )
             labels = labels.to(torch.int64)
         return labels
@@ -112,14 +118,17 @@ class LabelSampler(WeightedSampler):
             mask = labels == label
             if not mask.any():
                 raise ValueError(
-                    f"label_probabilities names label {label}, absent from label map {self.label_name!r}"
+                    f"label_probabilities names label {label},"
+                    f" absent from label map {self.label_name!r}"
                     f" (labels present: {torch.unique(labels).tolist()[:20]})"
                 )
             count = int((inside == label).sum())
             if count == 0:
                 warnings.warn(
                     f"label {label} has no voxel where a patch of size {self.patch_size} fits;"
-                    " it will not be sampled", UserWarning, stacklevel=4,
+                    " it will not be sampled",
+                    UserWarning,
+                    stacklevel=4,
                 )
                 continue
             weights[mask] = probability / count

@@ -121,7 +121,9 @@ class WeightedSampler(RandomSampler):
         if image.num_channels != 1:
             warnings.warn(
                 f"probability_map {self.probability_map_name!r} has {image.num_channels}"
-                " channels; using the first", UserWarning, stacklevel=3,
+                " channels; using the first",
+                UserWarning,
+                stacklevel=3,
             )
         weights = image.data[0].to(torch.float64)
         check_weights(weights, f"probability_map {self.probability_map_name!r}")
