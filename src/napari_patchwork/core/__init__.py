@@ -6,10 +6,14 @@ Nothing here imports napari, Qt or magicgui (a test enforces it).
 from .aggregator import PatchAggregator
 from .blending import blending_window
 from .collate import collate_subjects, register_default_collate
-from .grid import crop_intervals, grid_locations, grid_starts
+from .config import InferenceConfig
+from .grid import GridPlan, crop_intervals, grid_locations, grid_starts
 from .image import Image, LabelMap, ScalarImage
+from .inference import InferenceStep, TiledInference, infer, iter_infer
 from .loader import SubjectsLoader
 from .location import PatchLocation
+from .merger import GridMerger
+from .patches import PatchGatherer
 from .queue import Queue
 from .samplers import (
     GridSampler,
@@ -24,11 +28,16 @@ from .subject import Subject
 register_default_collate()
 
 __all__ = [
+    "GridMerger",
+    "GridPlan",
     "GridSampler",
     "Image",
+    "InferenceConfig",
+    "InferenceStep",
     "LabelMap",
     "LabelSampler",
     "PatchAggregator",
+    "PatchGatherer",
     "PatchLocation",
     "PatchSampler",
     "Queue",
@@ -36,6 +45,7 @@ __all__ = [
     "ScalarImage",
     "Subject",
     "SubjectsLoader",
+    "TiledInference",
     "UniformSampler",
     "WeightedSampler",
     "blending_window",
@@ -43,4 +53,6 @@ __all__ = [
     "crop_intervals",
     "grid_locations",
     "grid_starts",
+    "infer",
+    "iter_infer",
 ]

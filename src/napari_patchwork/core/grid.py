@@ -82,3 +82,57 @@ def crop_intervals(
             hi = min(hi, bounds[index + 1][0])
         intervals[start] = (lo, max(lo, hi))
     return intervals
+
+
+class GridPlan:
+    """The patches of a grid in lexicographic order, addressable by their rank.
+
+    Parameters
+    ----------
+    spatial_shape, patch_size, patch_overlap : tuple of 3 int
+        Volume, patch and overlap sizes (already validated).
+    padded : bool
+        Whether the grid is planned on the volume padded by ``overlap // 2``.
+
+    Examples
+    --------
+    >>> plan = GridPlan((10, 8, 8), (4, 4, 4), (2, 0, 0))
+    >>> len(plan), plan.location(1).index, plan.unravel(5)
+    (16, (0, 0, 4), (1, 0, 1))
+    """
+
+    def __init__(
+        self,
+        spatial_shape: Sequence[int],
+        patch_size: TypeTriplet,
+        patch_overlap: TypeTriplet = (0, 0, 0),
+        padded: bool = False,
+    ) -> None:
+        self.spatial_shape = tuple(int(s) for s in spatial_shape)
+        self.patch_size = patch_size
+        self.patch_overlap = patch_overlap
+        self.padded = padded
+        self.starts = [
+            grid_starts(s, p, o, padded)
+            for s, p, o in zip(spatial_shape, patch_size, patch_overlap)
+        ]
+        self.counts = tuple(len(starts) for starts in self.starts)
+
+    def __len__(self) -> int:
+        return self.counts[0] * self.counts[1] * self.counts[2]
+
+    def unravel(self, rank: int) -> tuple[int, int, int]:
+        """Per-axis start indices of the patch of this rank (``rank == len`` gives ``(n_i, 0, 0)``)."""
+        _, count_j, count_k = self.counts
+        return (rank // (count_j * count_k), (rank // count_k) % count_j, rank % count_k)
+
+    def location(self, rank: int) -> PatchLocation:
+        """The location of the patch of this rank."""
+        a, b, c = self.unravel(rank)
+        return PatchLocation(
+            (self.starts[0][a], self.starts[1][b], self.starts[2][c]), self.patch_size
+        )
+
+    def locations(self, first: int, stop: int) -> list[PatchLocation]:
+        """Locations of the patches of ranks ``first .. stop - 1``."""
+        return [self.location(rank) for rank in range(first, stop)]

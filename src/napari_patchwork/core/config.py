@@ -1,0 +1,101 @@
+"""``InferenceConfig``: every setting of a tiled-inference run, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from ._validation import check_overlap, check_padding_mode, check_positive_int, to_triplet
+from .types import OVERLAP_MODES, TypeSize, TypeTriplet
+
+
+def _check_device(value: Any, name: str) -> torch.device | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{name} must be a torch.device or a string like 'cuda', got {value!r}")
+    try:
+        return torch.device(value)
+    except RuntimeError as error:
+        raise ValueError(f"{name}={value!r} is not a valid device: {error}") from None
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Settings of a tiled-inference run; the CLI, the widget and the API all build one.
+
+    Parameters
+    ----------
+    patch_size : int or tuple of 3 int
+        Spatial size of the patches fed to the model.
+    patch_overlap : int or tuple of 3 int
+        Overlap between patches (even, smaller than the patch).
+    overlap_mode : {'gaussian', 'hann', 'average', 'crop'}
+        How overlapping outputs are blended.
+    batch_size : int
+        Patches per model call.
+    device : str or torch.device, optional
+        Where the model runs; default: where its parameters are (CPU for plain functions).
+    aggregate_device : str or torch.device, optional
+        Where outputs accumulate; default: the model's device when the output fits there.
+    amp : bool
+        Run the model under autocast (float16 on CUDA, bfloat16 on CPU); accumulate in float32.
+    padding_mode : str or float, optional
+        Pad by half the overlap before tiling (as ``GridSampler``); None: no padding.
+    tta : bool
+        Average the outputs of the 8 flips of each patch (nnU-Net mirroring).
+
+    Examples
+    --------
+    >>> InferenceConfig(patch_size=64, patch_overlap=16).patch_size
+    (64, 64, 64)
+    """
+
+    patch_size: TypeSize
+    patch_overlap: TypeSize = 0
+    overlap_mode: str = "gaussian"
+    batch_size: int = 4
+    device: Any = None
+    aggregate_device: Any = None
+    amp: bool = False
+    padding_mode: str | float | None = None
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        patch = to_triplet(self.patch_size, "patch_size")
+        overlap = to_triplet(self.patch_overlap, "patch_overlap", minimum=0)
+        check_overlap(patch, overlap)
+        object.__setattr__(self, "patch_size", patch)
+        object.__setattr__(self, "patch_overlap", overlap)
+        if self.overlap_mode not in OVERLAP_MODES:
+            raise ValueError(
+                f"overlap_mode must be one of {OVERLAP_MODES}, got {self.overlap_mode!r}"
+            )
+        check_positive_int(self.batch_size, "batch_size")
+        check_padding_mode(self.padding_mode)
+        for name in ("amp", "tta"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        object.__setattr__(self, "device", _check_device(self.device, "device"))
+        object.__setattr__(
+            self, "aggregate_device", _check_device(self.aggregate_device, "aggregate_device")
+        )
+
+    @property
+    def patch(self) -> TypeTriplet:
+        """``patch_size`` as a triplet (for type checkers)."""
+        return self.patch_size  # type: ignore[return-value]
+
+    @property
+    def overlap(self) -> TypeTriplet:
+        """``patch_overlap`` as a triplet."""
+        return self.patch_overlap  # type: ignore[return-value]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for saving settings."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("device", "aggregate_device"):
+            values[name] = None if values[name] is None else str(values[name])
+        return values
