@@ -27,8 +27,15 @@ def reference(model, volume, patch, overlap, mode, padding_mode=None):
 @pytest.mark.parametrize("mode", MODES)
 def test_equals_sampler_and_aggregator(mode, padding_mode):
     volume = torch.rand(2, 21, 17, 14, generator=torch.Generator().manual_seed(0))
-    output = pw.infer(ramp_model, volume, patch_size=(8, 6, 6), patch_overlap=(4, 2, 2),
-                      overlap_mode=mode, padding_mode=padding_mode, batch_size=3)
+    output = pw.infer(
+        ramp_model,
+        volume,
+        patch_size=(8, 6, 6),
+        patch_overlap=(4, 2, 2),
+        overlap_mode=mode,
+        padding_mode=padding_mode,
+        batch_size=3,
+    )
     expected = reference(ramp_model, volume, (8, 6, 6), (4, 2, 2), mode, padding_mode)
     assert torch.allclose(output, expected, atol=1e-5)
 
@@ -36,7 +43,11 @@ def test_equals_sampler_and_aggregator(mode, padding_mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_identity_returns_the_input(mode):
     volume = torch.rand(1, 30, 25, 19)
-    assert torch.allclose(pw.infer(lambda x: x, volume, patch_size=8, patch_overlap=4, overlap_mode=mode), volume, atol=1e-6)
+    assert torch.allclose(
+        pw.infer(lambda x: x, volume, patch_size=8, patch_overlap=4, overlap_mode=mode),
+        volume,
+        atol=1e-6,
+    )
 
 
 def test_batch_size_one_identity_does_not_corrupt_input_or_result():
@@ -72,7 +83,9 @@ def test_dict_outputs_with_a_downsampled_one_first():
     outputs = pw.infer(model, volume, patch_size=8, patch_overlap=4, overlap_mode="hann")
     assert set(outputs) == {"low", "full"}
     assert torch.allclose(outputs["full"], 3 * volume, atol=1e-5)
-    assert torch.allclose(outputs["low"], torch.nn.functional.avg_pool3d(volume[None], 2)[0], atol=1e-5)
+    assert torch.allclose(
+        outputs["low"], torch.nn.functional.avg_pool3d(volume[None], 2)[0], atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -93,8 +106,13 @@ def test_downsampled_output_equals_aggregator(mode):
 
 def test_tta_averages_the_eight_flips():
     volume = torch.rand(1, 12, 12, 12)
-    output = pw.infer(lambda x: x + torch.arange(x.shape[-1], dtype=x.dtype), volume, patch_size=6,
-                      overlap_mode="crop", tta=True)
+    output = pw.infer(
+        lambda x: x + torch.arange(x.shape[-1], dtype=x.dtype),
+        volume,
+        patch_size=6,
+        overlap_mode="crop",
+        tta=True,
+    )
     assert torch.allclose(output, volume + 2.5, atol=1e-5)  # the k-ramp 0..5 averages to 2.5
 
 
@@ -112,7 +130,9 @@ def test_amp_on_cpu_runs_in_bfloat16_and_accumulates_in_float32():
 
 def test_real_network_on_subject_and_scalar_image():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1)).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 3, 1)
+    ).eval()
     subject = make_subject((20, 18, 16))
     from_subject = pw.infer(model, subject, image_name="t1", patch_size=10, patch_overlap=4)
     from_image = pw.infer(model, subject.t1, patch_size=10, patch_overlap=4)
@@ -133,13 +153,17 @@ def test_steps_report_progress_and_touched_regions():
 
 def test_cancel_keeps_an_exact_partial_output():
     volume = torch.rand(1, 20, 20, 20)
-    steps = pw.iter_infer(ramp_model, volume, patch_size=8, patch_overlap=4, overlap_mode="hann", batch_size=4)
+    steps = pw.iter_infer(
+        ramp_model, volume, patch_size=8, patch_overlap=4, overlap_mode="hann", batch_size=4
+    )
     for step in steps:
         if step.done >= 12:
             break
     steps.close()
     partial = step.full_output()
-    final = pw.infer(ramp_model, volume, patch_size=8, patch_overlap=4, overlap_mode="hann", batch_size=4)
+    final = pw.infer(
+        ramp_model, volume, patch_size=8, patch_overlap=4, overlap_mode="hann", batch_size=4
+    )
     plan = pw.GridPlan(volume.shape[1:], (8, 8, 8), (4, 4, 4))
     done = torch.zeros(volume.shape[1:], dtype=torch.int64)
     remaining = torch.zeros_like(done)
@@ -147,14 +171,18 @@ def test_cancel_keeps_an_exact_partial_output():
         (done if rank < step.done else remaining)[plan.location(rank).to_slices()] += 1
     finished = (done > 0) & (remaining == 0)
     assert finished.any() and (remaining > 0).any()
-    assert torch.allclose(partial[:, finished], final[:, finished], atol=1e-5)  # finished voxels exact
+    assert torch.allclose(
+        partial[:, finished], final[:, finished], atol=1e-5
+    )  # finished voxels exact
     assert (partial[:, (done == 0)] == 0).all()  # untouched voxels are zero, not NaN
     assert torch.isfinite(partial).all()
 
 
 def test_partial_output_of_identity_is_the_input_wherever_covered():
     volume = torch.rand(1, 16, 16, 16)
-    steps = pw.iter_infer(lambda x: x, volume, patch_size=8, patch_overlap=4, overlap_mode="gaussian", batch_size=2)
+    steps = pw.iter_infer(
+        lambda x: x, volume, patch_size=8, patch_overlap=4, overlap_mode="gaussian", batch_size=2
+    )
     step = next(steps)
     partial = step.full_output()
     covered = torch.zeros(volume.shape[1:], dtype=torch.bool)
@@ -187,8 +215,16 @@ def test_out_of_memory_falls_back_once_and_finishes_with_the_same_result():
 
 
 def test_second_out_of_memory_is_raised():
-    with pytest.warns(RuntimeWarning, match="out of memory"), pytest.raises(torch.cuda.OutOfMemoryError):
-        pw.infer(OutOfMemoryOnce(fail_at=2, times=2), torch.rand(1, 16, 16, 16), patch_size=8, patch_overlap=4)
+    with (
+        pytest.warns(RuntimeWarning, match="out of memory"),
+        pytest.raises(torch.cuda.OutOfMemoryError),
+    ):
+        pw.infer(
+            OutOfMemoryOnce(fail_at=2, times=2),
+            torch.rand(1, 16, 16, 16),
+            patch_size=8,
+            patch_overlap=4,
+        )
 
 
 def test_nan_output_warns():

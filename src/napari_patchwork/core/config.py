@@ -46,6 +46,10 @@ class InferenceConfig:
         Pad by half the overlap before tiling (as ``GridSampler``); None: no padding.
     tta : bool
         Average the outputs of the 8 flips of each patch (nnU-Net mirroring).
+    fixed_batch : bool
+        Always call the model with ``batch_size`` patches (the last batch is padded by
+        repeating its last patch; the extra outputs are dropped), for models exported with a
+        static batch size.
 
     Examples
     --------
@@ -62,6 +66,7 @@ class InferenceConfig:
     amp: bool = False
     padding_mode: str | float | None = None
     tta: bool = False
+    fixed_batch: bool = False
 
     def __post_init__(self) -> None:
         patch = to_triplet(self.patch_size, "patch_size")
@@ -75,7 +80,7 @@ class InferenceConfig:
             )
         check_positive_int(self.batch_size, "batch_size")
         check_padding_mode(self.padding_mode)
-        for name in ("amp", "tta"):
+        for name in ("amp", "tta", "fixed_batch"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         object.__setattr__(self, "device", _check_device(self.device, "device"))

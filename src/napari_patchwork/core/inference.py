@@ -186,6 +186,14 @@ class TiledInference:
             torch.cuda.empty_cache()
 
     def _forward(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        count = batch.shape[0]
+        if self.config.fixed_batch and count < self.config.batch_size:
+            extra = batch[-1:].expand(self.config.batch_size - count, *batch.shape[1:])
+            outputs = self._call(torch.cat([batch, extra]))
+            return {key: value[:count] for key, value in outputs.items()}
+        return self._call(batch)
+
+    def _call(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.config.amp)
         with torch.no_grad(), autocast:
