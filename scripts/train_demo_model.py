@@ -23,7 +23,8 @@ def dice_per_class(prediction: torch.Tensor, labels: torch.Tensor) -> list[float
     scores = []
     for label in range(1, len(DEMO_CLASSES)):
         predicted, true = prediction == label, labels == label
-        scores.append(float(2 * (predicted & true).sum() / (predicted.sum() + true.sum()).clamp(min=1)))
+        overlap = 2 * (predicted & true).sum()
+        scores.append(float(overlap / (predicted.sum() + true.sum()).clamp(min=1)))
     return scores
 
 
@@ -31,10 +32,12 @@ def training_subjects(count: int, size: int) -> list[pw.Subject]:
     subjects = []
     for seed in range(1, count + 1):
         volume = make_sample((size,) * 3, seed=seed)
-        subjects.append(pw.Subject(
-            image=pw.ScalarImage(volume.image[None]),
-            labels=pw.LabelMap(volume.labels[None].astype("int64")),
-        ))
+        subjects.append(
+            pw.Subject(
+                image=pw.ScalarImage(volume.image[None]),
+                labels=pw.LabelMap(volume.labels[None].astype("int64")),
+            )
+        )
     return subjects
 
 
@@ -63,7 +66,8 @@ def main() -> None:
             schedule.step()
             step += 1
             if step % 50 == 0:
-                print(f"step {step}  loss {loss.item():.4f}  {time.time() - start:.0f} s", flush=True)
+                seconds = time.time() - start
+                print(f"step {step}  loss {loss.item():.4f}  {seconds:.0f} s", flush=True)
             if step == args.iterations:
                 break
     model.eval()
@@ -72,7 +76,8 @@ def main() -> None:
     scores = dice_per_class(logits.argmax(0), torch.from_numpy(held_out.labels.astype("int64")))
     print("held-out Dice (blob, tube):", [round(s, 3) for s in scores])
     torch.save(model.state_dict(), DEMO_WEIGHTS)
-    print(f"wrote {DEMO_WEIGHTS} ({DEMO_WEIGHTS.stat().st_size / 1024:.0f} KiB) in {time.time() - start:.0f} s")
+    size = DEMO_WEIGHTS.stat().st_size / 1024
+    print(f"wrote {DEMO_WEIGHTS} ({size:.0f} KiB) in {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

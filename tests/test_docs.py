@@ -45,3 +45,10 @@ def test_getting_started_runs_and_holds_the_seed_examples_verbatim(capsys):
     assert volume.shape == (1, 96, 96, 80)
     seen = [batch.t1.data.shape[0] for batch in namespace["loader"]]
     assert sum(seen) == 40 and seen[0] == 16
+
+
+def test_inference_page_runs():
+    namespace: dict = {}
+    for block in python_blocks(DOCS / "inference.md"):
+        exec(compile(block, "inference.md", "exec"), namespace)
+    assert namespace["partial"].shape == namespace["logits"].shape

@@ -109,7 +109,7 @@ def sample(
     shape: tuple[int, int, int] = (160, 160, 160),
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Write the sample as NIfTI files (``image``, ``labels``, ``probability``) and return their paths.
+    """Write the sample as NIfTI files (``image``, ``labels``, ``probability``); return the paths.
 
     Files already written for the same shape and seed are reused.
 

@@ -122,7 +122,13 @@ class GridPlan:
         return self.counts[0] * self.counts[1] * self.counts[2]
 
     def unravel(self, rank: int) -> tuple[int, int, int]:
-        """Per-axis start indices of the patch of this rank (``rank == len`` gives ``(n_i, 0, 0)``)."""
+        """Per-axis start indices of the patch of this rank (``len(plan)`` gives ``(n_i, 0, 0)``).
+
+        Examples
+        --------
+        >>> GridPlan((8, 8, 8), (4, 4, 4)).unravel(3)
+        (0, 1, 1)
+        """
         _, count_j, count_k = self.counts
         return (rank // (count_j * count_k), (rank // count_k) % count_j, rank % count_k)
 
@@ -136,3 +142,22 @@ class GridPlan:
     def locations(self, first: int, stop: int) -> list[PatchLocation]:
         """Locations of the patches of ranks ``first .. stop - 1``."""
         return [self.location(rank) for rank in range(first, stop)]
+
+    def axis_ranks_containing(self, axis: int, voxel: int) -> list[int]:
+        """Start indices along ``axis`` whose patches contain ``voxel``."""
+        patch = self.patch_size[axis]
+        return [m for m, start in enumerate(self.starts[axis]) if start <= voxel < start + patch]
+
+    def ranks_at(self, voxel: Sequence[int]) -> list[int]:
+        """Ranks of the patches containing ``voxel`` (what a click on the volume selects).
+
+        Examples
+        --------
+        >>> GridPlan((8, 8, 8), (4, 4, 4), (2, 2, 2)).ranks_at((3, 0, 0))
+        [0, 9]
+        """
+        per_axis = [self.axis_ranks_containing(axis, int(v)) for axis, v in enumerate(voxel)]
+        _, count_j, count_k = self.counts
+        return sorted(
+            a * count_j * count_k + b * count_k + c for a, b, c in itertools.product(*per_axis)
+        )

@@ -77,7 +77,8 @@ def _as_volume(image: Any, image_name: str | None) -> torch.Tensor:
             raise TypeError(f"image must hold real numbers, got dtype {volume.dtype}")
         return volume
     raise TypeError(
-        f"image must be a (C, I, J, K) tensor or array, a ScalarImage or a Subject, got {type(image)}"
+        "image must be a (C, I, J, K) tensor or array, a ScalarImage or a Subject,"
+        f" got {type(image)}"
     )
 
 
@@ -87,7 +88,8 @@ def _model_device(model: Any, device: torch.device | None) -> torch.device:
         return parameter.device if parameter is not None else torch.device("cpu")
     if parameter is not None and parameter.device.type != device.type:
         raise ValueError(
-            f"device={device} but the model's parameters are on {parameter.device}; move the model first"
+            f"device={device} but the model's parameters are on {parameter.device};"
+            " move the model first"
         )
     return device
 
@@ -103,7 +105,8 @@ def _check_outputs(outputs: Any, batch_size: int) -> dict[str, torch.Tensor]:
             raise TypeError(f"the model's {name} must be a tensor, got {type(tensor)}")
         if tensor.ndim != 5 or tensor.shape[0] != batch_size:
             raise ValueError(
-                f"the model's {name} must be (B={batch_size}, C, I, J, K), got shape {tuple(tensor.shape)}"
+                f"the model's {name} must be (B={batch_size}, C, I, J, K),"
+                f" got shape {tuple(tensor.shape)}"
             )
     return dict(outputs)
 
@@ -224,7 +227,7 @@ class TiledInference:
 
     def _create_mergers(self, outputs: dict[str, torch.Tensor]) -> None:
         assert self.plan is not None
-        for key, tensor in outputs.items():
+        for tensor in outputs.values():
             patch = tuple(tensor.shape[2:])
             if any(q % p and p % q for q, p in zip(patch, self.plan.patch_size)):
                 raise ValueError(
@@ -256,7 +259,8 @@ class TiledInference:
         if needed * 1.2 < free:
             return self.device
         warnings.warn(
-            f"the output ({needed / 2**30:.1f} GiB) does not fit on {self.device}; aggregating on the CPU",
+            f"the output ({needed / 2**30:.1f} GiB) does not fit on {self.device};"
+            " aggregating on the CPU",
             RuntimeWarning,
             stacklevel=5,
         )
@@ -285,7 +289,7 @@ class TiledInference:
         )
 
     def partial_output(self, done: int | None = None) -> Output:
-        """Normalised copy of the output of the first ``done`` patches (default: all done so far)."""
+        """Normalised copy of the output of the first ``done`` patches (default: all done)."""
         if not self.mergers:
             raise RuntimeError("no batch has been processed yet")
         done = self.done if done is None else done
@@ -300,7 +304,8 @@ class TiledInference:
         for key, tensor in outputs.items():
             if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
                 warnings.warn(
-                    f"the model returned NaN or infinite values ({key if key != _PLAIN else 'output'})",
+                    "the model returned NaN or infinite values"
+                    f" ({key if key != _PLAIN else 'output'})",
                     RuntimeWarning,
                     stacklevel=2,
                 )
@@ -421,7 +426,9 @@ def infer(
         ``(I, J, K) * Q / P``.
     image : tensor, array, ScalarImage or Subject
         ``(C, I, J, K)`` input (any real dtype; converted to float32 patch by patch).
-    patch_size, patch_overlap, overlap_mode, batch_size, device, aggregate_device, amp, padding_mode, tta
+    patch_size, patch_overlap, overlap_mode, batch_size
+        See :class:`InferenceConfig`.
+    device, aggregate_device, amp, padding_mode, tta
         See :class:`InferenceConfig`.
     progress : bool
         Show a progress bar (tqdm when installed).

@@ -91,6 +91,16 @@ class RandomSampler(PatchSampler, IterableDataset):  # type: ignore[type-arg]
     def __iter__(self) -> Iterator[Subject]:
         return self(self._subject(None), self._share_of_patches())
 
+    def get_probability_map(self, subject: Subject | None = None) -> torch.Tensor:
+        """The ``(I, J, K)`` centre probabilities used: uniform over admissible centres."""
+        from .weighted import restrict_to_admissible
+
+        subject = self._subject(subject)
+        weights = restrict_to_admissible(
+            torch.ones(subject.spatial_shape, dtype=torch.float64), self.patch_size
+        )
+        return weights / weights.sum()
+
     # -------------------------------------------------------------- helpers
     def _subject(self, subject: Subject | None) -> Subject:
         if subject is None:

@@ -1,0 +1,259 @@
+"""Sampler explorer: draw a sampler's patches, the centre distribution it really uses, and the
+expected (exact) against empirical coverage, with the label composition of the sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox
+from napari.layers import Image, Labels
+
+from ..core.coverage import empirical_coverage, expected_coverage
+from ..core.image import LabelMap, ScalarImage
+from ..core.location import PatchLocation
+from ..core.samplers import LabelSampler, RandomSampler, UniformSampler, WeightedSampler
+from ..core.subject import Subject
+from ._layers import boxes_to_vectors, centres, label_composition, locations_to_boxes
+from ._napari import (
+    layer_choices,
+    parse_label_probabilities,
+    parse_size,
+    show_layer,
+    slice_position,
+    volume_of,
+    watch_layers,
+)
+
+SAMPLERS = ("uniform", "weighted", "label")
+PATCHES, CENTRES = "sampled patches", "patch centres"
+PROBABILITY, EXPECTED, EMPIRICAL = "centre probability", "expected coverage", "empirical coverage"
+
+
+class SamplerExplorerWidget(Container):
+    """Visual debugging of sampling strategies.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer to draw in.
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
+        self.sampler = ComboBox(label="sampler", choices=SAMPLERS, value="uniform")
+        self.probability = ComboBox(
+            label="probability map", choices=layer_choices(napari_viewer, Image, True)
+        )
+        self.labels = ComboBox(label="labels", choices=layer_choices(napari_viewer, Labels, True))
+        self.label_probabilities = LineEdit(label="label probabilities", value="")
+        self.patch_size = LineEdit(label="patch size", value="32")
+        self.num_patches = SpinBox(label="patches", value=100, min=1, max=100_000)
+        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.run_button = PushButton(text="Sample")
+        self.info = Label(label="status", value="")
+        self.extend(
+            [
+                self.image,
+                self.sampler,
+                self.probability,
+                self.labels,
+                self.label_probabilities,
+                self.patch_size,
+                self.num_patches,
+                self.seed,
+                self.run_button,
+                self.info,
+            ]
+        )
+        self.locations: list[PatchLocation] = []
+        self.figure = None
+        self._add_plot()
+        watch_layers(napari_viewer, self.image, self.probability, self.labels)
+        self.run_button.changed.connect(self.sample)
+        napari_viewer.dims.events.current_step.connect(self._draw_boxes)
+        napari_viewer.dims.events.ndisplay.connect(self._draw_boxes)
+
+    def _add_plot(self) -> None:
+        try:
+            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+            from matplotlib.figure import Figure
+        except ImportError:  # pragma: no cover - matplotlib is in the [napari] extra
+            return
+        self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        self.native.layout().addWidget(self.canvas)
+
+    # ------------------------------------------------------------------ core calls
+    def _subject(self) -> Subject:
+        if self.image.value is None:
+            raise ValueError("add a 3D image layer")
+        images: dict[str, Any] = {
+            "image": ScalarImage(torch.from_numpy(volume_of(self.image.value))[None])
+        }
+        if self.probability.value is not None:
+            images["probability"] = ScalarImage(
+                torch.from_numpy(volume_of(self.probability.value))[None]
+            )
+        if self.labels.value is not None:
+            labels = volume_of(self.labels.value).astype(np.int64)
+            images["labels"] = LabelMap(torch.from_numpy(labels)[None])
+        return Subject(images)
+
+    def _sampler(self, subject: Subject) -> RandomSampler:
+        patch = parse_size(self.patch_size.value, "patch size")
+        count, seed = int(self.num_patches.value), int(self.seed.value)
+        kind = self.sampler.value
+        if kind == "weighted":
+            if self.probability.value is None:
+                raise ValueError("the weighted sampler needs a probability map layer")
+            return WeightedSampler(subject, patch, "probability", count, seed=seed)
+        if kind == "label":
+            if self.labels.value is None:
+                raise ValueError("the label sampler needs a labels layer")
+            probabilities = parse_label_probabilities(self.label_probabilities.value)
+            return LabelSampler(subject, patch, "labels", probabilities, count, seed=seed)
+        return UniformSampler(subject, patch, count, seed=seed)
+
+    def sample(self, *_: Any) -> list[PatchLocation]:
+        """Draw the patches and show every result; returns the locations."""
+        try:
+            subject = self._subject()
+            sampler = self._sampler(subject)
+        except (ValueError, TypeError) as error:
+            self.info.value = f"⚠ {error}"
+            return []
+        count = int(self.num_patches.value)
+        self.locations = list(sampler.locations(subject, count))
+        probability = sampler.get_probability_map(subject)
+        like = self.image.value
+        show_layer(
+            self.viewer,
+            PROBABILITY,
+            "image",
+            probability.numpy().astype(np.float32),
+            like=like,
+            colormap="inferno",
+            blending="additive",
+            visible=False,
+        )
+        expected = (
+            expected_coverage(probability, sampler.patch_size, count).numpy().astype(np.float32)
+        )
+        empirical = (
+            empirical_coverage(self.locations, subject.spatial_shape).numpy().astype(np.float32)
+        )
+        limits = (0.0, float(max(expected.max(), empirical.max(), 1e-6)))
+        show_layer(
+            self.viewer,
+            EXPECTED,
+            "image",
+            expected,
+            like=like,
+            colormap="viridis",
+            blending="additive",
+            visible=False,
+            contrast_limits=limits,
+        )
+        show_layer(
+            self.viewer,
+            EMPIRICAL,
+            "image",
+            empirical,
+            like=like,
+            colormap="viridis",
+            blending="additive",
+            visible=False,
+            contrast_limits=limits,
+        )
+        show_layer(
+            self.viewer,
+            CENTRES,
+            "points",
+            centres(self.locations),
+            like=like,
+            size=2,
+            face_color="cyan",
+            out_of_slice_display=False,
+        )
+        self._draw_boxes()
+        self._plot(sampler)
+        self.info.value = (
+            f"{count} patches of {sampler.patch_size} from {self.sampler.value} sampler"
+        )
+        return self.locations
+
+    def _draw_boxes(self, *_: Any) -> None:
+        if not self.locations or self.image.value is None:
+            return
+        axis, position = slice_position(self.viewer, self.image.value)
+        ini, fin = locations_to_boxes(self.locations, axis, position)
+        show_layer(
+            self.viewer,
+            PATCHES,
+            "vectors",
+            boxes_to_vectors(ini, fin, axis, position),
+            like=self.image.value,
+            edge_color="cyan",
+            edge_width=0.5,
+            vector_style="line",
+            length=1.0,
+        )
+
+    # ------------------------------------------------------------------ plot
+    def composition(self) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+        """(label values, requested centre fractions, observed centre fractions)."""
+        if self.labels.value is None or not self.locations:
+            return None
+        labels = volume_of(self.labels.value)
+        requested = (
+            parse_label_probabilities(self.label_probabilities.value)
+            if self.sampler.value == "label"
+            else None
+        )
+        if requested:
+            values = sorted(requested)
+            total = sum(requested.values())
+            wanted = np.array([requested[v] / total for v in values])
+        else:
+            values = sorted(np.unique(labels[:: max(1, labels.shape[0] // 32)]).tolist())[:10]
+            wanted = np.array(
+                [(labels == v).mean() for v in values]
+            )  # volume fractions as reference
+        observed = label_composition(labels, self.locations, values)["centre"]
+        return values, wanted, observed
+
+    def _plot(self, sampler: RandomSampler) -> None:
+        result = self.composition()
+        if self.figure is None:
+            return
+        self.figure.clear()
+        axes = self.figure.add_subplot(111)
+        if result is not None:
+            values, wanted, observed = result
+            positions = np.arange(len(values))
+            label = (
+                "requested"
+                if self.sampler.value == "label" and self.label_probabilities.value
+                else "volume fraction"
+            )
+            axes.bar(positions - 0.2, wanted, 0.4, label=label)
+            axes.bar(positions + 0.2, observed, 0.4, label="patch centres")
+            axes.set_xticks(positions, [str(v) for v in values])
+            axes.set_xlabel("label")
+            axes.set_ylabel("fraction")
+            axes.legend(fontsize=7)
+        else:
+            axes.text(
+                0.5,
+                0.5,
+                "choose a labels layer\nto see label composition",
+                ha="center",
+                va="center",
+            )
+            axes.set_axis_off()
+        self.canvas.draw_idle()
