@@ -7,31 +7,66 @@ from typing import Any
 import numpy as np
 
 
+OVERLAY = "napari_patchwork_overlay"  # metadata key marking layers our widgets draw
+
+
 def layer_choices(viewer: Any, kind: type, allow_none: bool = False) -> Any:
-    """A ``choices`` callable for a ComboBox listing the viewer's layers of one type."""
+    """A ``choices`` callable for a ComboBox listing the user's layers of one type."""
 
     def choices(_widget: Any = None) -> list[tuple[str, Any]]:
-        found = [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
+        found = [
+            (layer.name, layer)
+            for layer in viewer.layers
+            if isinstance(layer, kind) and not layer.metadata.get(OVERLAY)
+        ]
         return ([("none", None)] if allow_none else []) + found
 
     return choices
 
 
-def watch_layers(viewer: Any, *combos: Any) -> None:
-    """Refresh layer ComboBoxes when layers are added, removed or renamed."""
+def watch_layers(viewer: Any, *combos: Any, on_first: Any = None) -> None:
+    """Refresh layer ComboBoxes when layers come and go, without firing their callbacks.
 
-    def refresh(*_: Any) -> None:
+    ``on_first`` runs when an inserted layer fills a ComboBox that was empty (the user opened
+    the widget first, then the data). Removals never trigger redraws: while the viewer closes,
+    a redraw would add layers back as fast as they are removed.
+    """
+
+    def refresh(event: Any) -> None:
+        empty_before = [combo.value is None for combo in combos]
         for combo in combos:
-            combo.reset_choices()
+            with combo.changed.blocked():
+                combo.reset_choices()
+        filled = any(
+            empty and combo.value is not None for empty, combo in zip(empty_before, combos)
+        )
+        if event.type == "inserted" and filled and on_first is not None:
+            on_first()
 
     viewer.layers.events.inserted.connect(refresh)
     viewer.layers.events.removed.connect(refresh)
 
 
+_CREATION_ONLY = {"name", "vector_style", "blending", "colormap", "visible", "out_of_slice_display"}
+
+
 def show_layer(
-    viewer: Any, name: str, kind: str, data: Any, like: Any = None, **kwargs: Any
+    viewer: Any,
+    name: str,
+    kind: str,
+    data: Any,
+    like: Any = None,
+    create: bool = True,
+    **kwargs: Any,
 ) -> Any:
-    """Update the layer called ``name`` or add it, placed like layer ``like`` (scale, translate)."""
+    """Update the layer called ``name`` or add it, placed like layer ``like`` (scale, translate).
+
+    With ``create=False`` (redraws driven by viewer events) only the data of an existing layer
+    changes: a missing layer stays missing (the user removed it, or the viewer is closing), and
+    placement is left alone (changing it fires the very events that called us).
+    """
+    if not create and name not in viewer.layers:
+        return None
     placement = {}
     if like is not None:
         placement = {"scale": like.scale[-3:], "translate": like.translate[-3:]}
@@ -39,13 +74,18 @@ def show_layer(
         layer = viewer.layers[name]
         if layer._type_string == kind:
             layer.data = data
-            for key, value in {**placement, **kwargs}.items():
-                if key not in ("name", "vector_style", "blending", "colormap"):
-                    setattr(layer, key, value)
+            if create:
+                for key, value in {**placement, **kwargs}.items():
+                    current = np.asarray(getattr(layer, key, None), dtype=object)
+                    if key not in _CREATION_ONLY and not np.array_equal(
+                        current, np.asarray(value, dtype=object)
+                    ):
+                        setattr(layer, key, value)
             return layer
         viewer.layers.remove(layer)
     add = getattr(viewer, f"add_{kind}")
-    return add(data, name=name, **placement, **kwargs)
+    metadata = {**kwargs.pop("metadata", {}), OVERLAY: True}
+    return add(data, name=name, metadata=metadata, **placement, **kwargs)
 
 
 def parse_size(text: str, name: str) -> int | tuple[int, int, int]:
@@ -77,6 +117,11 @@ def parse_label_probabilities(text: str) -> dict[int, float] | None:
                 f"label probabilities must look like '0: 0.5, 1: 0.5', got {text!r}"
             ) from None
     return result
+
+
+def is_shown(viewer: Any, layer: Any) -> bool:
+    """Whether ``layer`` is (still) one of the viewer's layers."""
+    return layer is not None and any(existing is layer for existing in viewer.layers)
 
 
 def slice_position(viewer: Any, layer: Any) -> tuple[int | None, int]:

@@ -13,7 +13,15 @@ from ..core.coverage import grid_coverage
 from ..core.grid import GridPlan
 from ..core.types import PADDING_MODES
 from ._layers import boxes_to_vectors, grid_boxes
-from ._napari import layer_choices, parse_size, show_layer, slice_position, volume_of, watch_layers
+from ._napari import (
+    is_shown,
+    layer_choices,
+    parse_size,
+    show_layer,
+    slice_position,
+    volume_of,
+    watch_layers,
+)
 
 GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER = "patch grid", "patch overlap", "selected patch"
 
@@ -50,11 +58,11 @@ class PatchGridWidget(Container):
             ]
         )
         self.plan: GridPlan | None = None
-        watch_layers(napari_viewer, self.image)
+        watch_layers(napari_viewer, self.image, on_first=self.update)
         for control in (self.image, self.patch_size, self.patch_overlap, self.padding_mode):
             control.changed.connect(self.update)
-        napari_viewer.dims.events.current_step.connect(self._draw_boxes)
-        napari_viewer.dims.events.ndisplay.connect(self._draw_boxes)
+        napari_viewer.dims.events.current_step.connect(self._on_dims)
+        napari_viewer.dims.events.ndisplay.connect(self._on_dims)
         napari_viewer.mouse_drag_callbacks.append(self._on_click)
         self.update()
 
@@ -99,8 +107,17 @@ class PatchGridWidget(Container):
         self._draw_boxes()
         self._select(None)
 
-    def _draw_boxes(self, *_: Any) -> None:
-        if self.plan is None or self.image.value is None:
+    def _on_dims(self, *_: Any) -> None:
+        if getattr(self, "_redrawing", False):
+            return
+        self._redrawing = True
+        try:
+            self._draw_boxes(create=False)
+        finally:
+            self._redrawing = False
+
+    def _draw_boxes(self, *_: Any, create: bool = True) -> None:
+        if self.plan is None or not is_shown(self.viewer, self.image.value):
             return
         axis, position = slice_position(self.viewer, self.image.value)
         ini, fin = grid_boxes(self.plan, axis, position)
@@ -111,6 +128,7 @@ class PatchGridWidget(Container):
             "vectors",
             vectors,
             like=self.image.value,
+            create=create,
             edge_color="yellow",
             edge_width=0.6,
             vector_style="line",

@@ -17,6 +17,7 @@ from ..core.samplers import LabelSampler, RandomSampler, UniformSampler, Weighte
 from ..core.subject import Subject
 from ._layers import boxes_to_vectors, centres, label_composition, locations_to_boxes
 from ._napari import (
+    is_shown,
     layer_choices,
     parse_label_probabilities,
     parse_size,
@@ -74,8 +75,8 @@ class SamplerExplorerWidget(Container):
         self._add_plot()
         watch_layers(napari_viewer, self.image, self.probability, self.labels)
         self.run_button.changed.connect(self.sample)
-        napari_viewer.dims.events.current_step.connect(self._draw_boxes)
-        napari_viewer.dims.events.ndisplay.connect(self._draw_boxes)
+        napari_viewer.dims.events.current_step.connect(self._on_dims)
+        napari_viewer.dims.events.ndisplay.connect(self._on_dims)
 
     def _add_plot(self) -> None:
         try:
@@ -187,8 +188,17 @@ class SamplerExplorerWidget(Container):
         )
         return self.locations
 
-    def _draw_boxes(self, *_: Any) -> None:
-        if not self.locations or self.image.value is None:
+    def _on_dims(self, *_: Any) -> None:
+        if getattr(self, "_redrawing", False):
+            return
+        self._redrawing = True
+        try:
+            self._draw_boxes(create=False)
+        finally:
+            self._redrawing = False
+
+    def _draw_boxes(self, *_: Any, create: bool = True) -> None:
+        if not self.locations or not is_shown(self.viewer, self.image.value):
             return
         axis, position = slice_position(self.viewer, self.image.value)
         ini, fin = locations_to_boxes(self.locations, axis, position)
@@ -198,6 +208,7 @@ class SamplerExplorerWidget(Container):
             "vectors",
             boxes_to_vectors(ini, fin, axis, position),
             like=self.image.value,
+            create=create,
             edge_color="cyan",
             edge_width=0.5,
             vector_style="line",

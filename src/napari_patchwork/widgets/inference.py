@@ -1,0 +1,294 @@
+"""Tiled inference widget: the output fills in live as patches are aggregated."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+
+from ..cli import default_device
+from ..core.config import InferenceConfig
+from ..core.inference import InferenceStep, TiledInference
+from ..core.types import OVERLAP_MODES
+from ..io.models import load_model
+from ._napari import layer_choices, parse_size, show_layer, volume_of, watch_layers
+
+MODEL_SOURCES = ("demo", "file", "module:factory")
+OUTPUTS = ("labels", "probabilities", "both")
+REFRESH_INTERVAL = 0.1  # seconds between layer refreshes while running
+
+
+def available_devices() -> list[str]:
+    """Devices this machine can run on, best first."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.insert(0, "cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.insert(0, "mps")
+    return devices
+
+
+def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
+    """Bounding box of a Shapes layer in the image's voxels; flat axes span the whole volume."""
+    shape = volume_of(image).shape
+    vertices = [
+        np.asarray(image.world_to_data(shapes.data_to_world(v))) for s in shapes.data for v in s
+    ]
+    if not vertices:
+        raise ValueError(f"shapes layer '{shapes.name}' is empty: draw a box first")
+    points = np.array(vertices)[:, -3:]
+    low, high = np.floor(points.min(0)).astype(int), np.ceil(points.max(0)).astype(int)
+    box = []
+    for axis, size in enumerate(shape):
+        lo, hi = max(low[axis], 0), min(high[axis] + 1, size)
+        box.append(slice(0, size) if high[axis] - low[axis] < 1 or lo >= hi else slice(lo, hi))
+    return (box[0], box[1], box[2])
+
+
+class TiledInferenceWidget(Container):
+    """Runs tiled inference in a worker thread; the output layers fill in patch by patch.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer holding the input and receiving the outputs.
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
+        self.source = ComboBox(label="model", choices=MODEL_SOURCES, value="demo")
+        self.model_file = FileEdit(
+            label="model file", filter="*.pt *.pth *.pt2 *.ts", visible=False
+        )
+        self.factory = LineEdit(label="module:factory", value="", visible=False)
+        self.patch_size = LineEdit(label="patch size", value="64")
+        self.patch_overlap = LineEdit(label="overlap", value="16")
+        self.mode = ComboBox(label="overlap mode", choices=OVERLAP_MODES, value="gaussian")
+        self.batch_size = SpinBox(label="batch size", value=4, min=1, max=512)
+        self.device = ComboBox(label="device", choices=available_devices(), value=default_device())
+        self.amp = CheckBox(text="mixed precision (amp)", value=False)
+        self.tta = CheckBox(text="test-time flips (tta)", value=False)
+        self.outputs = ComboBox(label="output", choices=OUTPUTS, value="both")
+        self.roi = ComboBox(
+            label="region (shapes)", choices=layer_choices(napari_viewer, Shapes, True)
+        )
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = Label(label="status", value="")
+        self.controls = [
+            self.image,
+            self.source,
+            self.model_file,
+            self.factory,
+            self.patch_size,
+            self.patch_overlap,
+            self.mode,
+            self.batch_size,
+            self.device,
+            self.amp,
+            self.tta,
+            self.outputs,
+            self.roi,
+        ]
+        self.extend(
+            [*self.controls, self.run_button, self.cancel_button, self.progress, self.status]
+        )
+        watch_layers(napari_viewer, self.image, self.roi)
+        self.source.changed.connect(self._show_source_fields)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.worker: Any = None
+        self.refresh_seconds: list[float] = []  # UI-thread time per yielded step (measured)
+        self.last_step: InferenceStep | None = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def running(self) -> bool:
+        """Whether a run is in progress."""
+        return self.worker is not None
+
+    def _show_source_fields(self, *_: Any) -> None:
+        self.model_file.visible = self.source.value == "file"
+        self.factory.visible = self.source.value == "module:factory"
+
+    def _model_source(self) -> str:
+        if self.source.value == "file":
+            return str(self.model_file.value)
+        if self.source.value == "module:factory":
+            return str(self.factory.value)
+        return "demo"
+
+    def config(self) -> InferenceConfig:
+        """The run's settings, from the controls."""
+        return InferenceConfig(
+            parse_size(self.patch_size.value, "patch size"),
+            parse_size(self.patch_overlap.value, "overlap"),
+            self.mode.value,
+            int(self.batch_size.value),
+            self.device.value,
+            None,
+            bool(self.amp.value),
+            None,
+            bool(self.tta.value),
+            fixed_batch=self._model_source().endswith(".pt2"),
+        )
+
+    # ------------------------------------------------------------------ run
+    def run(self, *_: Any) -> Any:
+        """Start a run in a worker thread; returns the worker (None when the settings are bad)."""
+        if self.running:
+            return self.worker
+        try:
+            image = self.image.value
+            if image is None:
+                raise ValueError("choose an image layer")
+            config = self.config()
+            volume = volume_of(image)
+            box = (
+                roi_box(self.roi.value, image)
+                if self.roi.value is not None
+                else tuple(slice(0, s) for s in volume.shape)
+            )
+        except (ValueError, TypeError) as error:
+            self._error(error)
+            return None
+        self._box, self._image, self._started = box, image, time.perf_counter()
+        self._last_refresh = 0.0
+        self.refresh_seconds = []
+        self._prepare_labels(image, volume.shape)
+        region = torch.from_numpy(np.ascontiguousarray(volume[box]))[None]
+        worker = create_worker(
+            self._steps, self._model_source(), config, region, _start_thread=False
+        )
+        worker.yielded.connect(self._on_step)
+        worker.errored.connect(self._error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._set_running(True)
+        worker.start()
+        return worker
+
+    def _steps(self, source: str, config: InferenceConfig, region: torch.Tensor) -> Any:
+        model = load_model(source, device=config.device)
+        engine = TiledInference(model, config)
+        yield from engine.run(region)
+
+    def cancel(self, *_: Any) -> None:
+        """Stop after the current batch; the partial output stays in the layers."""
+        if self.worker is not None:
+            self.status.value = "cancelling…"
+            self.worker.quit()
+
+    # ------------------------------------------------------------------ results (GUI thread)
+    def _prepare_labels(self, image: Any, shape: tuple[int, ...]) -> None:
+        self._labels = None
+        self._probabilities = None
+        if self.outputs.value in ("labels", "both"):
+            name = f"{image.name} labels"
+            existing = self.viewer.layers[name].data if name in self.viewer.layers else None
+            data = (
+                existing
+                if existing is not None and existing.shape == shape
+                else np.zeros(shape, np.int32)
+            )
+            self._labels = show_layer(self.viewer, name, "labels", data, like=image, opacity=0.6)
+
+    def _ensure_probabilities(self, channels: int) -> Any:
+        if self.outputs.value not in ("probabilities", "both"):
+            return None
+        if self._probabilities is None:
+            shape = (channels, *volume_of(self._image).shape)
+            name = f"{self._image.name} probabilities"
+            like = self._image
+            data = np.zeros(shape, np.float32)
+            self._probabilities = show_layer(
+                self.viewer,
+                name,
+                "image",
+                data,
+                colormap="magma",
+                blending="additive",
+                contrast_limits=(0, 1),
+                visible=False,
+                scale=(1, *like.scale[-3:]),
+                translate=(0, *like.translate[-3:]),
+            )
+        return self._probabilities
+
+    def _on_step(self, step: InferenceStep) -> None:
+        start = time.perf_counter()
+        self.last_step = step
+        output = (
+            step.output
+            if isinstance(step.output, torch.Tensor)
+            else next(iter(step.output.values()))
+        )
+        region = step.region if isinstance(step.region, tuple) else next(iter(step.region.values()))
+        target = tuple(
+            slice(b.start + r.start, b.start + r.stop) for b, r in zip(self._box, region)
+        )
+        if self._labels is not None:
+            labels = output.argmax(0) if output.shape[0] > 1 else (output[0] > 0).to(torch.int64)
+            self._labels.data[target] = labels.numpy()
+        probabilities = self._ensure_probabilities(output.shape[0])
+        if probabilities is not None:
+            values = torch.softmax(output, 0) if output.shape[0] > 1 else torch.sigmoid(output)
+            probabilities.data[(slice(None), *target)] = values.numpy()
+        self.progress.max, self.progress.value = step.total, step.done
+        remaining = step.elapsed / step.done * (step.total - step.done)
+        self.status.value = (
+            f"{step.done}/{step.total} patches · {step.elapsed:.1f} s · ETA {remaining:.1f} s"
+        )
+        if step.done == step.total or start - self._last_refresh > REFRESH_INTERVAL:
+            self._refresh()
+            self._last_refresh = time.perf_counter()
+        self.refresh_seconds.append(time.perf_counter() - start)
+
+    def _refresh(self) -> None:
+        for layer in (self._labels, self._probabilities):
+            if layer is not None:
+                layer.refresh()
+
+    def _on_finished(self) -> None:
+        self._refresh()
+        step = self.last_step
+        if step is not None and step.done < step.total:
+            self.status.value = (
+                f"cancelled at {step.done}/{step.total} patches (partial output kept)"
+            )
+        elif step is not None:
+            self.status.value = (
+                f"done: {step.total} patches in {time.perf_counter() - self._started:.1f} s"
+            )
+            show_info(f"Tiled inference finished: {step.total} patches")
+        self.worker = None
+        self._set_running(False)
+
+    def _error(self, error: BaseException) -> None:
+        message = f"Tiled inference failed: {type(error).__name__}: {error}"
+        self.status.value = f"⚠ {error}"
+        show_error(message)
+
+    def _set_running(self, running: bool) -> None:
+        for control in [*self.controls, self.run_button]:
+            control.enabled = not running
+        self.cancel_button.enabled = running

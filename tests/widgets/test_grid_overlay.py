@@ -1,0 +1,86 @@
+import numpy as np
+import torch
+
+import napari_patchwork as pw
+from napari_patchwork.widgets import PatchGridWidget
+from napari_patchwork.widgets.grid_overlay import GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER
+
+
+def sampler_locations(viewer, patch, overlap, padding_mode=None):
+    volume = torch.from_numpy(np.asarray(viewer.layers["image"].data))[None]
+    sampler = pw.GridSampler(pw.Subject(t1=pw.ScalarImage(volume)), patch, overlap, padding_mode)
+    return sampler.locations
+
+
+def rectangles(vectors):
+    """(sliced position, ini of the rectangle) from 4-edge groups."""
+    starts = vectors[:, 0]
+    return {tuple(np.round(p + 0.5).astype(int)[1:]) for p in starts}
+
+
+def test_grid_matches_grid_sampler_in_the_current_slice(viewer_with_sample):
+    viewer = viewer_with_sample
+    widget = PatchGridWidget(viewer)
+    widget.patch_size.value = "12"
+    widget.patch_overlap.value = "4"
+    locations = sampler_locations(viewer, 12, 4)
+    assert widget.info.value.startswith(f"{len(locations)} patches")
+    viewer.dims.set_point(0, 7 * 0.5)  # slice i = 7
+    vectors = viewer.layers[GRID_LAYER].data
+    in_slice = [loc for loc in locations if loc.index_ini[0] <= 7 < loc.index_fin[0]]
+    assert len(vectors) == 4 * len(in_slice)
+    assert np.all(vectors[:, 0, 0] == 7)
+    corners = {tuple(np.round(v[0] + 0.5).astype(int)[1:]) for v in vectors}
+    assert {loc.index_ini[1:] for loc in in_slice} <= corners
+    layer = viewer.layers[GRID_LAYER]
+    assert tuple(layer.scale) == tuple(viewer.layers["image"].scale)
+
+
+def test_wireframes_in_3d_and_overlap_zones(viewer_with_sample):
+    viewer = viewer_with_sample
+    widget = PatchGridWidget(viewer)
+    widget.patch_size.value = "16"
+    widget.patch_overlap.value = "6"
+    viewer.dims.ndisplay = 3
+    locations = sampler_locations(viewer, 16, 6)
+    assert len(viewer.layers[GRID_LAYER].data) == 12 * len(locations)
+    coverage = np.zeros(viewer.layers["image"].data.shape, int)
+    for location in locations:
+        coverage[location.to_slices()] += 1
+    assert np.array_equal(viewer.layers[OVERLAP_LAYER].data, coverage - 1)
+
+
+def test_padding_mode_and_live_update(viewer_with_sample):
+    widget = PatchGridWidget(viewer_with_sample)
+    widget.patch_size.value = "16"
+    widget.patch_overlap.value = "8"
+    before = widget.info.value
+    widget.padding_mode.value = "reflect"
+    expected = len(sampler_locations(viewer_with_sample, 16, 8, "reflect"))
+    assert widget.info.value.startswith(f"{expected} patches") and widget.info.value != before
+
+
+def test_click_selects_the_patches_holding_a_voxel(viewer_with_sample):
+    widget = PatchGridWidget(viewer_with_sample)
+    widget.patch_size.value = "12"
+    widget.patch_overlap.value = "4"
+    ranks = widget.select_voxel((10, 3, 5))
+    locations = [widget.plan.location(rank) for rank in ranks]
+    assert locations and all(loc.index_ini[0] <= 10 < loc.index_fin[0] for loc in locations)
+    all_holding = [loc for loc in sampler_locations(viewer_with_sample, 12, 4)
+                   if all(a <= v < b for a, v, b in zip(loc.index_ini, (10, 3, 5), loc.index_fin))]
+    assert sorted(loc.index for loc in locations) == sorted(loc.index for loc in all_holding)
+    assert f"#{ranks[0]}" in widget.selection.value
+    assert len(viewer_with_sample.layers[SELECTED_LAYER].data) == 12 * len(ranks)
+    assert widget._on_click in viewer_with_sample.mouse_drag_callbacks
+
+
+def test_bad_settings_show_a_message_not_a_traceback(viewer_with_sample):
+    widget = PatchGridWidget(viewer_with_sample)
+    widget.patch_overlap.value = "5"
+    assert "even" in widget.info.value
+    widget.patch_overlap.value = "4"
+    widget.patch_size.value = "100"
+    assert "larger than the volume" in widget.info.value
+    widget.patch_size.value = "a lot"
+    assert "patch size" in widget.info.value

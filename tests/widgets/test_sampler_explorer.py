@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from napari_patchwork.widgets import SamplerExplorerWidget
+from napari_patchwork.widgets.sampler_explorer import CENTRES, EMPIRICAL, EXPECTED, PATCHES, PROBABILITY
+
+
+def inside(locations, shape):
+    return all(loc.inside(shape) for loc in locations)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "weighted", "label"])
+def test_sampled_centres_lie_in_the_allowed_region(viewer_with_sample, kind):
+    viewer = viewer_with_sample
+    widget = SamplerExplorerWidget(viewer)
+    widget.sampler.value = kind
+    widget.probability.value = viewer.layers["probability"]
+    widget.labels.value = viewer.layers["labels"]
+    widget.patch_size.value = "10"
+    widget.num_patches.value = 150
+    locations = widget.sample()
+    shape = viewer.layers["image"].data.shape
+    assert len(locations) == 150 and inside(locations, shape)
+    probability = viewer.layers[PROBABILITY].data
+    assert abs(probability.sum() - 1) < 1e-5
+    assert all(probability[loc.center] > 0 for loc in locations)
+    if kind == "label":
+        labels = viewer.layers["labels"].data
+        assert all(labels[loc.center] > 0 for loc in locations)  # default: foreground only
+    points = viewer.layers[CENTRES].data
+    assert np.array_equal(points, np.array([loc.center for loc in locations], float))
+    assert len(viewer.layers[PATCHES].data) > 0
+
+
+def test_expected_and_empirical_coverage_agree_in_total(viewer_with_sample):
+    widget = SamplerExplorerWidget(viewer_with_sample)
+    widget.patch_size.value = "8"
+    widget.num_patches.value = 400
+    widget.sample()
+    expected = viewer_with_sample.layers[EXPECTED].data
+    empirical = viewer_with_sample.layers[EMPIRICAL].data
+    assert np.isclose(expected.sum(), 400 * 8**3, rtol=1e-4)
+    assert empirical.sum() == 400 * 8**3
+    assert np.corrcoef(expected.ravel(), empirical.ravel())[0, 1] > 0.8
+
+
+def test_label_composition_follows_requested_probabilities(viewer_with_sample):
+    widget = SamplerExplorerWidget(viewer_with_sample)
+    widget.sampler.value = "label"
+    widget.labels.value = viewer_with_sample.layers["labels"]
+    widget.label_probabilities.value = "0: 0.5, 1: 0.3, 2: 0.2"
+    widget.patch_size.value = "8"
+    widget.num_patches.value = 2000
+    widget.sample()
+    values, requested, observed = widget.composition()
+    assert values == [0, 1, 2]
+    assert np.allclose(requested, [0.5, 0.3, 0.2])
+    assert np.allclose(observed, requested, atol=0.05)
+    assert widget.figure.axes and len(widget.figure.axes[0].patches) == 6  # two bars per label
+
+
+def test_seed_makes_samples_reproducible(viewer_with_sample):
+    widget = SamplerExplorerWidget(viewer_with_sample)
+    widget.seed.value = 7
+    first = [loc.index for loc in widget.sample()]
+    assert [loc.index for loc in widget.sample()] == first
+    widget.seed.value = 8
+    assert [loc.index for loc in widget.sample()] != first
+
+
+def test_missing_map_is_a_message(viewer_with_sample):
+    widget = SamplerExplorerWidget(viewer_with_sample)
+    widget.sampler.value = "weighted"
+    assert widget.sample() == []
+    assert "probability map" in widget.info.value
