@@ -67,8 +67,11 @@ def test_click_selects_the_patches_holding_a_voxel(viewer_with_sample):
     ranks = widget.select_voxel((10, 3, 5))
     locations = [widget.plan.location(rank) for rank in ranks]
     assert locations and all(loc.index_ini[0] <= 10 < loc.index_fin[0] for loc in locations)
-    all_holding = [loc for loc in sampler_locations(viewer_with_sample, 12, 4)
-                   if all(a <= v < b for a, v, b in zip(loc.index_ini, (10, 3, 5), loc.index_fin))]
+    all_holding = [
+        loc
+        for loc in sampler_locations(viewer_with_sample, 12, 4)
+        if all(a <= v < b for a, v, b in zip(loc.index_ini, (10, 3, 5), loc.index_fin))
+    ]
     assert sorted(loc.index for loc in locations) == sorted(loc.index for loc in all_holding)
     assert f"#{ranks[0]}" in widget.selection.value
     assert len(viewer_with_sample.layers[SELECTED_LAYER].data) == 12 * len(ranks)

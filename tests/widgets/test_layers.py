@@ -21,7 +21,9 @@ def test_wireframe_has_twelve_edges_along_voxel_borders():
 
 
 def test_slice_rectangles_lie_in_the_slice():
-    vectors = boxes_to_vectors(np.array([[0, 0, 0], [4, 0, 0]]), np.array([[8, 4, 4], [12, 4, 4]]), 0, 5)
+    vectors = boxes_to_vectors(
+        np.array([[0, 0, 0], [4, 0, 0]]), np.array([[8, 4, 4], [12, 4, 4]]), 0, 5
+    )
     assert vectors.shape == (8, 2, 3)
     assert np.all(vectors[:, 0, 0] == 5) and np.all(vectors[:, 1, 0] == 0)
 
@@ -29,7 +31,9 @@ def test_slice_rectangles_lie_in_the_slice():
 def test_grid_boxes_in_a_slice_match_the_plan():
     plan = GridPlan((20, 20, 20), (8, 8, 8), (4, 4, 4))
     ini, fin = grid_boxes(plan, sliced_axis=0, position=9)
-    expected = [loc for loc in plan.locations(0, len(plan)) if loc.index_ini[0] <= 9 < loc.index_fin[0]]
+    expected = [
+        loc for loc in plan.locations(0, len(plan)) if loc.index_ini[0] <= 9 < loc.index_fin[0]
+    ]
     assert sorted(map(tuple, ini)) == sorted(loc.index_ini for loc in expected)
     assert np.all(fin - ini == 8)
     everything, _ = grid_boxes(plan)

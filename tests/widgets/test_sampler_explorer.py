@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from napari_patchwork.widgets import SamplerExplorerWidget
-from napari_patchwork.widgets.sampler_explorer import CENTRES, EMPIRICAL, EXPECTED, PATCHES, PROBABILITY
+from napari_patchwork.widgets.sampler_explorer import (
+    CENTRES,
+    EMPIRICAL,
+    EXPECTED,
+    PATCHES,
+    PROBABILITY,
+)
 
 
 def inside(locations, shape):

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-
 OVERLAY = "napari_patchwork_overlay"  # metadata key marking layers our widgets draw
 
 

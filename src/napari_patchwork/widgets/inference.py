@@ -61,6 +61,10 @@ def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
     return (box[0], box[1], box[2])
 
 
+class InferenceFailed(Exception):
+    """A run failed in the worker thread (wraps the original error)."""
+
+
 class TiledInferenceWidget(Container):
     """Runs tiled inference in a worker thread; the output layers fill in patch by patch.
 
@@ -176,21 +180,29 @@ class TiledInferenceWidget(Container):
         self.refresh_seconds = []
         self._prepare_labels(image, volume.shape)
         region = torch.from_numpy(np.ascontiguousarray(volume[box]))[None]
-        worker = create_worker(
-            self._steps, self._model_source(), config, region, _start_thread=False
+        handlers = {"yielded": self._on_step, "errored": self._error, "finished": self._on_finished}
+        worker = create_worker(  # handlers via _connect: napari re-raises errors without one
+            self._steps,
+            self._model_source(),
+            config,
+            region,
+            _start_thread=False,
+            _connect=handlers,
         )
-        worker.yielded.connect(self._on_step)
-        worker.errored.connect(self._error)
-        worker.finished.connect(self._on_finished)
         self.worker = worker
         self._set_running(True)
         worker.start()
         return worker
 
     def _steps(self, source: str, config: InferenceConfig, region: torch.Tensor) -> Any:
-        model = load_model(source, device=config.device)
-        engine = TiledInference(model, config)
-        yield from engine.run(region)
+        try:
+            model = load_model(source, device=config.device)
+            engine = TiledInference(model, config)
+            yield from engine.run(region)
+        except RuntimeError as error:
+            # superqt drops RuntimeErrors raised in workers (no errored/finished signal), which
+            # would leave the widget running forever: hand them over as another type.
+            raise InferenceFailed(f"{type(error).__name__}: {error}") from error
 
     def cancel(self, *_: Any) -> None:
         """Stop after the current batch; the partial output stays in the layers."""
@@ -284,7 +296,8 @@ class TiledInferenceWidget(Container):
         self._set_running(False)
 
     def _error(self, error: BaseException) -> None:
-        message = f"Tiled inference failed: {type(error).__name__}: {error}"
+        kind = "" if isinstance(error, InferenceFailed) else f"{type(error).__name__}: "
+        message = f"Tiled inference failed: {kind}{error}"
         self.status.value = f"⚠ {error}"
         show_error(message)
 

@@ -1,0 +1,146 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+from qtpy.QtCore import QThreadPool
+
+import napari_patchwork as pw
+from napari_patchwork.io import load_model
+from napari_patchwork.widgets import TiledInferenceWidget
+
+
+class SlowNet(torch.nn.Module):
+    def forward(self, x):
+        time.sleep(0.15)
+        return torch.cat([x, -x], 1)
+
+
+def slow_net():
+    return SlowNet()
+
+
+def broken_net():
+    def forward(x):
+        raise RuntimeError("weights do not match this input")
+
+    return forward
+
+
+def wait(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def test_output_fills_in_and_equals_infer(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    image = viewer.layers["image"]
+    before = np.array(image.data, copy=True)
+    widget = TiledInferenceWidget(viewer)
+    widget.patch_size.value = "16"
+    widget.patch_overlap.value = "4"
+    widget.batch_size.value = 2
+    widget.device.value = "cpu"
+    assert widget.run() is not None
+    assert "image labels" in viewer.layers  # appears at once
+    wait(qtbot, widget)
+    expected = pw.infer(
+        load_model("demo"), before[None], patch_size=16, patch_overlap=4, batch_size=2
+    )
+    labels = viewer.layers["image labels"].data
+    assert np.array_equal(labels, expected.argmax(0).numpy())
+    probabilities = viewer.layers["image probabilities"].data
+    assert np.allclose(probabilities, torch.softmax(expected, 0).numpy(), atol=1e-5)
+    assert np.array_equal(image.data, before)  # the input layer is never modified
+    assert widget.status.value.startswith("done")
+    assert len(widget.refresh_seconds) == widget.last_step.total // 2 + widget.last_step.total % 2
+
+
+def test_cancel_keeps_partial_output_and_leaves_no_thread(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    widget = TiledInferenceWidget(viewer)
+    widget.source.value = "module:factory"
+    widget.factory.value = "tests.widgets.test_inference_widget:slow_net"
+    widget.patch_size.value = "8"
+    widget.patch_overlap.value = "0"
+    widget.batch_size.value = 1
+    widget.run()
+    qtbot.waitUntil(
+        lambda: widget.last_step is not None and widget.last_step.done >= 2, timeout=30_000
+    )
+    widget.cancel()
+    wait(qtbot, widget, timeout=30_000)
+    step = widget.last_step
+    assert step.done < step.total
+    assert "cancelled" in widget.status.value
+    labels = viewer.layers["image labels"].data
+    image = np.asarray(viewer.layers["image"].data)
+    first = pw.GridPlan(image.shape, (8, 8, 8)).location(0).to_slices()
+    assert np.array_equal(
+        labels[first], (image[first] < 0).astype(labels.dtype)
+    )  # finished patch exact
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=10_000)
+
+
+def test_roi_limits_inference_to_the_box(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    shapes = viewer.add_shapes(
+        [np.array([[10, 4, 4], [10, 4, 20], [10, 20, 20], [10, 20, 4]]) * [0.5, 0.5, 0.8]],
+        shape_type="polygon",
+        name="roi",
+    )
+    widget = TiledInferenceWidget(viewer)
+    widget.roi.value = shapes
+    widget.patch_size.value = "8"
+    widget.patch_overlap.value = "0"
+    widget.outputs.value = "labels"
+    widget.run()
+    wait(qtbot, widget)
+    labels = viewer.layers["image labels"].data
+    written = np.argwhere(labels > 0)
+    assert len(written) > 0
+    assert written[:, 1].min() >= 4 and written[:, 1].max() <= 20
+    assert written[:, 2].min() >= 4 and written[:, 2].max() <= 20
+    assert "image probabilities" not in viewer.layers
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "message"),
+    [
+        (
+            "module:factory",
+            "tests.widgets.test_inference_widget:broken_net",
+            "weights do not match",
+        ),
+        ("file", "/nonexistent/model.pt", "does not exist"),
+    ],
+)
+def test_model_errors_are_notifications_and_layers_stay(
+    viewer_with_sample, qtbot, source, value, message
+):
+    from napari.utils.notifications import notification_manager
+
+    viewer = viewer_with_sample
+    before = np.array(viewer.layers["image"].data, copy=True)
+    widget = TiledInferenceWidget(viewer)
+    widget.source.value = source
+    if source == "file":
+        widget.model_file.value = value
+    else:
+        widget.factory.value = value
+    widget.patch_size.value = "8"
+    widget.patch_overlap.value = "2"
+    records = len(notification_manager.records)
+    widget.run()
+    wait(qtbot, widget)
+    assert message in widget.status.value
+    new = [str(n.message) for n in notification_manager.records[records:]]
+    assert any(message in text for text in new)
+    assert np.array_equal(viewer.layers["image"].data, before)
+    assert widget.run_button.enabled
+
+
+def test_bad_settings_are_reported_before_running(viewer_with_sample):
+    widget = TiledInferenceWidget(viewer_with_sample)
+    widget.patch_overlap.value = "3"
+    assert widget.run() is None
+    assert "even" in widget.status.value and not widget.running
