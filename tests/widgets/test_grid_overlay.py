@@ -87,3 +87,12 @@ def test_bad_settings_show_a_message_not_a_traceback(viewer_with_sample):
     assert "larger than the volume" in widget.info.value
     widget.patch_size.value = "a lot"
     assert "patch size" in widget.info.value
+
+
+def test_huge_grids_are_counted_not_drawn(viewer_with_sample):
+    widget = PatchGridWidget(viewer_with_sample)
+    widget.patch_overlap.value = "10"
+    widget.patch_size.value = "11"  # a 1-voxel step: 30 x 26 x 22 patches
+    viewer_with_sample.dims.ndisplay = 3
+    widget.update()
+    assert "too many to draw" in widget.info.value or len(widget.plan) <= 50_000

@@ -24,6 +24,7 @@ from ._napari import (
 )
 
 GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER = "patch grid", "patch overlap", "selected patch"
+MAX_DRAWN_PATCHES = 50_000  # more boxes than this are counted, not drawn (e.g. a 1-voxel step)
 
 
 class PatchGridWidget(Container):
@@ -120,8 +121,15 @@ class PatchGridWidget(Container):
         if self.plan is None or not is_shown(self.viewer, self.image.value):
             return
         axis, position = slice_position(self.viewer, self.image.value)
-        ini, fin = grid_boxes(self.plan, axis, position)
-        vectors = boxes_to_vectors(ini, fin, axis, position)
+        drawn = len(self.plan) if axis is None else len(self.plan) // self.plan.counts[axis]
+        if drawn > MAX_DRAWN_PATCHES:
+            self.info.value = (
+                f"{len(self.plan)} patches: too many to draw (limit {MAX_DRAWN_PATCHES})"
+            )
+            vectors = np.zeros((0, 2, 3))
+        else:
+            ini, fin = grid_boxes(self.plan, axis, position)
+            vectors = boxes_to_vectors(ini, fin, axis, position)
         show_layer(
             self.viewer,
             GRID_LAYER,
