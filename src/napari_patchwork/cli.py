@@ -82,7 +82,18 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--trust-pickle", action="store_true", help="allow pickled full models (runs their code)"
     )
+    commands.add_parser(
+        "demo", help="open napari with the sample data and the three widgets docked"
+    )
     return parser
+
+
+def _demo() -> int:
+    try:
+        from .widgets.demo import run_demo
+    except ImportError:
+        raise ValueError("the demo needs napari: pip install 'napari-patchwork[napari]'") from None
+    return run_demo()
 
 
 def _resolve(args: argparse.Namespace) -> tuple[Path, str, Path]:
@@ -197,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``napari-patchwork``."""
     args = _parser().parse_args(argv)
     try:
-        return run_infer(args)
+        return _demo() if args.command == "demo" else run_infer(args)
     except KeyboardInterrupt:
         print("napari-patchwork: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,0 +1,23 @@
+"""``napari-patchwork demo``: the viewer with the sample data and the three widgets."""
+
+from __future__ import annotations
+
+import napari
+
+
+def run_demo() -> int:
+    """Open a viewer with the sample volume and the plugin's widgets (needs the [napari] extra)."""
+    from ..io.napari_io import sample_layers
+    from . import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
+
+    viewer = napari.Viewer(title="napari-patchwork demo")
+    for data, meta, kind in sample_layers():
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    for name, widget in (
+        ("Patch grid", PatchGridWidget),
+        ("Sampler explorer", SamplerExplorerWidget),
+        ("Tiled inference", TiledInferenceWidget),
+    ):
+        viewer.window.add_dock_widget(widget(viewer), name=name, area="right", tabify=True)
+    napari.run()
+    return 0
