@@ -118,6 +118,26 @@ def parse_label_probabilities(text: str) -> dict[int, float] | None:
     return result
 
 
+def redraw_on_slice_change(viewer: Any, draw: Any) -> None:
+    """Call ``draw(create=False)`` when the slice or the 2D/3D display changes (never re-entrant).
+
+    Redraws change existing layers only, so the events they fire cannot add layers back.
+    """
+    busy = [False]
+
+    def redraw(*_: Any) -> None:
+        if busy[0]:
+            return
+        busy[0] = True
+        try:
+            draw(create=False)
+        finally:
+            busy[0] = False
+
+    viewer.dims.events.current_step.connect(redraw)
+    viewer.dims.events.ndisplay.connect(redraw)
+
+
 def is_shown(viewer: Any, layer: Any) -> bool:
     """Whether ``layer`` is (still) one of the viewer's layers."""
     return layer is not None and any(existing is layer for existing in viewer.layers)

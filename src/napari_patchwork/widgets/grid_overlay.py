@@ -17,6 +17,7 @@ from ._napari import (
     is_shown,
     layer_choices,
     parse_size,
+    redraw_on_slice_change,
     show_layer,
     slice_position,
     volume_of,
@@ -62,8 +63,7 @@ class PatchGridWidget(Container):
         watch_layers(napari_viewer, self.image, on_first=self.update)
         for control in (self.image, self.patch_size, self.patch_overlap, self.padding_mode):
             control.changed.connect(self.update)
-        napari_viewer.dims.events.current_step.connect(self._on_dims)
-        napari_viewer.dims.events.ndisplay.connect(self._on_dims)
+        redraw_on_slice_change(napari_viewer, self._draw_boxes)
         napari_viewer.mouse_drag_callbacks.append(self._on_click)
         self.update()
 
@@ -107,15 +107,6 @@ class PatchGridWidget(Container):
         )
         self._draw_boxes()
         self._select(None)
-
-    def _on_dims(self, *_: Any) -> None:
-        if getattr(self, "_redrawing", False):
-            return
-        self._redrawing = True
-        try:
-            self._draw_boxes(create=False)
-        finally:
-            self._redrawing = False
 
     def _draw_boxes(self, *_: Any, create: bool = True) -> None:
         if self.plan is None or not is_shown(self.viewer, self.image.value):

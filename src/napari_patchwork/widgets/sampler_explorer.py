@@ -21,6 +21,7 @@ from ._napari import (
     layer_choices,
     parse_label_probabilities,
     parse_size,
+    redraw_on_slice_change,
     show_layer,
     slice_position,
     volume_of,
@@ -75,8 +76,7 @@ class SamplerExplorerWidget(Container):
         self._add_plot()
         watch_layers(napari_viewer, self.image, self.probability, self.labels)
         self.run_button.changed.connect(self.sample)
-        napari_viewer.dims.events.current_step.connect(self._on_dims)
-        napari_viewer.dims.events.ndisplay.connect(self._on_dims)
+        redraw_on_slice_change(napari_viewer, self._draw_boxes)
 
     def _add_plot(self) -> None:
         try:
@@ -149,28 +149,18 @@ class SamplerExplorerWidget(Container):
             empirical_coverage(self.locations, subject.spatial_shape).numpy().astype(np.float32)
         )
         limits = (0.0, float(max(expected.max(), empirical.max(), 1e-6)))
-        show_layer(
-            self.viewer,
-            EXPECTED,
-            "image",
-            expected,
-            like=like,
-            colormap="viridis",
-            blending="additive",
-            visible=False,
-            contrast_limits=limits,
-        )
-        show_layer(
-            self.viewer,
-            EMPIRICAL,
-            "image",
-            empirical,
-            like=like,
-            colormap="viridis",
-            blending="additive",
-            visible=False,
-            contrast_limits=limits,
-        )
+        for name, coverage in ((EXPECTED, expected), (EMPIRICAL, empirical)):
+            show_layer(
+                self.viewer,
+                name,
+                "image",
+                coverage,
+                like=like,
+                colormap="viridis",
+                blending="additive",
+                visible=False,
+                contrast_limits=limits,
+            )
         show_layer(
             self.viewer,
             CENTRES,
@@ -187,15 +177,6 @@ class SamplerExplorerWidget(Container):
             f"{count} patches of {sampler.patch_size} from {self.sampler.value} sampler"
         )
         return self.locations
-
-    def _on_dims(self, *_: Any) -> None:
-        if getattr(self, "_redrawing", False):
-            return
-        self._redrawing = True
-        try:
-            self._draw_boxes(create=False)
-        finally:
-            self._redrawing = False
 
     def _draw_boxes(self, *_: Any, create: bool = True) -> None:
         if not self.locations or not is_shown(self.viewer, self.image.value):
