@@ -101,10 +101,14 @@ class Image:
     def data(self) -> torch.Tensor:
         """The ``(C, I, J, K)`` tensor (read from disk on first access)."""
         if self._data is None:
-            assert self.path is not None
-            array, _ = read_nifti(self.path)
-            self._data = _as_tensor(array, f"data of '{self.path}'")
+            self._data = self._read()
         return self._data
+
+    def _read(self) -> torch.Tensor:
+        """Read the voxels from ``path`` (without keeping them)."""
+        assert self.path is not None
+        array, _ = read_nifti(self.path)
+        return _as_tensor(array, f"data of '{self.path}'")
 
     @data.setter
     def data(self, tensor: torch.Tensor | np.ndarray) -> None:
@@ -136,11 +140,7 @@ class Image:
 
     def loaded_copy(self) -> Image:
         """A new in-memory image with these voxels; a lazy ``self`` stays unloaded."""
-        if self._data is not None:
-            return self.with_data(self._data)
-        assert self.path is not None
-        array, _ = read_nifti(self.path)
-        return self.with_data(_as_tensor(array, f"data of '{self.path}'"))
+        return self.with_data(self._data if self._data is not None else self._read())
 
     # ------------------------------------------------------------------ shape
     @property

@@ -184,7 +184,6 @@ class TiledInference:
         self._fell_back = True
         for merger in self.mergers.values():
             merger.to(torch.device("cpu"))
-        self._aggregate_device = torch.device("cpu")
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -247,8 +246,10 @@ class TiledInference:
     def _choose_aggregate_device(self, outputs: dict[str, torch.Tensor]) -> torch.device:
         if self.config.aggregate_device is not None:
             return self.config.aggregate_device
-        if self.device.type != "cuda" or self._fell_back:
-            return self.device if not self._fell_back else torch.device("cpu")
+        if self._fell_back:
+            return torch.device("cpu")
+        if self.device.type != "cuda":
+            return self.device
         assert self.plan is not None
         voxels = int(np.prod(self.plan.spatial_shape))
         needed = sum(
