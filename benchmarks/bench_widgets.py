@@ -1,10 +1,12 @@
 """Interactivity of the napari widgets, measured in a real (Xvfb) viewer.
 
-- Time to draw the patch-grid overlay for ~1,000 and ~10,000 patches (2D slice and 3D
-  wireframe), including one full render, against a Shapes layer of the same boxes (the
-  approach we avoid).
-- UI-thread time during live inference: the time each yielded step's handler takes, and the
-  longest gap of a 5 ms heartbeat timer on the GUI thread (the worst freeze a user can feel).
+- Patch-grid overlay for ~1,000 and ~10,000 patches (2D slice and 3D wireframe): the time of
+  our update after a parameter change (UI thread), the update plus the full render it causes,
+  and a render with nothing changed (what this machine's software OpenGL costs anyway),
+  against a Shapes layer of the slice's boxes (the approach we avoid).
+- Live inference: the click that starts a run (output layers are created then), the time each
+  yielded step's handler takes, and the longest gap of a 5 ms heartbeat timer on the GUI
+  thread during the run (the worst freeze a user can feel).
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python benchmarks/bench_widgets.py
 """
@@ -29,56 +31,71 @@ def render(viewer: napari.Viewer) -> None:
     viewer.screenshot(canvas_only=True, flash=False)  # forces a full draw
 
 
-def grid_overlay(
-    shape: int, patch: int, ndisplay: int, shapes_baseline: bool
-) -> tuple[int, float, float]:
+def grid_overlay(shape: int, patch: int, ndisplay: int, shapes_baseline: bool) -> dict[str, float]:
+    """Times for one parameter change: our update (UI thread), then the render it causes."""
     viewer = napari.Viewer(show=True)
     viewer.add_image(np.zeros((shape,) * 3, np.float32), name="image")
     viewer.dims.ndisplay = ndisplay
     widget = PatchGridWidget(viewer)
     render(viewer)
-    times = []
-    for size in (patch + 1, patch):  # second one is timed warm
-        start = time.perf_counter()
-        widget.patch_overlap.value = "0"  # first: patch 17 with overlap 16 would be a 1-voxel step
-        widget.patch_size.value = str(size)
-        render(viewer)
-        times.append(time.perf_counter() - start)
-    count = len(widget.plan)
-    baseline = float("nan")
+    widget.patch_overlap.value = "0"  # first: patch 17 with overlap 16 would be a 1-voxel step
+    widget.patch_size.value = str(patch + 1)  # warm-up change
+    render(viewer)
+    start = time.perf_counter()
+    render(viewer)
+    unchanged_render = time.perf_counter() - start
+    start = time.perf_counter()
+    widget.patch_size.value = str(patch)
+    update = time.perf_counter() - start
+    render(viewer)
+    total = time.perf_counter() - start
+    result = {
+        "patches": len(widget.plan),
+        "vectors": len(viewer.layers["patch grid"].data),
+        "update": update,
+        "update + render": total,
+        "render, nothing changed": unchanged_render,
+        "shapes": float("nan"),
+    }
     if shapes_baseline:
-        axis, position = (0, shape // 2) if ndisplay == 2 else (None, 0)
-        ini, fin = grid_boxes(widget.plan, axis, position)
-        rectangles = [
-            np.array(
-                [
-                    [position, y, x]
-                    for y, x in (
-                        (a[1], a[2]),
-                        (a[1], b[2] - 1),
-                        (b[1] - 1, b[2] - 1),
-                        (b[1] - 1, a[2]),
-                    )
-                ]
-            )
-            for a, b in zip(ini, fin)
-        ]
-        start = time.perf_counter()
-        viewer.add_shapes(
-            rectangles, shape_type="rectangle", edge_color="yellow", face_color="transparent"
-        )
-        render(viewer)
-        baseline = time.perf_counter() - start
+        result["shapes"] = shapes_layer_time(viewer, widget, shape)
     viewer.close()
-    return count, times[-1], baseline
+    return result
 
 
-def live_inference(shape: int) -> dict[str, float]:
+def shapes_layer_time(viewer: napari.Viewer, widget: PatchGridWidget, shape: int) -> float:
+    """A Shapes layer of the slice's rectangles (the approach we avoid), added and rendered."""
+    position = shape // 2
+    ini, fin = grid_boxes(widget.plan, 0, position)
+    rectangles = [
+        np.array(
+            [
+                [position, y, x]
+                for y, x in ((a[1], a[2]), (a[1], b[2] - 1), (b[1] - 1, b[2] - 1), (b[1] - 1, a[2]))
+            ]
+        )
+        for a, b in zip(ini, fin)
+    ]
+    start = time.perf_counter()
+    viewer.add_shapes(
+        rectangles, shape_type="rectangle", edge_color="yellow", face_color="transparent"
+    )
+    render(viewer)
+    return time.perf_counter() - start
+
+
+def live_inference(shape: int, ndisplay: int) -> dict[str, float]:
     viewer = napari.Viewer(show=True)
     volume = make_sample((shape,) * 3, seed=0)
     viewer.add_image(volume.image, name="image")
+    viewer.dims.ndisplay = ndisplay
     widget = TiledInferenceWidget(viewer)
     widget.patch_size.value, widget.patch_overlap.value, widget.batch_size.value = "48", "8", 2
+    render(viewer)
+    start = time.perf_counter()
+    widget.run()  # the click: output layers are created here, before the run starts
+    QApplication.processEvents()  # ... and drawn for the first time
+    click = time.perf_counter() - start
     gaps, last = [], [time.perf_counter()]
 
     def beat() -> None:
@@ -89,7 +106,6 @@ def live_inference(shape: int) -> dict[str, float]:
     timer = QTimer()
     timer.timeout.connect(beat)
     timer.start(5)
-    widget.run()
     while widget.running:
         QApplication.processEvents()
         time.sleep(0.001)
@@ -98,6 +114,7 @@ def live_inference(shape: int) -> dict[str, float]:
     handler = widget.refresh_seconds
     return {
         "steps": len(handler),
+        "click (layers created, drawn) ms": 1000 * click,
         "handler median ms": 1000 * statistics.median(handler),
         "handler max ms": 1000 * max(handler),
         "heartbeat max gap ms": 1000 * max(gaps),
@@ -106,24 +123,27 @@ def live_inference(shape: int) -> dict[str, float]:
 
 
 def main() -> None:
-    print("| grid | view | patches | overlay draw s | Shapes layer s |")
-    print("|---|---|---|---|---|")
+    print(
+        "| grid | view | patches | vectors | our update s | update + render s |"
+        " render alone s | Shapes layer s |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for shape, patch in ((160, 16), (176, 8)):
         for ndisplay in (2, 3):
-            count, ours, shapes = grid_overlay(
-                shape, patch, ndisplay, shapes_baseline=ndisplay == 2
-            )
+            r = grid_overlay(shape, patch, ndisplay, shapes_baseline=ndisplay == 2)
             print(
-                f"| {shape}³ / {patch} | {ndisplay}D | {count} | {ours:.3f} | {shapes:.3f} |",
+                f"| {shape}³ / {patch} | {ndisplay}D | {r['patches']} | {r['vectors']} |"
+                f" {r['update']:.3f} | {r['update + render']:.3f} |"
+                f" {r['render, nothing changed']:.3f} | {r['shapes']:.3f} |",
                 flush=True,
             )
     print()
-    for shape in (96, 160):
-        result = live_inference(shape)
+    for shape, ndisplay in ((96, 2), (160, 2), (160, 3)):
+        result = live_inference(shape, ndisplay)
         cells = " | ".join(
             f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()
         )
-        print(f"live inference {shape}³: {cells}", flush=True)
+        print(f"live inference {shape}³ {ndisplay}D: {cells}", flush=True)
 
 
 if __name__ == "__main__":

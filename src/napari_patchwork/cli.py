@@ -123,15 +123,11 @@ def _check_output(input_path: Path, output: Path, overwrite: bool) -> None:
 
 
 def _activate(output: torch.Tensor, activation: str, labels: bool) -> torch.Tensor:
+    from .core.postprocess import to_labels, to_probabilities
+
     if labels:
-        if output.shape[0] == 1:
-            return (output[0] > (0 if activation != "none" else 0.5)).to(torch.uint8)[None]
-        return output.argmax(0).to(torch.uint8)[None]
-    if activation == "softmax" and output.shape[0] > 1:
-        return torch.softmax(output, 0)
-    if activation == "sigmoid" or (activation == "softmax" and output.shape[0] == 1):
-        return torch.sigmoid(output)
-    return output
+        return to_labels(output, activation).to(torch.uint8)[None]
+    return to_probabilities(output, activation)
 
 
 def run_infer(args: argparse.Namespace) -> int:

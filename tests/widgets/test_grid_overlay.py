@@ -3,7 +3,9 @@ import torch
 
 import napari_patchwork as pw
 from napari_patchwork.widgets import PatchGridWidget
+from napari_patchwork.widgets._layers import boxes_to_vectors
 from napari_patchwork.widgets.grid_overlay import GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER
+from tests.widgets.segments import traced
 
 
 def sampler_locations(viewer, patch, overlap, padding_mode=None):
@@ -12,10 +14,10 @@ def sampler_locations(viewer, patch, overlap, padding_mode=None):
     return sampler.locations
 
 
-def rectangles(vectors):
-    """(sliced position, ini of the rectangle) from 4-edge groups."""
-    starts = vectors[:, 0]
-    return {tuple(np.round(p + 0.5).astype(int)[1:]) for p in starts}
+def box_edges(locations, sliced_axis=None, position=0):
+    ini = np.array([loc.index_ini for loc in locations])
+    fin = np.array([loc.index_fin for loc in locations])
+    return boxes_to_vectors(ini, fin, sliced_axis, position)
 
 
 def test_grid_matches_grid_sampler_in_the_current_slice(viewer_with_sample):
@@ -28,10 +30,8 @@ def test_grid_matches_grid_sampler_in_the_current_slice(viewer_with_sample):
     viewer.dims.set_point(0, 7 * 0.5)  # slice i = 7
     vectors = viewer.layers[GRID_LAYER].data
     in_slice = [loc for loc in locations if loc.index_ini[0] <= 7 < loc.index_fin[0]]
-    assert len(vectors) == 4 * len(in_slice)
-    assert np.all(vectors[:, 0, 0] == 7)
-    corners = {tuple(np.round(v[0] + 0.5).astype(int)[1:]) for v in vectors}
-    assert {loc.index_ini[1:] for loc in in_slice} <= corners
+    assert np.all(vectors[:, 0, 0] == 7) and np.all(vectors[:, 1, 0] == 0)
+    assert traced(vectors) == traced(box_edges(in_slice, 0, 7))
     layer = viewer.layers[GRID_LAYER]
     assert tuple(layer.scale) == tuple(viewer.layers["image"].scale)
 
@@ -43,7 +43,7 @@ def test_wireframes_in_3d_and_overlap_zones(viewer_with_sample):
     widget.patch_overlap.value = "6"
     viewer.dims.ndisplay = 3
     locations = sampler_locations(viewer, 16, 6)
-    assert len(viewer.layers[GRID_LAYER].data) == 12 * len(locations)
+    assert traced(viewer.layers[GRID_LAYER].data) == traced(box_edges(locations))
     coverage = np.zeros(viewer.layers["image"].data.shape, int)
     for location in locations:
         coverage[location.to_slices()] += 1

@@ -69,6 +69,45 @@ def grid_boxes(
     return mesh, mesh + np.asarray(plan.patch_size)
 
 
+def grid_lines(plan: GridPlan, sliced_axis: int | None = None, position: float = 0.0) -> np.ndarray:
+    """The grid's box edges as ``(N, 2, 3)`` napari vectors: full-length lattice lines.
+
+    A grid is a product of intervals, so the union of its box edges along one axis is the set
+    of full-extent lines through every (start or end) border of the other two axes. Drawing
+    those lines gives exactly the picture of all boxes' edges with ``O(borders²)`` vectors
+    instead of ``12 × patches`` (a 10,000-patch grid: ~2,000 lines, not 120,000 edges).
+
+    With ``sliced_axis``, the lines of the plane ``sliced_axis = position`` (the rectangles
+    of the boxes cutting that slice); empty if no box cuts it.
+    """
+    borders, low, high = [], [], []
+    for starts, patch in zip(plan.starts, plan.patch_size):
+        starts = np.asarray(starts)
+        borders.append(np.union1d(starts, starts + patch) - 0.5)
+        low.append(starts.min() - 0.5)
+        high.append(starts.max() + patch - 0.5)
+    if sliced_axis is not None:
+        starts = np.asarray(plan.starts[sliced_axis])
+        cut = (starts <= position) & (position < starts + plan.patch_size[sliced_axis])
+        if not cut.any():
+            return np.zeros((0, 2, 3))
+    lines = []
+    for direction in range(3):
+        if direction == sliced_axis:
+            continue
+        across = [axis for axis in range(3) if axis != direction]
+        values = [
+            np.array([position], float) if axis == sliced_axis else borders[axis] for axis in across
+        ]
+        mesh = np.stack(np.meshgrid(*values, indexing="ij"), -1).reshape(-1, 2)
+        vectors = np.zeros((len(mesh), 2, 3))
+        vectors[:, 0, across] = mesh
+        vectors[:, 0, direction] = low[direction]
+        vectors[:, 1, direction] = high[direction] - low[direction]
+        lines.append(vectors)
+    return np.concatenate(lines)
+
+
 def locations_to_boxes(
     locations: Sequence[PatchLocation], sliced_axis: int | None = None, position: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ from ..core._validation import check_overlap, check_padding_mode, check_patch_fi
 from ..core.coverage import grid_coverage
 from ..core.grid import GridPlan
 from ..core.types import PADDING_MODES
-from ._layers import boxes_to_vectors, grid_boxes
+from ._layers import boxes_to_vectors, grid_lines
 from ._napari import (
     is_shown,
     layer_choices,
@@ -25,7 +25,6 @@ from ._napari import (
 )
 
 GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER = "patch grid", "patch overlap", "selected patch"
-MAX_DRAWN_PATCHES = 50_000  # more boxes than this are counted, not drawn (e.g. a 1-voxel step)
 
 
 class PatchGridWidget(Container):
@@ -112,20 +111,11 @@ class PatchGridWidget(Container):
         if self.plan is None or not is_shown(self.viewer, self.image.value):
             return
         axis, position = slice_position(self.viewer, self.image.value)
-        drawn = len(self.plan) if axis is None else len(self.plan) // self.plan.counts[axis]
-        if drawn > MAX_DRAWN_PATCHES:
-            self.info.value = (
-                f"{len(self.plan)} patches: too many to draw (limit {MAX_DRAWN_PATCHES})"
-            )
-            vectors = np.zeros((0, 2, 3))
-        else:
-            ini, fin = grid_boxes(self.plan, axis, position)
-            vectors = boxes_to_vectors(ini, fin, axis, position)
         show_layer(
             self.viewer,
             GRID_LAYER,
             "vectors",
-            vectors,
+            grid_lines(self.plan, axis, position),
             like=self.image.value,
             create=create,
             edge_color="yellow",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,13 +26,21 @@ from napari.utils.notifications import show_error, show_info
 from ..cli import default_device
 from ..core.config import InferenceConfig
 from ..core.inference import InferenceStep, TiledInference
+from ..core.postprocess import to_labels, to_probabilities
 from ..core.types import OVERLAP_MODES
 from ..io.models import load_model
-from ._napari import layer_choices, parse_size, show_layer, volume_of, watch_layers
+from ._napari import (
+    layer_choices,
+    parse_size,
+    show_layer,
+    slice_position,
+    volume_of,
+    watch_layers,
+)
 
 MODEL_SOURCES = ("demo", "file", "module:factory")
 OUTPUTS = ("labels", "probabilities", "both")
-REFRESH_INTERVAL = 0.1  # seconds between layer refreshes while running
+REFRESH_INTERVAL = 0.1  # least seconds between layer refreshes while running
 
 
 def available_devices() -> list[str]:
@@ -59,6 +68,30 @@ def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
         lo, hi = max(low[axis], 0), min(high[axis] + 1, size)
         box.append(slice(0, size) if high[axis] - low[axis] < 1 or lo >= hi else slice(lo, hi))
     return (box[0], box[1], box[2])
+
+
+@dataclass(frozen=True)
+class StepUpdate:
+    """What the GUI thread needs from one step, computed in the worker thread."""
+
+    step: InferenceStep
+    region: tuple[slice, slice, slice]
+    labels: np.ndarray | None
+    probabilities: np.ndarray | None
+
+    @classmethod
+    def of(cls, step: InferenceStep, labels: bool, probabilities: bool) -> StepUpdate:
+        """Post-process ``step``'s logits into the arrays the output layers show."""
+        output = step.output
+        region = step.region
+        if not isinstance(output, torch.Tensor):  # dict models: show the first output
+            output, region = next(iter(output.values())), next(iter(region.values()))
+        return cls(
+            step,
+            region,
+            to_labels(output).numpy() if labels else None,
+            to_probabilities(output).numpy() if probabilities else None,
+        )
 
 
 class InferenceFailed(Exception):
@@ -176,9 +209,9 @@ class TiledInferenceWidget(Container):
             self._error(error)
             return None
         self._box, self._image, self._started = box, image, time.perf_counter()
-        self._last_refresh = 0.0
+        self._last_refresh, self._dirty, self._refresh_interval = 0.0, False, REFRESH_INTERVAL
         self.refresh_seconds = []
-        self._prepare_labels(image, volume.shape)
+        self._prepare_outputs(image, volume.shape)
         region = torch.from_numpy(np.ascontiguousarray(volume[box]))[None]
         handlers = {"yielded": self._on_step, "errored": self._error, "finished": self._on_finished}
         worker = create_worker(  # handlers via _connect: napari re-raises errors without one
@@ -195,10 +228,12 @@ class TiledInferenceWidget(Container):
         return worker
 
     def _steps(self, source: str, config: InferenceConfig, region: torch.Tensor) -> Any:
+        want_labels, want_probabilities = self._labels is not None, self._probabilities is not None
         try:
             model = load_model(source, device=config.device)
             engine = TiledInference(model, config)
-            yield from engine.run(region)
+            for step in engine.run(region):  # post-processing here, off the GUI thread
+                yield StepUpdate.of(step, want_labels, want_probabilities)
         except RuntimeError as error:
             # superqt drops RuntimeErrors raised in workers (no errored/finished signal), which
             # would leave the widget running forever: hand them over as another type.
@@ -211,77 +246,87 @@ class TiledInferenceWidget(Container):
             self.worker.quit()
 
     # ------------------------------------------------------------------ results (GUI thread)
-    def _prepare_labels(self, image: Any, shape: tuple[int, ...]) -> None:
-        self._labels = None
-        self._probabilities = None
+    def _prepare_outputs(self, image: Any, shape: tuple[int, ...]) -> None:
+        """Create (or reuse) the output layers before the run: no layer is added mid-run."""
+        self._labels = self._probabilities = None
         if self.outputs.value in ("labels", "both"):
             name = f"{image.name} labels"
-            existing = self.viewer.layers[name].data if name in self.viewer.layers else None
-            data = (
-                existing
-                if existing is not None and existing.shape == shape
-                else np.zeros(shape, np.int32)
+            self._labels = show_layer(
+                self.viewer,
+                name,
+                "labels",
+                self._reusable(name, shape, np.int32),
+                like=image,
+                opacity=0.6,
             )
-            self._labels = show_layer(self.viewer, name, "labels", data, like=image, opacity=0.6)
-
-    def _ensure_probabilities(self, channels: int) -> Any:
-        if self.outputs.value not in ("probabilities", "both"):
-            return None
-        if self._probabilities is None:
-            shape = (channels, *volume_of(self._image).shape)
-            name = f"{self._image.name} probabilities"
-            like = self._image
-            data = np.zeros(shape, np.float32)
+        if self.outputs.value in ("probabilities", "both"):
+            name = f"{image.name} probabilities"
+            old = self.viewer.layers[name].data if name in self.viewer.layers else None
+            channels = old.shape[0] if old is not None and old.ndim == 4 else 2  # fixed at step 1
             self._probabilities = show_layer(
                 self.viewer,
                 name,
                 "image",
-                data,
+                self._reusable(name, (channels, *shape), np.float32),
                 colormap="magma",
                 blending="additive",
                 contrast_limits=(0, 1),
                 visible=False,
-                scale=(1, *like.scale[-3:]),
-                translate=(0, *like.translate[-3:]),
+                scale=(1, *image.scale[-3:]),
+                translate=(0, *image.translate[-3:]),
             )
-        return self._probabilities
 
-    def _on_step(self, step: InferenceStep) -> None:
+    def _reusable(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        """The data of the existing layer ``name`` if it fits (a re-run refines it), else zeros."""
+        if name in self.viewer.layers:
+            data = self.viewer.layers[name].data
+            if isinstance(data, np.ndarray) and data.shape == shape and data.dtype == dtype:
+                return data
+        return np.zeros(shape, dtype)
+
+    def _on_step(self, update: StepUpdate) -> None:
         start = time.perf_counter()
-        self.last_step = step
-        output = (
-            step.output
-            if isinstance(step.output, torch.Tensor)
-            else next(iter(step.output.values()))
-        )
-        region = step.region if isinstance(step.region, tuple) else next(iter(step.region.values()))
+        step = self.last_step = update.step
         target = tuple(
-            slice(b.start + r.start, b.start + r.stop) for b, r in zip(self._box, region)
+            slice(b.start + r.start, b.start + r.stop) for b, r in zip(self._box, update.region)
         )
-        if self._labels is not None:
-            labels = output.argmax(0) if output.shape[0] > 1 else (output[0] > 0).to(torch.int64)
-            self._labels.data[target] = labels.numpy()
-        probabilities = self._ensure_probabilities(output.shape[0])
-        if probabilities is not None:
-            values = torch.softmax(output, 0) if output.shape[0] > 1 else torch.sigmoid(output)
-            probabilities.data[(slice(None), *target)] = values.numpy()
+        if update.labels is not None and self._labels is not None:
+            self._labels.data[target] = update.labels
+        if update.probabilities is not None and self._probabilities is not None:
+            data = self._probabilities.data
+            if data.shape[0] != update.probabilities.shape[0]:  # the model's channel count
+                data = np.zeros((update.probabilities.shape[0], *data.shape[1:]), np.float32)
+                self._probabilities.data = data
+            data[(slice(None), *target)] = update.probabilities
+        self._dirty |= self._in_view(target)
         self.progress.max, self.progress.value = step.total, step.done
         remaining = step.elapsed / step.done * (step.total - step.done)
         self.status.value = (
             f"{step.done}/{step.total} patches · {step.elapsed:.1f} s · ETA {remaining:.1f} s"
         )
-        if step.done == step.total or start - self._last_refresh > REFRESH_INTERVAL:
+        if self._dirty and start - self._last_refresh > self._refresh_interval:
             self._refresh()
-            self._last_refresh = time.perf_counter()
         self.refresh_seconds.append(time.perf_counter() - start)
 
+    def _in_view(self, target: tuple[slice, ...]) -> bool:
+        """Whether voxels in ``target`` are on screen (any, in 3D view; the slice's, in 2D)."""
+        axis, position = slice_position(self.viewer, self._image)
+        return axis is None or target[axis].start <= position < target[axis].stop
+
     def _refresh(self) -> None:
+        start = time.perf_counter()
         for layer in (self._labels, self._probabilities):
-            if layer is not None:
+            if layer is not None and layer.visible:
                 layer.refresh()
+        self._dirty = False
+        self._last_refresh = time.perf_counter()
+        # Costly refreshes (3D views re-slice whole volumes) come less often: ≤ 10% of the time.
+        self._refresh_interval = max(REFRESH_INTERVAL, 10 * (self._last_refresh - start))
 
     def _on_finished(self) -> None:
-        self._refresh()
+        for layer in (self._labels, self._probabilities):  # hidden ones too: thumbnails
+            if layer is not None:
+                layer.refresh()
         step = self.last_step
         if step is not None and step.done < step.total:
             self.status.value = (
