@@ -100,10 +100,11 @@ class LabelSampler(WeightedSampler):
             return data.argmax(0)
         labels = data[0]
         if labels.is_floating_point():
-            if not torch.equal(labels, labels.round()):
+            fractional = labels[labels != labels.round()]
+            if fractional.numel():  # NaN is never equal to itself: caught here too
                 raise ValueError(
-                    f"label_name {self.label_name!r} holds non-integer values;"
-                    " labels must be integers"
+                    f"label_name {self.label_name!r} holds non-integer values (e.g."
+                    f" {float(fractional[0])}); labels must be integers"
                 )
             labels = labels.to(torch.int64)
         return labels
