@@ -135,7 +135,14 @@ def load_model(
             raise ValueError(
                 f"cannot load weights '{weights}' safely (weights_only=True): {error}"
             ) from error
-        model.load_state_dict(state)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as error:  # wrong keys or shapes
+            first = str(error).strip().splitlines()
+            raise ValueError(
+                f"weights '{weights}' do not fit the model from '{source}': "
+                + " ".join(line.strip() for line in first[:3])
+            ) from error
     return _ready(model, target)
 
 
