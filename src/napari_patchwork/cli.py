@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--trust-pickle", action="store_true", help="allow pickled full models (runs their code)"
     )
+    large = infer.add_argument_group("zarr volumes (input and output ending in .zarr)")
+    large.add_argument("--engine", choices=["local", "dask"], default="local")
+    large.add_argument("--workers", type=int, default=2, help="dask LocalCluster processes")
+    large.add_argument("--scheduler", default=None, help="a running dask scheduler's address")
+    large.add_argument("--level", type=int, default=0, help="OME-Zarr scale level to read")
+    large.add_argument("--block-rows", type=int, default=64, help="rows per dask task")
     commands.add_parser(
         "demo", help="open napari with the sample data and the three widgets docked"
     )
@@ -137,6 +143,8 @@ def run_infer(args: argparse.Namespace) -> int:
 
     input_path, source, output_path = _resolve(args)
     _check_output(input_path, output_path, args.overwrite)
+    if _is_zarr(input_path) or _is_zarr(output_path) or args.engine == "dask":
+        return run_infer_zarr(args, input_path, source, output_path)
     image = ScalarImage(input_path)
     device = args.device or default_device()
     overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in args.patch_size]
@@ -167,6 +175,68 @@ def run_infer(args: argparse.Namespace) -> int:
     )
     if args.sample:
         _report_sample_quality(result, args.labels)
+    return 0
+
+
+def _is_zarr(path: Path) -> bool:
+    return str(path).rstrip("/").lower().endswith(".zarr")
+
+
+def _zarr_config(args: argparse.Namespace, device: str) -> InferenceConfig:
+    overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in args.patch_size]
+    return InferenceConfig(
+        _size(args.patch_size),
+        _size(overlap),
+        args.mode,
+        args.batch_size,
+        device,
+        padding_mode=args.padding_mode,
+    )
+
+
+def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, output: Path) -> int:
+    """zarr in, zarr out (raw model outputs, float32), in this process or on dask."""
+    from .core.lazy import LazyVolume, open_zarr
+    from .core.streaming import zarr_target
+    from .io.models import load_model
+
+    if not (_is_zarr(input_path) and _is_zarr(output)):
+        raise ValueError("zarr runs need both INPUT and --output to be .zarr paths")
+    if args.labels or args.tta or args.amp:
+        raise ValueError("--labels, --tta and --amp are not supported for zarr runs yet")
+    device = args.device or default_device()
+    config = _zarr_config(args, device)
+    start = time.perf_counter()
+    if args.engine == "dask":
+        from .distributed import infer_dask
+
+        result = infer_dask(
+            source,
+            input_path,
+            output,
+            patch_size=config.patch,
+            patch_overlap=config.overlap,
+            overlap_mode=config.overlap_mode,
+            batch_size=config.batch_size,
+            padding_mode=config.padding_mode,
+            level=args.level,
+            workers=args.workers,
+            scheduler=args.scheduler,
+            block_rows=args.block_rows,
+            overwrite=args.overwrite,
+        )
+    else:
+        model = load_model(
+            source, weights=args.weights, device=device, trust_pickle=args.trust_pickle
+        )
+        volume = LazyVolume(open_zarr(input_path, args.level))
+        engine = TiledInference(model, config, zarr_target(output, overwrite=args.overwrite))
+        _consume(engine.run(volume, previews=False), input_path.name)
+        result = engine.result()
+    seconds = time.perf_counter() - start
+    print(
+        f"wrote {output} {tuple(result.shape)} in {seconds:.1f} s ({args.engine})", file=sys.stderr
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ the CLI consume); ``infer`` runs the same generator to the end and returns the v
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -21,9 +22,11 @@ from ._validation import check_patch_fits
 from .config import InferenceConfig
 from .grid import GridPlan
 from .image import Image, _as_tensor
+from .lazy import LazyVolume, is_lazy_array
 from .location import PatchLocation
 from .merger import GridMerger
 from .patches import PatchGatherer
+from .streaming import StreamingMerger, StreamTarget, block_ranks, zarr_target
 from .subject import Subject
 
 Output = torch.Tensor | dict[str, torch.Tensor]
@@ -62,7 +65,9 @@ class InferenceStep:
         return self._engine.partial_output(self.done)
 
 
-def _as_volume(image: Any, image_name: str | None) -> torch.Tensor:
+def _as_volume(image: Any, image_name: str | None) -> torch.Tensor | LazyVolume:
+    if not isinstance(image, (Subject, Image)) and is_lazy_array(image):
+        return image if isinstance(image, LazyVolume) else LazyVolume(image)
     if isinstance(image, Subject):
         if image_name is None:
             raise ValueError(
@@ -132,12 +137,15 @@ class TiledInference:
     (8, True)
     """
 
-    def __init__(self, model: Callable[..., Any], config: InferenceConfig) -> None:
+    def __init__(
+        self, model: Callable[..., Any], config: InferenceConfig, stream: StreamTarget | None = None
+    ) -> None:
         if not callable(model):
             raise TypeError(f"model must be callable, got {type(model)}")
         if not isinstance(config, InferenceConfig):
             raise TypeError(f"config must be an InferenceConfig, got {type(config)}")
-        self.model, self.config = model, config
+        self.model, self.config, self.stream = model, config, stream
+        self.ranks = range(0)
         self.device = _model_device(model, config.device)
         self.mergers: dict[str, GridMerger] = {}
         self.plan: GridPlan | None = None
@@ -155,15 +163,19 @@ class TiledInference:
         border = [o // 2 if padded else 0 for o in config.overlap]
         check_patch_fits(config.patch, [s + 2 * b for s, b in zip(volume.shape[1:], border)])
         self.plan = GridPlan(volume.shape[1:], config.patch, config.overlap, padded)
-        self.mergers, self.done = {}, 0
+        self.ranks = block_ranks(self.plan, self.stream.rows if self.stream else None)
+        previews = previews and self.stream is None
+        self.mergers, self.done = {}, self.ranks.start
+        if isinstance(volume, LazyVolume):
+            volume.slab_rows = config.patch[0]  # one patch height of input rows in memory
         gatherer = PatchGatherer(volume, config.padding_mode)
         start = time.perf_counter()
-        with _Prefetcher(gatherer, self.plan, config.batch_size, self.device) as batches:
+        prefetcher = _Prefetcher(gatherer, self.plan, config.batch_size, self.device, self.ranks)
+        with prefetcher as batches:
             for first, stop, batch in batches:
                 self._process(batch, first)
                 self.done = stop
-                if previews or stop == len(self.plan):
-                    yield self._step(first, stop, start, previews)
+                yield self._step(first, stop, start, previews)
 
     def _process(self, batch: torch.Tensor, first: int) -> None:
         try:
@@ -235,6 +247,23 @@ class TiledInference:
                 )
         device = self._choose_aggregate_device(outputs)
         for key, tensor in outputs.items():
+            if self.stream is not None:
+                patch = tuple(tensor.shape[2:])
+                shape = tuple(
+                    int(s * q / p + 1e-9)
+                    for s, q, p in zip(self.plan.spatial_shape, patch, self.plan.patch_size)
+                )
+                sink = self.stream.create(tensor.shape[1], shape)  # type: ignore[arg-type]
+                self.mergers[key] = StreamingMerger(
+                    self.plan,
+                    self.config.overlap_mode,
+                    tensor.shape[1],
+                    patch,
+                    device,
+                    sink,
+                    self.stream.rows,
+                )
+                continue
             self.mergers[key] = GridMerger(
                 self.plan,
                 self.config.overlap_mode,
@@ -246,6 +275,8 @@ class TiledInference:
     def _choose_aggregate_device(self, outputs: dict[str, torch.Tensor]) -> torch.device:
         if self.config.aggregate_device is not None:
             return self.config.aggregate_device
+        if self.stream is not None:  # a slab: small, next to the model
+            return self.device
         if self._fell_back:
             return torch.device("cpu")
         if self.device.type != "cuda":
@@ -281,7 +312,7 @@ class TiledInference:
                 regions[key], outputs[key] = box, merger.normalized(stop, box)
         return InferenceStep(
             stop,
-            len(self.plan),
+            self.ranks.stop,
             self.plan.locations(first, stop),
             _unwrap(regions),
             _unwrap(outputs),
@@ -299,8 +330,12 @@ class TiledInference:
 
     def result(self) -> Output:
         """Normalise the finished output in place and return it (no copy)."""
-        if self.plan is None or self.done != len(self.plan):
+        if self.plan is None or self.done != self.ranks.stop:
             raise RuntimeError("the run has not finished; use partial_output() for what is done")
+        if self.stream is not None:
+            for merger in self.mergers.values():
+                merger.finalize()
+            return _unwrap({key: m.sink for key, m in self.mergers.items()})  # type: ignore[attr-defined]
         outputs = {key: merger.finalize() for key, merger in self.mergers.items()}
         for key, tensor in outputs.items():
             if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
@@ -321,10 +356,18 @@ class _Prefetcher:
     """Gathers batch n + 1 (and copies it to the device) while the model runs on batch n."""
 
     def __init__(
-        self, gatherer: PatchGatherer, plan: GridPlan, batch_size: int, device: torch.device
+        self,
+        gatherer: PatchGatherer,
+        plan: GridPlan,
+        batch_size: int,
+        device: torch.device,
+        ranks: range | None = None,
     ) -> None:
         self.gatherer, self.plan, self.device = gatherer, plan, device
-        self.ranges = [(f, min(f + batch_size, len(plan))) for f in range(0, len(plan), batch_size)]
+        ranks = range(len(plan)) if ranks is None else ranks
+        self.ranges = [
+            (f, min(f + batch_size, ranks.stop)) for f in range(ranks.start, ranks.stop, batch_size)
+        ]
         shape = (min(batch_size, len(plan)), gatherer.volume.shape[0], *plan.patch_size)
         pin = device.type == "cuda"
         self.buffers = [torch.empty(shape, dtype=torch.float32, pin_memory=pin) for _ in range(2)]
@@ -416,6 +459,9 @@ def infer(
     tta: bool = False,
     progress: bool = False,
     image_name: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    output_chunks: tuple[int, int, int] | None = None,
+    overwrite: bool = False,
 ) -> Output:
     """Run ``model`` over ``image`` patch by patch and return the blended ``(C', I, J, K)`` output.
 
@@ -435,6 +481,15 @@ def infer(
         Show a progress bar (tqdm when installed).
     image_name : str, optional
         Which image of a ``Subject`` to use.
+    output : path, optional
+        Write the result to a new float32 zarr array there (needs ``zarr``) instead of
+        returning a tensor: finished rows are written as they complete, so memory holds one
+        patch height of rows of input and output, whatever the volume (returns the array).
+        ``image`` may then be any lazily read array (zarr, dask, memmap).
+    output_chunks : tuple of 3 int, optional
+        Spatial chunks of the zarr output (default 64³).
+    overwrite : bool
+        Replace an existing ``output``.
 
     Examples
     --------
@@ -454,7 +509,10 @@ def infer(
         padding_mode,
         tta,
     )
-    engine = TiledInference(model, config)
+    stream = None
+    if output is not None:
+        stream = zarr_target(output, chunks=output_chunks, overwrite=overwrite)
+    engine = TiledInference(model, config, stream)
     steps = engine.run(image, image_name, previews=False)
     bar = _progress_bar(progress)
     for step in steps:

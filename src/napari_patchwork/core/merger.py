@@ -117,12 +117,15 @@ class GridMerger:
                 plan.spatial_shape,
             )
         ]
-        self.values = torch.zeros((channels, *self.shape), dtype=torch.float32, device=device)
+        self.values = self._allocate(channels, device)
         self.window = (
             None
             if mode in ("crop", "average")
             else blending_window(mode, output_patch, torch.float32, str(device))
         )
+
+    def _allocate(self, channels: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros((channels, *self.shape), dtype=torch.float32, device=device)
 
     def to(self, device: torch.device) -> None:
         """Move the buffer (e.g. to the CPU after a GPU out-of-memory error)."""

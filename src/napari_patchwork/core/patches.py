@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .lazy import LazyVolume
 from .location import PatchLocation
 
 _STATISTICS = {
@@ -47,7 +48,10 @@ class PatchGatherer:
     """
 
     def __init__(
-        self, volume: torch.Tensor, padding_mode: str | float | None = None, fill: float = 0.0
+        self,
+        volume: torch.Tensor | LazyVolume,
+        padding_mode: str | float | None = None,
+        fill: float = 0.0,
     ) -> None:
         self.volume = volume
         self.mode: str | None = None
@@ -55,6 +59,11 @@ class PatchGatherer:
         if isinstance(padding_mode, (int, float)) and not isinstance(padding_mode, bool):
             self.fill = float(padding_mode)
         elif padding_mode in _STATISTICS:
+            if not isinstance(volume, torch.Tensor):
+                raise ValueError(
+                    f"padding_mode={padding_mode!r} needs the whole volume in memory;"
+                    " for lazily read volumes use a number, 'constant' or a numpy pad mode"
+                )
             self.fill = float(_STATISTICS[str(padding_mode)](volume))
         elif padding_mode is not None and padding_mode != "constant":
             self.mode = str(padding_mode)
@@ -94,10 +103,8 @@ class PatchGatherer:
             _map_indices(torch.arange(ini, fin), size, self.mode)
             for ini, fin, size in zip(location.index_ini, location.index_fin, shape)
         ]
-        region = self.volume
-        for axis, indices in enumerate(mapped):  # narrow every axis first: views, no copy
-            low = int(indices.min())
-            region = region.narrow(axis + 1, low, int(indices.max()) - low + 1)
+        bounds = tuple(slice(int(i.min()), int(i.max()) + 1) for i in mapped)
+        region = self.volume[(slice(None), *bounds)]  # a view of a tensor; one read if lazy
         for axis, indices in enumerate(mapped):
             region = region.index_select(axis + 1, indices - int(indices.min()))
         patch.copy_(region)
