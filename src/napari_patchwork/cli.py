@@ -147,19 +147,7 @@ def run_infer(args: argparse.Namespace) -> int:
         return run_infer_zarr(args, input_path, source, output_path)
     image = ScalarImage(input_path)
     device = args.device or default_device()
-    overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in args.patch_size]
-    config = InferenceConfig(
-        _size(args.patch_size),
-        _size(overlap),
-        args.mode,
-        args.batch_size,
-        device,
-        None,
-        args.amp,
-        args.padding_mode,
-        args.tta,
-        fixed_batch=str(source).endswith(".pt2"),
-    )
+    config = _config(args, device, source)
     model = load_model(source, weights=args.weights, device=device, trust_pickle=args.trust_pickle)
     engine = TiledInference(model, config)
     start = time.perf_counter()
@@ -182,7 +170,7 @@ def _is_zarr(path: Path) -> bool:
     return str(path).rstrip("/").lower().endswith(".zarr")
 
 
-def _zarr_config(args: argparse.Namespace, device: str) -> InferenceConfig:
+def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConfig:
     overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in args.patch_size]
     return InferenceConfig(
         _size(args.patch_size),
@@ -190,7 +178,11 @@ def _zarr_config(args: argparse.Namespace, device: str) -> InferenceConfig:
         args.mode,
         args.batch_size,
         device,
-        padding_mode=args.padding_mode,
+        None,
+        args.amp,
+        args.padding_mode,
+        args.tta,
+        fixed_batch=str(source).endswith(".pt2"),
     )
 
 
@@ -205,7 +197,7 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
     if args.labels or args.tta or args.amp:
         raise ValueError("--labels, --tta and --amp are not supported for zarr runs yet")
     device = args.device or default_device()
-    config = _zarr_config(args, device)
+    config = _config(args, device, source)
     start = time.perf_counter()
     if args.engine == "dask":
         from .distributed import infer_dask

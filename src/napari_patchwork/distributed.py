@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from .core.config import InferenceConfig
-from .core.grid import GridPlan
 from .core.inference import TiledInference
 from .core.lazy import LazyVolume, open_zarr
 from .core.streaming import default_chunks, zarr_target
@@ -36,10 +34,6 @@ def _model(source: str, device: str | None) -> Any:
     return _MODELS[key]
 
 
-def _config(settings: dict[str, Any]) -> InferenceConfig:
-    return InferenceConfig(**settings)
-
-
 def run_block(
     source: str,
     input_path: str,
@@ -49,7 +43,7 @@ def run_block(
     rows: tuple[int, int],
 ) -> tuple[int, int]:
     """One task: infer the input rows ``[start, stop)`` into the existing zarr output."""
-    config = _config(settings)
+    config = InferenceConfig(**settings)
     engine = TiledInference(
         _model(source, settings.get("device")), config, zarr_target(output_path, rows=rows)
     )
@@ -151,11 +145,11 @@ def infer_dask(
         patch_size, patch_overlap, overlap_mode, batch_size, padding_mode=padding_mode
     )
     volume = LazyVolume(open_zarr(input_path, level))
-    GridPlan(volume.spatial_shape, config.patch, config.overlap, padding_mode is not None)
+    config.check_fits(volume.spatial_shape)  # before starting a cluster
     _create_output(
         _model(str(model_source), None), volume, config, str(output_path), block_rows, overwrite
     )
-    settings = asdict(config)
+    settings = config.to_dict()
     blocks = plan_blocks(volume.spatial_shape[0], block_rows)
     cluster = None
     if scheduler is None:

@@ -7,7 +7,13 @@ from typing import Any
 
 import torch
 
-from ._validation import check_overlap, check_padding_mode, check_positive_int, to_triplet
+from ._validation import (
+    check_overlap,
+    check_padding_mode,
+    check_patch_fits,
+    check_positive_int,
+    to_triplet,
+)
 from .types import OVERLAP_MODES, TypeSize, TypeTriplet
 
 
@@ -97,6 +103,11 @@ class InferenceConfig:
     def overlap(self) -> TypeTriplet:
         """``patch_overlap`` as a triplet."""
         return self.patch_overlap  # type: ignore[return-value]
+
+    def check_fits(self, spatial_shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` if the patch is larger than the volume (padded, if padding)."""
+        border = [o // 2 if self.padding_mode is not None else 0 for o in self.overlap]
+        check_patch_fits(self.patch, [s + 2 * b for s, b in zip(spatial_shape, border)])
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for saving settings."""

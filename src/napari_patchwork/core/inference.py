@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import check_patch_fits
 from .config import InferenceConfig
 from .grid import GridPlan
 from .image import Image, _as_tensor
@@ -160,8 +159,7 @@ class TiledInference:
         volume = _as_volume(image, image_name)
         config = self.config
         padded = config.padding_mode is not None
-        border = [o // 2 if padded else 0 for o in config.overlap]
-        check_patch_fits(config.patch, [s + 2 * b for s, b in zip(volume.shape[1:], border)])
+        config.check_fits(volume.shape[1:])
         self.plan = GridPlan(volume.shape[1:], config.patch, config.overlap, padded)
         self.ranks = block_ranks(self.plan, self.stream.rows if self.stream else None)
         previews = previews and self.stream is None

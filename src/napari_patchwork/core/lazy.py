@@ -17,8 +17,10 @@ import torch
 
 def is_lazy_array(data: Any) -> bool:
     """Whether ``data`` is an array-like to read lazily (not a tensor, not an in-memory array)."""
-    if isinstance(data, (torch.Tensor, np.ndarray, LazyVolume)):
-        return isinstance(data, LazyVolume)
+    if isinstance(data, LazyVolume):
+        return True
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        return False
     return all(hasattr(data, name) for name in ("shape", "dtype", "__getitem__"))
 
 

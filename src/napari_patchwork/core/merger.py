@@ -141,7 +141,7 @@ class GridMerger:
             if rank < self.next_rank:
                 continue
             target, source = self._slices(rank)
-            region = self.values[(slice(None), *target)]
+            region = self._buffer_region(rank, target)
             part = patch[(slice(None), *source)]
             if self.mode == "crop":
                 region.copy_(part)
@@ -150,6 +150,18 @@ class GridMerger:
             else:
                 region.addcmul_(part, self.window[(slice(None), *source)])
             self.next_rank = rank + 1
+
+    def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
+        """The part of the buffer where the patch of this rank lands (output coordinates)."""
+        return self.values[(slice(None), *target)]
+
+    def _inverse_axes(self) -> list[torch.Tensor]:
+        """Per axis, ``1 / F`` where the complete 1D weight sum ``F`` is positive, else 0."""
+        device = self.values.device
+        return [
+            torch.where(axis.prefix[-1] > 0, 1 / axis.prefix[-1], 0).to(device, torch.float32)
+            for axis in self.axes
+        ]
 
     def _slices(self, rank: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
         target, source = [], []
@@ -200,11 +212,7 @@ class GridMerger:
         """
         if self.mode == "crop":
             return self.values
-        device = self.values.device
-        inverse = [
-            torch.where(axis.prefix[-1] > 0, 1 / axis.prefix[-1], 0).to(device, torch.float32)
-            for axis in self.axes
-        ]
+        inverse = self._inverse_axes()
         plane = inverse[1][:, None] * inverse[2][None, :]
         for start in range(0, self.shape[0], slab):
             stop = min(start + slab, self.shape[0])

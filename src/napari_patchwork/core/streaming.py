@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ._validation import to_triplet
 from .grid import GridPlan
 from .merger import GridMerger
 from .types import TypeTriplet
@@ -93,28 +94,13 @@ class StreamingMerger(GridMerger):
         rows = min(round(self.plan.patch_size[0] * self.factor[0]), self.shape[0])
         return torch.zeros((channels, rows, *self.shape[1:]), dtype=torch.float32, device=device)
 
-    def add(self, outputs: torch.Tensor, first_rank: int) -> None:
-        """Add outputs of ranks ``first_rank …``; rows finished by them are written out."""
-        outputs = outputs.to(self.values.device, torch.float32)
-        for offset, patch in enumerate(outputs):
-            rank = first_rank + offset
-            if rank < self.next_rank:
-                continue
-            row = self.plan.unravel(rank)[0]
-            if row != self.current_row:
-                self._flush(max(self.axes[0].starts[row], 0))
-                self.current_row = row
-            target, source = self._slices(rank)
-            rows = slice(target[0].start - self.base, target[0].stop - self.base)
-            region = self.values[(slice(None), rows, *target[1:])]
-            part = patch[(slice(None), *source)]
-            if self.mode == "crop":
-                region.copy_(part)
-            elif self.window is None:
-                region.add_(part)
-            else:
-                region.addcmul_(part, self.window[(slice(None), *source)])
-            self.next_rank = rank + 1
+    def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
+        row = self.plan.unravel(rank)[0]
+        if row != self.current_row:  # rows before this grid row's start are final
+            self._flush(max(self.axes[0].starts[row], 0))
+            self.current_row = row
+        rows = slice(target[0].start - self.base, target[0].stop - self.base)
+        return self.values[(slice(None), rows, *target[1:])]
 
     def _flush(self, upto: int) -> None:
         """Normalise rows ``[base, upto)``, write those in ``write_rows``, slide the buffer."""
@@ -135,11 +121,7 @@ class StreamingMerger(GridMerger):
         self.base = upto
 
     def _inverse_weight(self, start: int, stop: int) -> torch.Tensor:
-        device = self.values.device
-        inverse = [
-            torch.where(axis.prefix[-1] > 0, 1 / axis.prefix[-1], 0).to(device, torch.float32)
-            for axis in self.axes
-        ]
+        inverse = self._inverse_axes()
         plane = inverse[1][:, None] * inverse[2][None, :]  # same products as GridMerger.finalize
         return inverse[0][start:stop, None, None] * plane
 
@@ -169,7 +151,10 @@ def zarr_target(
         return zarr.create_array(
             str(path),
             shape=(channels, *shape),
-            chunks=(channels, *(chunks or default_chunks(shape))),
+            chunks=(
+                channels,
+                *(to_triplet(chunks, "output_chunks") if chunks else default_chunks(shape)),
+            ),
             dtype="float32",
             overwrite=True,
         )
