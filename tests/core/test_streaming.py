@@ -137,3 +137,22 @@ def test_statistic_padding_needs_the_volume_in_memory(zarr_volume):
     array, _ = zarr_volume
     with pytest.raises(ValueError, match="padding_mode='mean'"):
         pw.infer(ramp_model, array, patch_size=12, patch_overlap=4, padding_mode="mean")
+
+
+def test_images_backed_by_zarr_stay_lazy(zarr_volume, tmp_path):
+    array, data = zarr_volume
+    image = pw.ScalarImage(array, affine=np.diag([0.5, 0.5, 2.0, 1.0]))
+    assert image.shape == (1, 45, 30, 28) and image.itemsize == 4 and not image.is_loaded
+    assert "lazy" in repr(image)
+    subject = pw.Subject(t1=image)
+    for patch in pw.UniformSampler(subject, 8, num_patches=5, seed=0):  # reads patches only
+        slices = patch.patch_location.to_slices()
+        assert torch.equal(patch.t1.data, torch.from_numpy(data[(slice(None), *slices)]))
+    grid = list(pw.GridSampler(subject, 15))
+    assert len(grid) == 3 * 2 * 2 and not image.is_loaded
+    expected = pw.infer(ramp_model, torch.from_numpy(data), patch_size=12)
+    result = pw.infer(
+        ramp_model, subject, image_name="t1", patch_size=12, output=tmp_path / "o.zarr"
+    )
+    assert np.array_equal(result[:], expected.numpy()) and not image.is_loaded
+    assert torch.equal(image.data, torch.from_numpy(data))  # loading is explicit

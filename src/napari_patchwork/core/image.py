@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..io.nifti import read_nifti, read_nifti_header
+from .lazy import LazyVolume, is_lazy_array
 from .location import PatchLocation
 
 INTENSITY = "intensity"
@@ -49,13 +50,16 @@ def _as_affine(affine: Any) -> np.ndarray:
 class Image:
     """A 3D image with channels: a ``(C, I, J, K)`` tensor and a 4×4 voxel-to-world affine.
 
-    Built from a tensor, a numpy array or a ``.nii``/``.nii.gz`` path; a path is only read
-    (with nibabel) when ``data`` is first used. Use :class:`ScalarImage` or :class:`LabelMap`.
+    Built from a tensor, a numpy array, a ``.nii``/``.nii.gz`` path or a lazily read array
+    (zarr, dask, memmap: anything with ``shape``, ``dtype`` and slicing). Paths and lazy
+    arrays are only read whole when ``data`` is first used; ``crop`` reads just the patch.
+    Use :class:`ScalarImage` or :class:`LabelMap`.
 
     Parameters
     ----------
-    path_or_data : str, PathLike, torch.Tensor or numpy.ndarray, optional
-        A NIfTI path or a 4D ``(C, I, J, K)`` array.
+    path_or_data : str, PathLike, torch.Tensor, numpy.ndarray or array-like, optional
+        A NIfTI path, a 4D ``(C, I, J, K)`` array, or a lazy ``(I, J, K)`` or
+        ``(C, I, J, K)`` array.
     tensor : torch.Tensor or numpy.ndarray, optional
         Same as passing the array positionally (TorchIO's keyword).
     affine : array-like of shape (4, 4), optional
@@ -87,8 +91,12 @@ class Image:
             )
         source = given[0]
         self._data: torch.Tensor | None = None
+        self._lazy: LazyVolume | None = None
         self.path: Path | None = None
-        if isinstance(source, (str, os.PathLike)):
+        if is_lazy_array(source):
+            self._lazy = source if isinstance(source, LazyVolume) else LazyVolume(source)
+            self._affine = _as_affine(affine)
+        elif isinstance(source, (str, os.PathLike)):
             self.path = Path(source)
             self._header = read_nifti_header(self.path)  # validates path early
             self._affine = self._header.affine
@@ -105,7 +113,9 @@ class Image:
         return self._data
 
     def _read(self) -> torch.Tensor:
-        """Read the voxels from ``path`` (without keeping them)."""
+        """Read the voxels from ``path`` or the lazy array (without keeping them)."""
+        if self._lazy is not None:
+            return _as_tensor(self._lazy.load(), "the lazy array")
         assert self.path is not None
         array, _ = read_nifti(self.path)
         return _as_tensor(array, f"data of '{self.path}'")
@@ -146,6 +156,8 @@ class Image:
     @property
     def shape(self) -> tuple[int, ...]:
         """``(C, I, J, K)``, from the header when not loaded."""
+        if self._data is None and self._lazy is not None:
+            return self._lazy.shape
         if self._data is None:
             return (self._header.num_channels, *self._header.spatial_shape)
         return tuple(self._data.shape)
@@ -165,8 +177,16 @@ class Image:
     def itemsize(self) -> int:
         """Bytes per voxel and channel."""
         if self._data is None:
-            return int(self._header.dtype.itemsize)
+            return int(self._source_dtype().itemsize)
         return self._data.element_size()
+
+    def _source_dtype(self) -> np.dtype[Any]:
+        return self._lazy.dtype if self._lazy is not None else self._header.dtype
+
+    @property
+    def lazy_volume(self) -> LazyVolume | None:
+        """The lazily read array behind this image while it is not loaded, else None."""
+        return self._lazy if self._data is None else None
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -182,7 +202,10 @@ class Image:
         """
         if not location.inside(self.spatial_shape):
             raise ValueError(f"location {location} is outside the volume {self.spatial_shape}")
-        patch = self.data[(slice(None), *location.to_slices())].clone()
+        if self._data is None and self._lazy is not None:  # read only the patch
+            patch = self._lazy.read(*location.to_slices())
+        else:
+            patch = self.data[(slice(None), *location.to_slices())].clone()
         affine = self.affine.copy()
         affine[:3, 3] = (self.affine @ np.array([*location.index_ini, 1.0]))[:3]
         return type(self)(tensor=patch, affine=affine)
@@ -196,13 +219,16 @@ class Image:
         """An image holding a ``(B, C, I, J, K)`` batch (made by the collate function)."""
         image = cls.__new__(cls)
         image._data = data
+        image._lazy = None
         image.path = None
         image._affine = affines
         return image
 
     def __repr__(self) -> str:
         where = f"path='{self.path}'" if self.path is not None else "in memory"
-        dtype = self._data.dtype if self._data is not None else self._header.dtype
+        if self._data is None and self._lazy is not None:
+            where = f"lazy {type(self._lazy.array).__name__}"
+        dtype = self._data.dtype if self._data is not None else self._source_dtype()
         return f"{type(self).__name__}(shape={self.shape}, dtype={dtype}, {where})"
 
 

@@ -72,9 +72,9 @@ def _as_volume(image: Any, image_name: str | None) -> torch.Tensor | LazyVolume:
             raise ValueError(
                 f"image_name is required for a Subject; images: {list(image.get_images_dict())}"
             )
-        return image.check_image(image_name, "image_name").data
-    if isinstance(image, Image):
-        return image.data
+        image = image.check_image(image_name, "image_name")
+    if isinstance(image, Image):  # a lazily backed image stays lazy
+        return image.lazy_volume if image.lazy_volume is not None else image.data
     if isinstance(image, (torch.Tensor, np.ndarray)):
         volume = _as_tensor(image, "image")
         if volume.is_complex() or volume.dtype == torch.bool:
