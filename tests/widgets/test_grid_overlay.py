@@ -96,3 +96,28 @@ def test_huge_grids_are_counted_not_drawn(viewer_with_sample):
     viewer_with_sample.dims.ndisplay = 3
     widget.update()
     assert "too many to draw" in widget.info.value or len(widget.plan) <= 50_000
+
+
+def test_huge_lazy_multiscale_volume_is_never_read(make_napari_viewer, tmp_path):
+    """An 8-gigavoxel zarr volume (32 GB as float32): the grid and overlap layers come from
+    its shape; only the slice on screen is ever read."""
+    zarr = __import__("pytest").importorskip("zarr")
+    levels = [
+        zarr.create_array(
+            tmp_path / f"{n}.zarr", shape=(s, s, s), chunks=(64, 64, 64), dtype="float32"
+        )
+        for n, s in enumerate((2000, 1000))
+    ]
+    viewer = make_napari_viewer()
+    viewer.add_image(levels, multiscale=True, contrast_limits=(0, 1), name="image")
+    widget = PatchGridWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "128", "32"
+    assert widget.info.value.startswith(f"{21**3} patches")
+    overlap = viewer.layers[OVERLAP_LAYER].data
+    assert overlap.shape == (2000, 2000, 2000) and overlap[1000, 94:98, 96].tolist() == [
+        1,
+        1,
+        3,
+        3,
+    ]
+    assert len(viewer.layers[GRID_LAYER].data) > 0

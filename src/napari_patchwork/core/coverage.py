@@ -9,7 +9,9 @@ patch box, times the number of patches: three cumulative-sum passes, O(N).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 
 from .grid import GridPlan
@@ -92,12 +94,12 @@ def empirical_coverage(
     return coverage[: shape[0], : shape[1], : shape[2]]
 
 
-def grid_coverage(plan: GridPlan) -> torch.Tensor:
-    """How many grid patches cover each voxel: separable, ``c_i ⊗ c_j ⊗ c_k``.
+def axis_coverage(plan: GridPlan) -> list[torch.Tensor]:
+    """Per axis, how many grid starts cover each index (the grid's coverage is their product).
 
     Examples
     --------
-    >>> grid_coverage(GridPlan((6, 6, 6), (4, 4, 4), (2, 2, 2)))[:, 0, 0].tolist()
+    >>> [c.tolist() for c in axis_coverage(GridPlan((6, 4, 4), (4, 4, 4), (2, 0, 0)))][0]
     [1, 1, 2, 2, 1, 1]
     """
     counts = []
@@ -106,4 +108,68 @@ def grid_coverage(plan: GridPlan) -> torch.Tensor:
         for start in starts:
             count[max(start, 0) : min(start + patch, size)] += 1
         counts.append(count)
+    return counts
+
+
+def grid_coverage(plan: GridPlan) -> torch.Tensor:
+    """How many grid patches cover each voxel: separable, ``c_i ⊗ c_j ⊗ c_k``.
+
+    Examples
+    --------
+    >>> grid_coverage(GridPlan((6, 6, 6), (4, 4, 4), (2, 2, 2)))[:, 0, 0].tolist()
+    [1, 1, 2, 2, 1, 1]
+    """
+    counts = axis_coverage(plan)
     return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+
+
+class SeparableVolume:
+    """A read-only 3D array ``a ⊗ b ⊗ c + offset`` computed slice by slice, never whole.
+
+    Viewers (napari) read it like an array: ``shape``, ``dtype``, ``ndim`` and indexing with
+    ints and slices; ``numpy.asarray`` gives the full volume when asked.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> volume = SeparableVolume([np.array([1, 2]), np.array([1, 3]), np.array([2])], offset=-1)
+    >>> volume.shape, volume[1, :, 0].tolist()
+    ((2, 2, 1), [3, 11])
+    """
+
+    def __init__(self, vectors: Sequence[Any], offset: int = 0, dtype: Any = None) -> None:
+        self.vectors = [np.asarray(v) for v in vectors]
+        self.offset = offset
+        self.dtype = np.dtype(dtype or np.result_type(*self.vectors))
+        self.shape = tuple(len(v) for v in self.vectors)
+        self.ndim = 3
+        self.size = int(np.prod(self.shape))
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            index = key.index(Ellipsis)
+            key = key[:index] + (slice(None),) * (4 - len(key)) + key[index + 1 :]
+        key = key + (slice(None),) * (3 - len(key))
+        parts = [np.atleast_1d(v[k]) for v, k in zip(self.vectors, key)]
+        values = np.einsum("i,j,k->ijk", *parts) + self.offset
+        drop = tuple(
+            axis for axis, k in enumerate(key) if np.ndim(k) == 0 and not isinstance(k, slice)
+        )
+        return values.squeeze(drop).astype(self.dtype, copy=False)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        values = self[:, :, :]
+        return values if dtype is None else values.astype(dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def max(self) -> Any:
+        """The largest value (for non-negative vectors: the product of their maxima)."""
+        return np.prod([v.max() for v in self.vectors]) + self.offset
+
+
+def grid_overlap(plan: GridPlan) -> SeparableVolume:
+    """Lazy ``uint8`` volume of how many *extra* patches cover each voxel (0: no overlap)."""
+    return SeparableVolume([c.numpy() for c in axis_coverage(plan)], offset=-1, dtype=np.uint8)

@@ -156,6 +156,14 @@ def slice_position(viewer: Any, layer: Any) -> tuple[int | None, int]:
     return data_axis, int(round(float(np.asarray(data_point)[data_axis])))
 
 
+def shape_of(layer: Any) -> tuple[int, int, int]:
+    """The layer's 3D shape, without reading its data (multiscale: the finest level)."""
+    shape = tuple(int(s) for s in layer.level_shapes[0]) if layer.multiscale else layer.data.shape
+    if len(shape) != 3:
+        raise ValueError(f"layer '{layer.name}' must be 3D, got shape {tuple(shape)}")
+    return (shape[0], shape[1], shape[2])
+
+
 def volume_of(layer: Any) -> np.ndarray:
     """The layer's 3D data as a numpy array (channels of multi-channel images are refused)."""
     data = np.asarray(layer.data)

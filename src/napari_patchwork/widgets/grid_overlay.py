@@ -9,7 +9,7 @@ from magicgui.widgets import ComboBox, Container, Label, LineEdit
 from napari.layers import Image
 
 from ..core._validation import check_overlap, check_padding_mode, check_patch_fits, to_triplet
-from ..core.coverage import grid_coverage
+from ..core.coverage import grid_overlap
 from ..core.grid import GridPlan
 from ..core.types import PADDING_MODES
 from ._layers import boxes_to_vectors, grid_lines
@@ -18,9 +18,9 @@ from ._napari import (
     layer_choices,
     parse_size,
     redraw_on_slice_change,
+    shape_of,
     show_layer,
     slice_position,
-    volume_of,
     watch_layers,
 )
 
@@ -71,7 +71,7 @@ class PatchGridWidget(Container):
         layer = self.image.value
         if layer is None:
             raise ValueError("add a 3D image layer")
-        shape = volume_of(layer).shape
+        shape = shape_of(layer)  # the data is never read: huge and lazy volumes are fine
         patch = to_triplet(parse_size(self.patch_size.value, "patch size"), "patch_size")
         overlap = to_triplet(
             parse_size(self.patch_overlap.value, "overlap"), "patch_overlap", minimum=0
@@ -92,7 +92,7 @@ class PatchGridWidget(Container):
             return
         counts = " × ".join(map(str, self.plan.counts))
         self.info.value = f"{len(self.plan)} patches ({counts})"
-        overlap = grid_coverage(self.plan).numpy().astype(np.uint8) - 1
+        overlap = grid_overlap(self.plan)  # computed slice by slice as napari draws it
         show_layer(
             self.viewer,
             OVERLAP_LAYER,
