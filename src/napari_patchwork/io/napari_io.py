@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .nifti import is_nifti_path, read_nifti, write_nifti
+from .zarr_io import is_zarr_path, layer_data_from_zarr
 
 LayerData = tuple[Any, dict[str, Any], str]
 LABEL_HINTS = ("label", "seg", "mask", "annot")
@@ -53,17 +54,25 @@ def layer_data_from_nifti(path: str | os.PathLike[str]) -> list[LayerData]:
 
 
 def get_reader(path: str | list[str]) -> Any:
-    """npe2 reader: a function for NIfTI paths, None for anything else."""
+    """npe2 reader: a function for NIfTI files or zarr stores, None for anything else."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    if not paths or not all(is_nifti_path(p) for p in paths):
-        return None
-    return read_layers
+    if paths and all(is_nifti_path(p) for p in paths):
+        return read_layers
+    if paths and all(is_zarr_path(p) for p in paths):
+        return read_zarr_layers
+    return None
 
 
 def read_layers(path: str | list[str]) -> list[LayerData]:
     """Read one or more NIfTI files."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     return [layer for p in paths for layer in layer_data_from_nifti(p)]
+
+
+def read_zarr_layers(path: str | list[str]) -> list[LayerData]:
+    """Open one or more zarr / OME-Zarr stores lazily (multiscale when they have levels)."""
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    return [layer for p in paths for layer in layer_data_from_zarr(p)]
 
 
 def affine_from_meta(meta: dict[str, Any], ndim: int = 3) -> np.ndarray:
