@@ -144,3 +144,36 @@ def test_bad_settings_are_reported_before_running(viewer_with_sample):
     widget.patch_overlap.value = "3"
     assert widget.run() is None
     assert "even" in widget.status.value and not widget.running
+
+
+def test_zarr_output_streams_and_equals_infer(make_napari_viewer, qtbot, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    data = np.random.default_rng(0).random((40, 24, 20)).astype(np.float32)
+    source = zarr.create_array(
+        tmp_path / "in.zarr", shape=data.shape, chunks=(8, 24, 20), dtype="float32"
+    )
+    source[:] = data
+    viewer = make_napari_viewer()
+    viewer.add_image(
+        [source, source[::2, ::2, ::2]], multiscale=True, name="big", contrast_limits=(0, 1)
+    )
+    widget = TiledInferenceWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
+    widget.batch_size.value, widget.device.value = 2, "cpu"
+    widget.zarr_output.value = str(tmp_path / "out.zarr")
+    assert widget.run() is not None
+    assert "big labels" not in viewer.layers  # nothing is held in memory for a zarr run
+    wait(qtbot, widget)
+    expected = pw.infer(
+        load_model("demo"),
+        torch.from_numpy(data)[None],
+        patch_size=16,
+        patch_overlap=4,
+        batch_size=2,
+    )
+    written = zarr.open_array(tmp_path / "out.zarr")
+    assert np.array_equal(written[:], expected.numpy())
+    layer = viewer.layers["big output (zarr)"]
+    assert layer.data.shape == (3, 40, 24, 20) and "written to" in widget.status.value
+    widget.zarr_output.value = str(tmp_path / "out.zarr")  # exists now: refused up front
+    assert widget.run() is None and "exists" in widget.status.value

@@ -173,6 +173,9 @@ class TiledInference:
             for first, stop, batch in batches:
                 self._process(batch, first)
                 self.done = stop
+                if self.stream is not None and stop == self.ranks.stop:
+                    for merger in self.mergers.values():  # the last rows, before the last step
+                        merger.finalize()
                 yield self._step(first, stop, start, previews)
 
     def _process(self, batch: torch.Tensor, first: int) -> None:

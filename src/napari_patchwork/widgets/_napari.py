@@ -164,6 +164,13 @@ def shape_of(layer: Any) -> tuple[int, int, int]:
     return (shape[0], shape[1], shape[2])
 
 
+def lazy_data_of(layer: Any) -> Any:
+    """The layer's finest-level array as it is (numpy, zarr, dask…), without reading it."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    shape_of(layer)  # 3D check
+    return data
+
+
 def volume_of(layer: Any) -> np.ndarray:
     """The layer's 3D data as a numpy array (channels of multi-channel images are refused)."""
     data = np.asarray(layer.data)

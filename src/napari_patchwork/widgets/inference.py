@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,11 +28,15 @@ from ..cli import default_device
 from ..core.config import InferenceConfig
 from ..core.inference import InferenceStep, TiledInference
 from ..core.postprocess import to_labels, to_probabilities
+from ..core.streaming import StreamTarget, zarr_target
 from ..core.types import OVERLAP_MODES
 from ..io.models import load_model
+from ..io.napari_io import read_zarr_layers
 from ._napari import (
     layer_choices,
+    lazy_data_of,
     parse_size,
+    shape_of,
     show_layer,
     slice_position,
     volume_of,
@@ -55,7 +60,7 @@ def available_devices() -> list[str]:
 
 def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
     """Bounding box of a Shapes layer in the image's voxels; flat axes span the whole volume."""
-    shape = volume_of(image).shape
+    shape = shape_of(image)
     vertices = [
         np.asarray(image.world_to_data(shapes.data_to_world(v))) for s in shapes.data for v in s
     ]
@@ -75,7 +80,7 @@ class StepUpdate:
     """What the GUI thread needs from one step, computed in the worker thread."""
 
     step: InferenceStep
-    region: tuple[slice, slice, slice]
+    region: tuple[slice, slice, slice] | None
     labels: np.ndarray | None
     probabilities: np.ndarray | None
 
@@ -84,6 +89,8 @@ class StepUpdate:
         """Post-process ``step``'s logits into the arrays the output layers show."""
         output = step.output
         region = step.region
+        if isinstance(output, dict) and not output:  # streamed to zarr: nothing in memory
+            return cls(step, None, None, None)
         if not isinstance(output, torch.Tensor):  # dict models: show the first output
             output, region = next(iter(output.values())), next(iter(region.values()))
         return cls(
@@ -127,6 +134,7 @@ class TiledInferenceWidget(Container):
         self.roi = ComboBox(
             label="region (shapes)", choices=layer_choices(napari_viewer, Shapes, True)
         )
+        self.zarr_output = LineEdit(label="zarr output (optional)", value="")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
@@ -145,6 +153,7 @@ class TiledInferenceWidget(Container):
             self.tta,
             self.outputs,
             self.roi,
+            self.zarr_output,
         ]
         self.extend(
             [*self.controls, self.run_button, self.cancel_button, self.progress, self.status]
@@ -156,6 +165,7 @@ class TiledInferenceWidget(Container):
         self.worker: Any = None
         self.refresh_seconds: list[float] = []  # UI-thread time per yielded step (measured)
         self.last_step: InferenceStep | None = None
+        self._zarr_path: str | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -199,26 +209,36 @@ class TiledInferenceWidget(Container):
             if image is None:
                 raise ValueError("choose an image layer")
             config = self.config()
-            volume = volume_of(image)
-            box = (
-                roi_box(self.roi.value, image)
-                if self.roi.value is not None
-                else tuple(slice(0, s) for s in volume.shape)
-            )
+            stream = self._stream_target()
+            if stream is None:
+                volume = volume_of(image)
+                box = (
+                    roi_box(self.roi.value, image)
+                    if self.roi.value is not None
+                    else tuple(slice(0, s) for s in volume.shape)
+                )
+            else:
+                box = tuple(slice(0, s) for s in shape_of(image))
         except (ValueError, TypeError) as error:
             self._error(error)
             return None
         self._box, self._image, self._started = box, image, time.perf_counter()
         self._last_refresh, self._dirty, self._refresh_interval = 0.0, False, REFRESH_INTERVAL
         self.refresh_seconds = []
-        self._prepare_outputs(image, volume.shape)
-        region = torch.from_numpy(np.ascontiguousarray(volume[box]))[None]
+        if stream is None:
+            self._prepare_outputs(image, volume.shape)
+            region: Any = torch.from_numpy(np.ascontiguousarray(volume[box]))[None]
+        else:  # read lazily by the engine, written to zarr as rows finish: nothing held here
+            self._labels = self._probabilities = None
+            data = lazy_data_of(image)
+            region = torch.from_numpy(data)[None] if isinstance(data, np.ndarray) else data
         handlers = {"yielded": self._on_step, "errored": self._error, "finished": self._on_finished}
         worker = create_worker(  # handlers via _connect: napari re-raises errors without one
             self._steps,
             self._model_source(),
             config,
             region,
+            stream,
             _start_thread=False,
             _connect=handlers,
         )
@@ -227,11 +247,27 @@ class TiledInferenceWidget(Container):
         worker.start()
         return worker
 
-    def _steps(self, source: str, config: InferenceConfig, region: torch.Tensor) -> Any:
+    def _stream_target(self) -> StreamTarget | None:
+        """The zarr output to stream to, when one is given (checked before running)."""
+        path = str(self.zarr_output.value).strip()
+        self._zarr_path = path or None
+        if not path:
+            return None
+        if not path.lower().rstrip("/").endswith(".zarr"):
+            raise ValueError(f"zarr output must end in .zarr, got '{path}'")
+        if Path(path).exists():
+            raise ValueError(f"zarr output exists: '{path}' (choose a new path)")
+        if self.roi.value is not None:
+            raise ValueError("a region (shapes) and a zarr output cannot be combined yet")
+        return zarr_target(path)
+
+    def _steps(
+        self, source: str, config: InferenceConfig, region: Any, stream: StreamTarget | None
+    ) -> Any:
         want_labels, want_probabilities = self._labels is not None, self._probabilities is not None
         try:
             model = load_model(source, device=config.device)
-            engine = TiledInference(model, config)
+            engine = TiledInference(model, config, stream)
             for step in engine.run(region):  # post-processing here, off the GUI thread
                 yield StepUpdate.of(step, want_labels, want_probabilities)
         except RuntimeError as error:
@@ -287,6 +323,18 @@ class TiledInferenceWidget(Container):
     def _on_step(self, update: StepUpdate) -> None:
         start = time.perf_counter()
         step = self.last_step = update.step
+        self.progress.max, self.progress.value = step.total, step.done
+        remaining = step.elapsed / step.done * (step.total - step.done)
+        timing = f"{step.elapsed:.1f} s · ETA {remaining:.1f} s"
+        if update.region is None:  # streamed: rows before this batch's grid row are on disk
+            written = (
+                step.locations[0].index_ini[0] if step.done < step.total else self._box[0].stop
+            )
+            self.status.value = (
+                f"{step.done}/{step.total} patches · rows 0–{written} written · {timing}"
+            )
+            self.refresh_seconds.append(time.perf_counter() - start)
+            return
         target = tuple(
             slice(b.start + r.start, b.start + r.stop) for b, r in zip(self._box, update.region)
         )
@@ -299,11 +347,7 @@ class TiledInferenceWidget(Container):
                 self._probabilities.data = data
             data[(slice(None), *target)] = update.probabilities
         self._dirty |= self._in_view(target)
-        self.progress.max, self.progress.value = step.total, step.done
-        remaining = step.elapsed / step.done * (step.total - step.done)
-        self.status.value = (
-            f"{step.done}/{step.total} patches · {step.elapsed:.1f} s · ETA {remaining:.1f} s"
-        )
+        self.status.value = f"{step.done}/{step.total} patches · {timing}"
         if self._dirty and start - self._last_refresh > self._refresh_interval:
             self._refresh()
         self.refresh_seconds.append(time.perf_counter() - start)
@@ -336,9 +380,27 @@ class TiledInferenceWidget(Container):
             self.status.value = (
                 f"done: {step.total} patches in {time.perf_counter() - self._started:.1f} s"
             )
+            if self._zarr_path is not None:
+                self._show_zarr_output(self._zarr_path)
             show_info(f"Tiled inference finished: {step.total} patches")
         self.worker = None
         self._set_running(False)
+
+    def _show_zarr_output(self, path: str) -> None:
+        """Show the written zarr output lazily, placed like the input (channels first)."""
+        [(data, meta, _)] = read_zarr_layers(path)
+        middle = np.asarray(data[:, data.shape[1] // 2])  # one plane: contrast without a full read
+        show_layer(
+            self.viewer,
+            f"{self._image.name} output (zarr)",
+            "image",
+            data,
+            colormap="magma",
+            contrast_limits=(float(middle.min()), float(max(middle.max(), middle.min() + 1e-6))),
+            scale=(1, *self._image.scale[-3:]),
+            translate=(0, *self._image.translate[-3:]),
+        )
+        self.status.value += f" · written to {path}"
 
     def _error(self, error: BaseException) -> None:
         kind = "" if isinstance(error, InferenceFailed) else f"{type(error).__name__}: "
