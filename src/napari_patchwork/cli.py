@@ -140,10 +140,11 @@ def run_infer(args: argparse.Namespace) -> int:
     from .core.image import ScalarImage
     from .io.models import load_model
     from .io.nifti import write_nifti
+    from .io.zarr_io import is_zarr_path
 
     input_path, source, output_path = _resolve(args)
     _check_output(input_path, output_path, args.overwrite)
-    if _is_zarr(input_path) or _is_zarr(output_path) or args.engine == "dask":
+    if is_zarr_path(input_path) or is_zarr_path(output_path) or args.engine == "dask":
         return run_infer_zarr(args, input_path, source, output_path)
     image = ScalarImage(input_path)
     device = args.device or default_device()
@@ -164,10 +165,6 @@ def run_infer(args: argparse.Namespace) -> int:
     if args.sample:
         _report_sample_quality(result, args.labels)
     return 0
-
-
-def _is_zarr(path: Path) -> bool:
-    return str(path).rstrip("/").lower().endswith(".zarr")
 
 
 def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConfig:
@@ -191,8 +188,9 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
     from .core.lazy import LazyVolume, open_zarr
     from .core.streaming import zarr_target
     from .io.models import load_model
+    from .io.zarr_io import is_zarr_path
 
-    if not (_is_zarr(input_path) and _is_zarr(output)):
+    if not (is_zarr_path(input_path) and is_zarr_path(output)):
         raise ValueError("zarr runs need both INPUT and --output to be .zarr paths")
     if args.labels or args.tta or args.amp:
         raise ValueError("--labels, --tta and --amp are not supported for zarr runs yet")

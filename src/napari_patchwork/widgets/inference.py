@@ -32,6 +32,7 @@ from ..core.streaming import StreamTarget, zarr_target
 from ..core.types import OVERLAP_MODES
 from ..io.models import load_model
 from ..io.napari_io import read_zarr_layers
+from ..io.zarr_io import is_zarr_path
 from ._napari import (
     layer_choices,
     lazy_data_of,
@@ -253,7 +254,7 @@ class TiledInferenceWidget(Container):
         self._zarr_path = path or None
         if not path:
             return None
-        if not path.lower().rstrip("/").endswith(".zarr"):
+        if not is_zarr_path(path):
             raise ValueError(f"zarr output must end in .zarr, got '{path}'")
         if Path(path).exists():
             raise ValueError(f"zarr output exists: '{path}' (choose a new path)")
