@@ -79,3 +79,24 @@ def test_missing_map_is_a_message(viewer_with_sample):
     widget.sampler.value = "weighted"
     assert widget.sample() == []
     assert "probability map" in widget.info.value
+
+
+def test_uniform_sampling_on_a_huge_lazy_volume(make_napari_viewer, tmp_path):
+    """A 1000³ zarr layer (4 GB as float32): patches are read one by one, the maps are lazy."""
+    zarr = pytest.importorskip("zarr")
+    array = zarr.create_array(
+        tmp_path / "big.zarr", shape=(1000, 1000, 1000), chunks=(64, 64, 64), dtype="float32"
+    )
+    viewer = make_napari_viewer()
+    viewer.add_image(array, contrast_limits=(0, 1), name="image")
+    widget = SamplerExplorerWidget(viewer)
+    widget.patch_size.value, widget.num_patches.value = "96", 20
+    locations = widget.sample()
+    assert len(locations) == 20 and all(loc.inside((1000,) * 3) for loc in locations)
+    expected = viewer.layers[EXPECTED].data
+    empirical = viewer.layers[EMPIRICAL].data
+    assert expected.shape == empirical.shape == (1000, 1000, 1000)
+    first = locations[0]
+    centre = first.center
+    assert empirical[centre] >= 1  # read for one voxel, never whole
+    assert 0 < float(expected[500, 500, 500]) < 1  # 20 patches of 96³ in a 1000³ volume

@@ -123,27 +123,23 @@ def grid_coverage(plan: GridPlan) -> torch.Tensor:
     return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
 
 
-class SeparableVolume:
-    """A read-only 3D array ``a ⊗ b ⊗ c + offset`` computed slice by slice, never whole.
+class ComputedVolume:
+    """A read-only 3D array whose values are computed for the part asked for, never whole.
 
     Viewers (napari) read it like an array: ``shape``, ``dtype``, ``ndim`` and indexing with
-    ints and slices; ``numpy.asarray`` gives the full volume when asked.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> volume = SeparableVolume([np.array([1, 2]), np.array([1, 3]), np.array([2])], offset=-1)
-    >>> volume.shape, volume[1, :, 0].tolist()
-    ((2, 2, 1), [3, 11])
+    ints and slices; ``numpy.asarray`` gives the full volume when asked. Subclasses compute
+    ``_region(indices)`` for three sorted 1D index arrays.
     """
 
-    def __init__(self, vectors: Sequence[Any], offset: int = 0, dtype: Any = None) -> None:
-        self.vectors = [np.asarray(v) for v in vectors]
-        self.offset = offset
-        self.dtype = np.dtype(dtype or np.result_type(*self.vectors))
-        self.shape = tuple(len(v) for v in self.vectors)
-        self.ndim = 3
+    ndim = 3
+
+    def __init__(self, shape: Sequence[int], dtype: Any) -> None:
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
         self.size = int(np.prod(self.shape))
+
+    def _region(self, indices: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -151,11 +147,9 @@ class SeparableVolume:
             index = key.index(Ellipsis)
             key = key[:index] + (slice(None),) * (4 - len(key)) + key[index + 1 :]
         key = key + (slice(None),) * (3 - len(key))
-        parts = [np.atleast_1d(v[k]) for v, k in zip(self.vectors, key)]
-        values = np.einsum("i,j,k->ijk", *parts) + self.offset
-        drop = tuple(
-            axis for axis, k in enumerate(key) if np.ndim(k) == 0 and not isinstance(k, slice)
-        )
+        indices = [np.atleast_1d(np.arange(size)[k]) for size, k in zip(self.shape, key)]
+        values = self._region(indices)
+        drop = tuple(a for a, k in enumerate(key) if np.ndim(k) == 0 and not isinstance(k, slice))
         return values.squeeze(drop).astype(self.dtype, copy=False)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
@@ -165,9 +159,89 @@ class SeparableVolume:
     def __len__(self) -> int:
         return self.shape[0]
 
+
+class SeparableVolume(ComputedVolume):
+    """``a ⊗ b ⊗ c + offset``, computed slice by slice.
+
+    Examples
+    --------
+    >>> volume = SeparableVolume([np.array([1, 2]), np.array([1, 3]), np.array([2])], offset=-1)
+    >>> volume.shape, volume[1, :, 0].tolist()
+    ((2, 2, 1), [3, 11])
+    """
+
+    def __init__(self, vectors: Sequence[Any], offset: int = 0, dtype: Any = None) -> None:
+        self.vectors = [np.asarray(v) for v in vectors]
+        self.offset = offset
+        super().__init__([len(v) for v in self.vectors], dtype or np.result_type(*self.vectors))
+
+    def _region(self, indices: list[np.ndarray]) -> np.ndarray:
+        parts = [v[index] for v, index in zip(self.vectors, indices)]
+        return np.einsum("i,j,k->ijk", *parts) + self.offset
+
     def max(self) -> Any:
         """The largest value (for non-negative vectors: the product of their maxima)."""
         return np.prod([v.max() for v in self.vectors]) + self.offset
+
+
+class LocationCoverage(ComputedVolume):
+    """How many of ``locations`` cover each voxel, computed for the region asked for.
+
+    Equals :func:`empirical_coverage` without a volume-sized array: each read adds only the
+    patches meeting the region.
+
+    Examples
+    --------
+    >>> locations = [PatchLocation((0, 0, 0), (2, 2, 2)), PatchLocation((1, 1, 1), (2, 2, 2))]
+    >>> LocationCoverage(locations, (3, 3, 3))[1, 1].tolist()
+    [1.0, 2.0, 1.0]
+    """
+
+    def __init__(self, locations: Sequence[PatchLocation], spatial_shape: Sequence[int]) -> None:
+        super().__init__(spatial_shape, np.float32)
+        self.ini = np.array([loc.index_ini for loc in locations], int).reshape(-1, 3)
+        self.fin = np.array([loc.index_fin for loc in locations], int).reshape(-1, 3)
+
+    def _region(self, indices: list[np.ndarray]) -> np.ndarray:
+        counts = np.zeros([len(index) for index in indices], np.float32)
+        low = np.stack([np.searchsorted(x, self.ini[:, a]) for a, x in enumerate(indices)], 1)
+        high = np.stack([np.searchsorted(x, self.fin[:, a]) for a, x in enumerate(indices)], 1)
+        for (a0, b0, c0), (a1, b1, c1) in zip(low, high):
+            if a0 < a1 and b0 < b1 and c0 < c1:
+                counts[a0:a1, b0:b1, c0:c1] += 1
+        return counts
+
+    def max(self) -> float:
+        """An upper bound: the number of patches (exact when they share a voxel)."""
+        return float(len(self.ini))
+
+
+def uniform_maps(
+    spatial_shape: Sequence[int], patch_size: TypeTriplet, num_patches: int
+) -> tuple[SeparableVolume, SeparableVolume]:
+    """Lazy centre probability and expected coverage of uniform sampling (both separable).
+
+    The same values as ``UniformSampler.get_probability_map`` and :func:`expected_coverage`,
+    from three 1D vectors, so they cost nothing for any volume size.
+
+    Examples
+    --------
+    >>> probability, coverage = uniform_maps((4, 4, 4), (2, 2, 2), 3)
+    >>> round(float(np.asarray(probability).sum()), 6), round(float(coverage[0, 0, 0]), 6)
+    (1.0, 0.111111)
+    """
+    probabilities, coverages = [], []
+    for size, patch in zip(spatial_shape, patch_size):
+        admissible = torch.zeros(size, dtype=torch.float64)
+        admissible[patch // 2 : size - patch + patch // 2 + 1] = 1
+        probability = admissible / admissible.sum()
+        coverage = _box_sum(probability, 0, before=patch - 1 - patch // 2, after=patch // 2)
+        probabilities.append(probability.numpy())
+        coverages.append(coverage.numpy())
+    coverages[0] = coverages[0] * num_patches
+    return SeparableVolume(probabilities, dtype=np.float32), SeparableVolume(
+        coverages, dtype=np.float32
+    )
 
 
 def grid_overlap(plan: GridPlan) -> SeparableVolume:

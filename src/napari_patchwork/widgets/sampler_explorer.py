@@ -10,7 +10,12 @@ import torch
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
 
-from ..core.coverage import empirical_coverage, expected_coverage
+from ..core.coverage import (
+    LocationCoverage,
+    empirical_coverage,
+    expected_coverage,
+    uniform_maps,
+)
 from ..core.image import LabelMap, ScalarImage
 from ..core.location import PatchLocation
 from ..core.samplers import LabelSampler, RandomSampler, UniformSampler, WeightedSampler
@@ -19,6 +24,7 @@ from ._layers import boxes_to_vectors, centres, label_composition, locations_to_
 from ._napari import (
     is_shown,
     layer_choices,
+    lazy_data_of,
     parse_label_probabilities,
     parse_size,
     redraw_on_slice_change,
@@ -30,6 +36,7 @@ from ._napari import (
 
 SAMPLERS = ("uniform", "weighted", "label")
 PATCHES, CENTRES = "sampled patches", "patch centres"
+DENSE_VOXELS = 2**24  # above this, uniform maps are drawn lazily (computed per slice)
 PROBABILITY, EXPECTED, EMPIRICAL = "centre probability", "expected coverage", "empirical coverage"
 
 
@@ -93,8 +100,11 @@ class SamplerExplorerWidget(Container):
     def _subject(self) -> Subject:
         if self.image.value is None:
             raise ValueError("add a 3D image layer")
+        data = lazy_data_of(self.image.value)  # only patches are read from a lazy image
         images: dict[str, Any] = {
-            "image": ScalarImage(torch.from_numpy(volume_of(self.image.value))[None])
+            "image": ScalarImage(
+                torch.from_numpy(data)[None] if isinstance(data, np.ndarray) else data
+            )
         }
         if self.probability.value is not None:
             images["probability"] = ScalarImage(
@@ -130,23 +140,18 @@ class SamplerExplorerWidget(Container):
             return []
         count = int(self.num_patches.value)
         self.locations = list(sampler.locations(subject, count))
-        probability = sampler.get_probability_map(subject)
+        probability, expected, empirical = self._maps(sampler, subject, count)
         like = self.image.value
         show_layer(
             self.viewer,
             PROBABILITY,
             "image",
-            probability.numpy().astype(np.float32),
+            probability,
             like=like,
             colormap="inferno",
             blending="additive",
             visible=False,
-        )
-        expected = (
-            expected_coverage(probability, sampler.patch_size, count).numpy().astype(np.float32)
-        )
-        empirical = (
-            empirical_coverage(self.locations, subject.spatial_shape).numpy().astype(np.float32)
+            contrast_limits=(0.0, float(max(probability.max(), 1e-12))),
         )
         limits = (0.0, float(max(expected.max(), empirical.max(), 1e-6)))
         for name, coverage in ((EXPECTED, expected), (EMPIRICAL, empirical)):
@@ -177,6 +182,17 @@ class SamplerExplorerWidget(Container):
             f"{count} patches of {sampler.patch_size} from {self.sampler.value} sampler"
         )
         return self.locations
+
+    def _maps(self, sampler: RandomSampler, subject: Subject, count: int) -> tuple[Any, Any, Any]:
+        """Centre probability, expected and empirical coverage: lazy for a huge uniform case."""
+        shape = subject.spatial_shape
+        if isinstance(sampler, UniformSampler) and np.prod(shape) > DENSE_VOXELS:
+            probability, expected = uniform_maps(shape, sampler.patch_size, count)
+            return probability, expected, LocationCoverage(self.locations, shape)
+        dense = sampler.get_probability_map(subject)
+        expected = expected_coverage(dense, sampler.patch_size, count)
+        empirical = empirical_coverage(self.locations, shape)
+        return tuple(t.numpy().astype(np.float32) for t in (dense, expected, empirical))
 
     def _draw_boxes(self, *_: Any, create: bool = True) -> None:
         if not self.locations or not is_shown(self.viewer, self.image.value):
