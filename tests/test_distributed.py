@@ -98,3 +98,6 @@ def test_cli_zarr_to_zarr(source, tmp_path, engine):
     expected = pw.infer(ramp_net(), torch.from_numpy(data), patch_size=12, patch_overlap=4)
     assert np.array_equal(zarr.open_array(output)[:], expected.numpy())
     assert main(arguments) == 2  # the output exists now: --overwrite is required
+    assert main([*arguments, "--overwrite", "--tta"]) == 0  # test-time flips, same engine
+    flipped = pw.infer(ramp_net(), torch.from_numpy(data), patch_size=12, patch_overlap=4, tta=True)
+    assert np.allclose(zarr.open_array(output)[:], flipped.numpy(), atol=1e-5)

@@ -192,8 +192,8 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
 
     if not (is_zarr_path(input_path) and is_zarr_path(output)):
         raise ValueError("zarr runs need both INPUT and --output to be .zarr paths")
-    if args.labels or args.tta or args.amp:
-        raise ValueError("--labels, --tta and --amp are not supported for zarr runs yet")
+    if args.labels:
+        raise ValueError("--labels is not supported for zarr runs yet (they write raw outputs)")
     device = args.device or default_device()
     config = _config(args, device, source)
     start = time.perf_counter()
@@ -214,6 +214,8 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
             scheduler=args.scheduler,
             block_rows=args.block_rows,
             overwrite=args.overwrite,
+            amp=config.amp,
+            tta=config.tta,
         )
     else:
         model = load_model(

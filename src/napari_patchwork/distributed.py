@@ -101,6 +101,8 @@ def infer_dask(
     block_rows: int = 64,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    amp: bool = False,
+    tta: bool = False,
 ) -> Any:
     """Tiled inference of a zarr volume on a dask cluster, into a new zarr array.
 
@@ -111,7 +113,7 @@ def infer_dask(
         ``.pt2`` file, ``'module:factory'``): each worker loads it once.
     input_path, output_path : path
         A zarr array or OME-Zarr image (``level`` picks the scale), and where to write.
-    patch_size, patch_overlap, overlap_mode, batch_size, padding_mode
+    patch_size, patch_overlap, overlap_mode, batch_size, padding_mode, amp, tta
         As for :func:`napari_patchwork.infer`.
     workers : int
         Worker processes of the ``LocalCluster`` started when ``scheduler`` is None.
@@ -142,7 +144,13 @@ def infer_dask(
     if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
         raise ValueError(f"block_rows must be a positive int, got {block_rows!r}")
     config = InferenceConfig(
-        patch_size, patch_overlap, overlap_mode, batch_size, padding_mode=padding_mode
+        patch_size,
+        patch_overlap,
+        overlap_mode,
+        batch_size,
+        amp=amp,
+        padding_mode=padding_mode,
+        tta=tta,
     )
     volume = LazyVolume(open_zarr(input_path, level))
     config.check_fits(volume.spatial_shape)  # before starting a cluster
