@@ -156,3 +156,19 @@ def test_images_backed_by_zarr_stay_lazy(zarr_volume, tmp_path):
     )
     assert np.array_equal(result[:], expected.numpy()) and not image.is_loaded
     assert torch.equal(image.data, torch.from_numpy(data))  # loading is explicit
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "edge", "symmetric", "wrap", "constant", 2.5])
+def test_padded_grid_sampler_on_a_lazy_image_equals_in_memory(zarr_volume, padding_mode):
+    array, data = zarr_volume
+    lazy = pw.Subject(t1=pw.ScalarImage(array))
+    eager = pw.Subject(t1=pw.ScalarImage(torch.from_numpy(data)))
+    lazy_patches = pw.GridSampler(lazy, 12, 6, padding_mode, fill=-1)
+    eager_patches = pw.GridSampler(eager, 12, 6, padding_mode, fill=-1)
+    assert len(lazy_patches) == len(eager_patches)
+    for index in (0, 1, len(eager_patches) // 2, len(eager_patches) - 1):
+        a, b = lazy_patches[index], eager_patches[index]
+        assert a.patch_location == b.patch_location
+        assert torch.equal(a.t1.data, b.t1.data)
+        assert np.allclose(a.t1.affine, b.t1.affine)
+    assert not lazy.t1.is_loaded

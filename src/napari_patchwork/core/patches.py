@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -108,3 +109,40 @@ class PatchGatherer:
         for axis, indices in enumerate(mapped):
             region = region.index_select(axis + 1, indices - int(indices.min()))
         patch.copy_(region)
+
+
+class PaddedVolume:
+    """A lazily read volume seen through padding: ``(C, I + 2b, J + 2b, K + 2b)``, read on demand.
+
+    Reads become patch gathers on the source (index mapping at the borders), so padding a
+    zarr-backed image costs nothing until a patch is read.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> padded = PaddedVolume(LazyVolume(np.arange(4.0).reshape(4, 1, 1)), (2, 0, 0), "reflect")
+    >>> padded.shape, padded[:, 0:3, 0:1, 0:1].ravel().tolist()
+    ((1, 8, 1, 1), [2.0, 1.0, 0.0])
+    """
+
+    def __init__(
+        self,
+        source: LazyVolume,
+        border: Sequence[int],
+        padding_mode: str | float,
+        fill: float = 0.0,
+    ) -> None:
+        self.source, self.border = source, tuple(int(b) for b in border)
+        self.gatherer = PatchGatherer(source, padding_mode, fill)
+        self.shape = (source.shape[0], *(s + 2 * b for s, b in zip(source.spatial_shape, border)))
+        self.dtype = source.dtype
+        self._torch_dtype = source.read(slice(0, 1), slice(0, 1), slice(0, 1)).dtype
+
+    def __getitem__(self, index: tuple[slice, ...]) -> Any:
+        channels, *spatial = index
+        ranges = [range(*axis.indices(size)) for axis, size in zip(spatial, self.shape[1:])]
+        location = PatchLocation(
+            [r.start - b for r, b in zip(ranges, self.border)], [len(r) for r in ranges]
+        )
+        patch = self.gatherer.gather([location], dtype=self._torch_dtype)[0]
+        return patch[channels].numpy()

@@ -12,6 +12,7 @@ from .._validation import check_overlap, check_padding_mode, check_patch_fits, t
 from ..grid import grid_locations
 from ..image import Image
 from ..location import PatchLocation
+from ..patches import PaddedVolume
 from ..subject import Subject
 from ..types import TypeSize
 from .base import PatchSampler, _check_subject
@@ -22,9 +23,17 @@ _STAT_MODES = {"mean", "median", "minimum", "maximum"}
 def pad_image(image: Image, border: tuple[int, int, int], mode: str | float, fill: float) -> Image:
     """A copy of ``image`` padded by ``border`` voxels on each side (numpy ``pad`` modes).
 
+    A lazily backed image stays lazy (reads gather through the padding), except for the
+    statistic modes, which need the whole image.
+
     ``'mean'``, ``'median'``, ``'minimum'`` and ``'maximum'`` pad with that statistic of the
     whole image (as TorchIO does); a number pads with that constant.
     """
+    affine = image.affine.copy()
+    affine[:3, 3] = (image.affine @ np.array([*(-b for b in border), 1.0]))[:3]
+    if image.lazy_volume is not None and mode not in _STAT_MODES:  # stays lazy
+        padded_view = PaddedVolume(image.lazy_volume, border, mode, fill)
+        return type(image)(padded_view, affine=affine)
     data = image.data
     widths = ((0, 0), *((b, b) for b in border))
     array = data.numpy()
@@ -36,8 +45,6 @@ def pad_image(image: Image, border: tuple[int, int, int], mode: str | float, fil
         padded = np.pad(array, widths, mode="constant", constant_values=stat(array))
     else:
         padded = np.pad(array, widths, mode=mode)  # type: ignore[call-overload]
-    affine = image.affine.copy()
-    affine[:3, 3] = (image.affine @ np.array([*(-b for b in border), 1.0]))[:3]
     return type(image)(tensor=torch.from_numpy(padded), affine=affine)
 
 
