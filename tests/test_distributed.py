@@ -101,3 +101,39 @@ def test_cli_zarr_to_zarr(source, tmp_path, engine):
     assert main([*arguments, "--overwrite", "--tta"]) == 0  # test-time flips, same engine
     flipped = pw.infer(ramp_net(), torch.from_numpy(data), patch_size=12, patch_overlap=4, tta=True)
     assert np.allclose(zarr.open_array(output)[:], flipped.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_zarr_label_maps(source, tmp_path, engine):
+    from napari_patchwork.cli import main
+
+    path, data = source
+    output = tmp_path / "labels.zarr"
+    arguments = [
+        "infer",
+        str(path),
+        "--model",
+        "tests.test_distributed:ramp_net",
+        "--output",
+        str(output),
+        "--patch-size",
+        "12",
+        "--overlap",
+        "4",
+        "--engine",
+        engine,
+        "--workers",
+        "1",
+        "--block-rows",
+        "16",
+        "--labels",
+        "--mode",
+        "crop",
+    ]
+    assert main(arguments) == 0
+    expected = pw.infer(
+        ramp_net(), torch.from_numpy(data), patch_size=12, patch_overlap=4, overlap_mode="crop"
+    )
+    written = zarr.open_array(output)
+    assert written.dtype == np.uint8 and written.shape == (1, 50, 24, 20)
+    assert np.array_equal(written[0], expected.argmax(0).numpy())

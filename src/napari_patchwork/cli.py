@@ -192,8 +192,6 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
 
     if not (is_zarr_path(input_path) and is_zarr_path(output)):
         raise ValueError("zarr runs need both INPUT and --output to be .zarr paths")
-    if args.labels:
-        raise ValueError("--labels is not supported for zarr runs yet (they write raw outputs)")
     device = args.device or default_device()
     config = _config(args, device, source)
     start = time.perf_counter()
@@ -216,13 +214,15 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
             overwrite=args.overwrite,
             amp=config.amp,
             tta=config.tta,
+            labels=args.labels,
         )
     else:
         model = load_model(
             source, weights=args.weights, device=device, trust_pickle=args.trust_pickle
         )
         volume = LazyVolume(open_zarr(input_path, args.level))
-        engine = TiledInference(model, config, zarr_target(output, overwrite=args.overwrite))
+        target = zarr_target(output, overwrite=args.overwrite, labels=args.labels)
+        engine = TiledInference(model, config, target)
         _consume(engine.run(volume, previews=False), input_path.name)
         result = engine.result()
     seconds = time.perf_counter() - start

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,20 +35,24 @@ def _model(source: str, device: str | None) -> Any:
     return _MODELS[key]
 
 
-def run_block(
-    source: str,
-    input_path: str,
-    level: int,
-    output_path: str,
-    settings: dict[str, Any],
-    rows: tuple[int, int],
-) -> tuple[int, int]:
+@dataclass(frozen=True)
+class BlockJob:
+    """What every task of one run shares (plain values: sent to worker processes)."""
+
+    model_source: str
+    input_path: str
+    level: int
+    output_path: str
+    settings: dict[str, Any]
+    labels: bool = False
+
+
+def run_block(job: BlockJob, rows: tuple[int, int]) -> tuple[int, int]:
     """One task: infer the input rows ``[start, stop)`` into the existing zarr output."""
-    config = InferenceConfig(**settings)
-    engine = TiledInference(
-        _model(source, settings.get("device")), config, zarr_target(output_path, rows=rows)
-    )
-    for _ in engine.run(LazyVolume(open_zarr(input_path, level))):
+    config = InferenceConfig(**job.settings)
+    target = zarr_target(job.output_path, rows=rows, labels=job.labels)
+    engine = TiledInference(_model(job.model_source, job.settings.get("device")), config, target)
+    for _ in engine.run(LazyVolume(open_zarr(job.input_path, job.level))):
         pass
     engine.result()
     return rows
@@ -65,6 +70,7 @@ def _create_output(
     output_path: str,
     block_rows: int,
     overwrite: bool,
+    labels: bool,
 ) -> tuple[int, ...]:
     """Probe the model on one patch for its channels and scale; create the zarr output."""
     import zarr
@@ -79,9 +85,10 @@ def _create_output(
         raise ValueError("the dask engine needs outputs of the patch's size")
     if os.path.exists(output_path) and not overwrite:
         raise ValueError(f"output exists: '{output_path}' (pass overwrite=True to replace it)")
-    shape = (int(out.shape[1]), *volume.spatial_shape)
+    shape = (1 if labels else int(out.shape[1]), *volume.spatial_shape)
     chunks = (shape[0], block_rows, *default_chunks(shape)[1:])
-    zarr.create_array(output_path, shape=shape, chunks=chunks, dtype="float32", overwrite=True)
+    dtype = "uint8" if labels else "float32"
+    zarr.create_array(output_path, shape=shape, chunks=chunks, dtype=dtype, overwrite=True)
     return shape
 
 
@@ -103,6 +110,7 @@ def infer_dask(
     progress: Callable[[int, int], None] | None = None,
     amp: bool = False,
     tta: bool = False,
+    labels: bool = False,
 ) -> Any:
     """Tiled inference of a zarr volume on a dask cluster, into a new zarr array.
 
@@ -122,6 +130,8 @@ def infer_dask(
         both paths.
     block_rows : int
         Rows per task (and the output's chunk rows along the first axis).
+    labels : bool
+        Write a uint8 label map (argmax, or logit > 0) instead of raw float32 outputs.
 
     Returns
     -------
@@ -155,9 +165,17 @@ def infer_dask(
     volume = LazyVolume(open_zarr(input_path, level))
     config.check_fits(volume.spatial_shape)  # before starting a cluster
     _create_output(
-        _model(str(model_source), None), volume, config, str(output_path), block_rows, overwrite
+        _model(str(model_source), None),
+        volume,
+        config,
+        str(output_path),
+        block_rows,
+        overwrite,
+        labels,
     )
-    settings = config.to_dict()
+    job = BlockJob(
+        str(model_source), str(input_path), level, str(output_path), config.to_dict(), labels
+    )
     blocks = plan_blocks(volume.spatial_shape[0], block_rows)
     cluster = None
     if scheduler is None:
@@ -166,19 +184,7 @@ def infer_dask(
         )
     try:
         with Client(scheduler or cluster) as client:
-            futures = [
-                client.submit(
-                    run_block,
-                    str(model_source),
-                    str(input_path),
-                    level,
-                    str(output_path),
-                    settings,
-                    rows,
-                    pure=False,
-                )
-                for rows in blocks
-            ]
+            futures = [client.submit(run_block, job, rows, pure=False) for rows in blocks]
             from dask.distributed import as_completed
 
             for done, future in enumerate(as_completed(futures), start=1):
@@ -193,4 +199,4 @@ def infer_dask(
     return zarr.open_array(str(output_path), mode="r")
 
 
-__all__ = ["infer_dask", "plan_blocks", "run_block"]
+__all__ = ["BlockJob", "infer_dask", "plan_blocks", "run_block"]

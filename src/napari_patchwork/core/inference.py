@@ -263,6 +263,7 @@ class TiledInference:
                     device,
                     sink,
                     self.stream.rows,
+                    self.stream.transform,
                 )
                 continue
             self.mergers[key] = GridMerger(
@@ -463,6 +464,7 @@ def infer(
     output: str | os.PathLike[str] | None = None,
     output_chunks: tuple[int, int, int] | None = None,
     overwrite: bool = False,
+    output_labels: bool = False,
 ) -> Output:
     """Run ``model`` over ``image`` patch by patch and return the blended ``(C', I, J, K)`` output.
 
@@ -491,6 +493,8 @@ def infer(
         Spatial chunks of the zarr output (default 64³).
     overwrite : bool
         Replace an existing ``output``.
+    output_labels : bool
+        Write a uint8 label map (argmax over channels, or logit > 0) instead of raw outputs.
 
     Examples
     --------
@@ -512,7 +516,9 @@ def infer(
     )
     stream = None
     if output is not None:
-        stream = zarr_target(output, chunks=output_chunks, overwrite=overwrite)
+        stream = zarr_target(
+            output, chunks=output_chunks, overwrite=overwrite, labels=output_labels
+        )
     engine = TiledInference(model, config, stream)
     steps = engine.run(image, image_name, previews=False)
     bar = _progress_bar(progress)

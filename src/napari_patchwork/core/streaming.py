@@ -22,6 +22,7 @@ import torch
 from ._validation import to_triplet
 from .grid import GridPlan
 from .merger import GridMerger
+from .postprocess import to_labels
 from .types import TypeTriplet
 
 
@@ -36,10 +37,14 @@ class StreamTarget:
         supporting ``sink[:, rows] = numpy_array`` (a zarr array, a numpy memmap…).
     rows : tuple of 2 int, optional
         Input rows ``[start, stop)`` of the first axis to produce (default: all).
+    transform : callable, optional
+        Applied to each slab of finished ``(C, rows, J', K')`` outputs before writing (e.g.
+        :func:`labels_of_slab`, to write label maps instead of raw outputs).
     """
 
     create: Callable[[int, tuple[int, int, int]], Any]
     rows: tuple[int, int] | None = None
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def block_ranks(plan: GridPlan, rows: tuple[int, int] | None) -> range:
@@ -79,13 +84,14 @@ class StreamingMerger(GridMerger):
         device: torch.device,
         sink: Any,
         rows: tuple[int, int] | None = None,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self._channels = channels
         super().__init__(plan, mode, channels, output_patch, device)
         factor = self.factor[0]
         low, high = rows if rows is not None else (0, plan.spatial_shape[0])
         self.write_rows = (int(low * factor + 1e-9), min(int(high * factor + 1e-9), self.shape[0]))
-        self.sink = sink
+        self.sink, self.transform = sink, transform
         first = block_ranks(plan, rows).start
         self.base = max(self.axes[0].starts[plan.unravel(first)[0]], 0)
         self.current_row = plan.unravel(first)[0]
@@ -113,6 +119,8 @@ class StreamingMerger(GridMerger):
         low, high = max(self.base, self.write_rows[0]), min(upto, self.write_rows[1])
         if low < high:
             part = finished[:, low - self.base : high - self.base]
+            if self.transform is not None:
+                part = self.transform(part)
             self.sink[:, low:high] = part.cpu().numpy()
         kept = self.values.shape[1] - count
         if kept > 0:
@@ -133,15 +141,23 @@ class StreamingMerger(GridMerger):
         raise RuntimeError("streamed outputs have no in-memory preview; read the sink")
 
 
+def labels_of_slab(outputs: torch.Tensor) -> torch.Tensor:
+    """``(1, rows, J, K)`` uint8 labels of a slab of raw outputs (argmax, or logit > 0)."""
+    return to_labels(outputs).to(torch.uint8)[None]
+
+
 def zarr_target(
     path: str | os.PathLike[str],
     rows: tuple[int, int] | None = None,
     chunks: tuple[int, int, int] | None = None,
     overwrite: bool = False,
+    labels: bool = False,
 ) -> StreamTarget:
-    """A :class:`StreamTarget` creating (or, for a block, opening) a float32 zarr array."""
+    """A :class:`StreamTarget` creating (or, for a block, opening) a zarr array: float32 raw
+    outputs, or with ``labels`` a one-channel uint8 label map."""
 
     def create(channels: int, shape: tuple[int, int, int]) -> Any:
+        channels = 1 if labels else channels
         import zarr
 
         if rows is not None:  # a block of a run whose array already exists
@@ -155,11 +171,11 @@ def zarr_target(
                 channels,
                 *(to_triplet(chunks, "output_chunks") if chunks else default_chunks(shape)),
             ),
-            dtype="float32",
+            dtype="uint8" if labels else "float32",
             overwrite=True,
         )
 
-    return StreamTarget(create, rows)
+    return StreamTarget(create, rows, labels_of_slab if labels else None)
 
 
 def default_chunks(shape: tuple[int, ...]) -> tuple[int, int, int]:
