@@ -178,6 +178,7 @@ def test_subject_sampler_chooses_the_subjects():
         subjects(5),
         pw.UniformSampler(None, 4),
         patches_per_volume=2,
+        shuffle_subjects=False,
         subject_sampler=SubsetRandomSampler([1, 3]),
     )
     assert queue.num_subjects == 2
@@ -218,6 +219,12 @@ def test_memory_estimate():
         ({"transform": 3}, TypeError, "transform"),
         ({"patch_sampler": None}, TypeError, "patch_sampler"),
         ({"subjects": []}, ValueError, "subjects"),
+        ({"subject_sampler": SubsetRandomSampler([0])}, ValueError, "shuffle_subjects"),
+        (
+            {"subject_sampler": SubsetRandomSampler([0]), "shuffle_subjects": True},
+            ValueError,
+            "shuffle_subjects must be False",
+        ),
     ],
 )
 def test_rejects_bad_arguments(kwargs, error, match):
@@ -237,3 +244,53 @@ def test_training_loop_with_subjects_loader():
     loader = pw.SubjectsLoader(queue, batch_size=5)
     sizes = [batch.t1.data.shape[0] for batch in loader]
     assert sizes == [5, 5, 2]
+
+
+def test_subject_sampler_without_length_has_no_num_subjects():
+    queue = pw.Queue(
+        subjects(3),
+        pw.UniformSampler(None, 4),
+        patches_per_volume=1,
+        shuffle_subjects=False,
+        subject_sampler=iter([2, 0]),
+    )
+    with pytest.raises(TypeError):
+        _ = queue.num_subjects
+    assert [p.patch_location.subject_index for p in queue] == [2, 0]
+
+
+def grid_patches(subject):
+    return iter(pw.GridSampler(subject, 5))
+
+
+def test_no_shuffling_keeps_subject_and_sampler_order():
+    queue = pw.Queue(
+        subjects(3),
+        grid_patches,
+        max_length=100,
+        patches_per_volume=8,
+        shuffle_subjects=False,
+        shuffle_patches=False,
+    )
+    patches = list(queue)
+    assert [p.patch_location.subject_index for p in patches] == [0] * 8 + [1] * 8 + [2] * 8
+    assert [p.patch_location.index for p in patches[:8]] == [
+        (i, j, k) for i in (0, 5) for j in (0, 5) for k in (0, 5)
+    ]
+
+
+def test_patches_per_volume_caps_a_sampler_that_yields_fewer():
+    queue = pw.Queue(
+        subjects(2), grid_patches, patches_per_volume=20, shuffle_subjects=False
+    )
+    assert queue.patches_per_epoch == 40
+    assert len(list(queue)) == 16
+
+
+def test_subjects_loader_batches_are_subjects_batches():
+    queue = pw.Queue(subjects(2), pw.UniformSampler(None, 4), max_length=4, patches_per_volume=3)
+    batches = list(pw.SubjectsLoader(queue, batch_size=4))
+    assert [type(b).__name__ for b in batches] == ["SubjectsBatch", "SubjectsBatch"]
+    assert [b.batch_size for b in batches] == [4, 2]
+    assert all(len(b.patch_location) == b.batch_size for b in batches)
+    assert {loc.subject_index for b in batches for loc in b.patch_location} == {0, 1}

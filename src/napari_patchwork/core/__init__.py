@@ -1,9 +1,11 @@
-"""The headless core: images, subjects, samplers, aggregator, queue (numpy, torch, nibabel only).
+"""The headless core: images, subjects, samplers, aggregator, queue, batches.
 
-Nothing here imports napari, Qt or magicgui (a test enforces it).
+It needs numpy, torch and nibabel only. Nothing here imports napari, Qt or magicgui (a
+test enforces it).
 """
 
 from .aggregator import PatchAggregator
+from .batch import ImagesBatch, SubjectsBatch
 from .blending import blending_window
 from .collate import collate_subjects, register_default_collate
 from .config import InferenceConfig
@@ -32,6 +34,7 @@ __all__ = [
     "GridPlan",
     "GridSampler",
     "Image",
+    "ImagesBatch",
     "InferenceConfig",
     "InferenceStep",
     "LabelMap",
@@ -44,6 +47,7 @@ __all__ = [
     "RandomSampler",
     "ScalarImage",
     "Subject",
+    "SubjectsBatch",
     "SubjectsLoader",
     "TiledInference",
     "UniformSampler",

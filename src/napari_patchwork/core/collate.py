@@ -1,8 +1,10 @@
 """Batching of ``Subject`` patches for ``torch.utils.data.DataLoader``.
 
-Importing the core registers :func:`collate_subjects` with torch's default collation, so a
-plain ``DataLoader(sampler, batch_size=…)`` gives ``batch.t1.data`` as ``(B, C, I, J, K)`` and
-``batch.patch_location`` as a list of ``PatchLocation``.
+:func:`collate_subjects` turns a list of subjects into a :class:`SubjectsBatch`. Importing the
+core also registers it with torch's default collation, so a plain
+``DataLoader(sampler, batch_size=…)`` yields the same batches as :class:`SubjectsLoader`:
+``batch.t1.data`` is ``(B, C, I, J, K)`` and ``batch.patch_location`` a list of
+``PatchLocation``.
 """
 
 from __future__ import annotations
@@ -10,17 +12,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-import torch
-from torch.utils.data import default_collate
-
-from .image import Image
+from .batch import SubjectsBatch
 from .location import PatchLocation
 from .subject import Subject
 
 
-def collate_subjects(batch: Sequence[Subject], **_: Any) -> Subject:
-    """Stack a list of same-shaped subjects into one batched ``Subject``.
+def collate_subjects(batch: Sequence[Subject], **_: Any) -> SubjectsBatch | Subject:
+    """Stack a list of subjects into a :class:`SubjectsBatch`.
+
+    A single ``Subject`` (what ``DataLoader(batch_size=None)`` passes) is returned as it is.
+
+    Raises
+    ------
+    ValueError
+        If ``batch`` is empty or the subjects cannot be stacked (see
+        :meth:`SubjectsBatch.from_subjects`).
 
     Examples
     --------
@@ -30,30 +36,9 @@ def collate_subjects(batch: Sequence[Subject], **_: Any) -> Subject:
     >>> collate_subjects(subjects).t1.data.shape
     torch.Size([3, 1, 4, 4, 4])
     """
-    if isinstance(batch, Subject):  # DataLoader(batch_size=None) passes single items
+    if isinstance(batch, Subject):
         return batch
-    first = batch[0]
-    items: dict[str, Any] = {}
-    for key, value in first.items():
-        values = [subject[key] for subject in batch]
-        if isinstance(value, Image):
-            items[key] = _collate_images(key, values)
-        elif isinstance(value, PatchLocation):
-            items[key] = list(values)
-        else:
-            items[key] = default_collate(values)
-    batched = Subject.__new__(Subject)
-    dict.update(batched, items)
-    return batched
-
-
-def _collate_images(key: str, images: list[Image]) -> Image:
-    shapes = {tuple(image.shape) for image in images}
-    if len(shapes) > 1:
-        raise ValueError(f"cannot batch images {key!r} of different shapes: {sorted(shapes)}")
-    data = torch.stack([image.data for image in images])
-    affines = np.stack([image.affine for image in images])
-    return type(images[0])._batched(data, affines)
+    return SubjectsBatch.from_subjects(list(batch))
 
 
 def _collate_locations(batch: Sequence[PatchLocation], **_: Any) -> list[PatchLocation]:
@@ -61,7 +46,11 @@ def _collate_locations(batch: Sequence[PatchLocation], **_: Any) -> list[PatchLo
 
 
 def register_default_collate() -> None:
-    """Teach ``torch.utils.data.default_collate`` our ``Subject`` and ``PatchLocation``."""
+    """Teach ``torch.utils.data.default_collate`` our ``Subject`` and ``PatchLocation``.
+
+    Uses torch's private ``default_collate_fn_map``; without it (a torch that removed it)
+    a plain ``DataLoader`` needs ``collate_fn=collate_subjects`` or ``SubjectsLoader``.
+    """
     try:
         from torch.utils.data._utils.collate import default_collate_fn_map
     except ImportError:  # pragma: no cover - very old or very new torch

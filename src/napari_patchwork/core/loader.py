@@ -1,4 +1,4 @@
-"""``SubjectsLoader``: a ``DataLoader`` whose collation batches subjects."""
+"""``SubjectsLoader``: a ``DataLoader`` that collates subjects into a ``SubjectsBatch``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from .collate import collate_subjects
 
 
 class SubjectsLoader(DataLoader):  # type: ignore[type-arg]
-    """A ``torch.utils.data.DataLoader`` with :func:`collate_subjects` preset.
+    """A ``torch.utils.data.DataLoader`` whose batches are :class:`SubjectsBatch`.
+
+    All ``DataLoader`` arguments are forwarded except ``collate_fn``, which is refused (as
+    TorchIO 2): use a plain ``DataLoader`` for another collation.
 
     Examples
     --------
@@ -23,5 +26,9 @@ class SubjectsLoader(DataLoader):  # type: ignore[type-arg]
     """
 
     def __init__(self, dataset: Dataset[Any], **kwargs: Any) -> None:
-        kwargs.setdefault("collate_fn", collate_subjects)
-        super().__init__(dataset, **kwargs)
+        if "collate_fn" in kwargs:
+            raise ValueError(
+                "SubjectsLoader sets collate_fn itself (to collate_subjects); use a plain"
+                " torch.utils.data.DataLoader for a custom collate_fn"
+            )
+        super().__init__(dataset, collate_fn=collate_subjects, **kwargs)

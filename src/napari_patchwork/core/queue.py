@@ -92,8 +92,9 @@ class Queue(IterableDataset):  # type: ignore[type-arg]
     transform : callable, optional
         Applied to each loaded subject before sampling.
     subject_sampler : torch.utils.data.Sampler, optional
-        Yields the subject indices of an epoch (e.g. ``DistributedSampler``); overrides
-        ``shuffle_subjects``.
+        Yields the subject indices of an epoch (e.g. ``DistributedSampler``); it sets the
+        order, so ``shuffle_subjects`` must then be False (``ValueError`` otherwise, as
+        TorchIO 2).
 
     Notes
     -----
@@ -138,6 +139,11 @@ class Queue(IterableDataset):  # type: ignore[type-arg]
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         if transform is not None and not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform)}")
+        if subject_sampler is not None and shuffle_subjects:
+            raise ValueError(
+                "shuffle_subjects must be False when a subject_sampler is given (the sampler"
+                " sets the order of the subjects); pass shuffle_subjects=False"
+            )
         self.subjects = subjects
         self.patch_sampler = patch_sampler
         self.max_length = max_length

@@ -1,0 +1,5 @@
+"""TorchIO module path ``torchio.data.inference`` (the aggregator)."""
+
+from ...core.aggregator import PatchAggregator
+
+__all__ = ["PatchAggregator"]

@@ -1,0 +1,5 @@
+"""TorchIO module path ``torchio.data.sampler.grid``."""
+
+from ...core.samplers import GridSampler
+
+__all__ = ["GridSampler"]

@@ -1,0 +1,5 @@
+"""TorchIO module path ``torchio.data.sampler.label``."""
+
+from ...core.samplers import LabelSampler
+
+__all__ = ["LabelSampler"]

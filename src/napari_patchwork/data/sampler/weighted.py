@@ -1,0 +1,5 @@
+"""TorchIO module path ``torchio.data.sampler.weighted``."""
+
+from ...core.samplers import WeightedSampler
+
+__all__ = ["WeightedSampler"]
