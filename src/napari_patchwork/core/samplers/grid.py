@@ -150,5 +150,5 @@ class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
                 else value
                 for name, value in self.subject.items()
             }
-            self._padded_subject = Subject(items)
+            self._padded_subject = self.subject.derived(items)
         return self._padded_subject

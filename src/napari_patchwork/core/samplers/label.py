@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -36,6 +37,50 @@ def _check_label_probabilities(probabilities: object) -> dict[int, float]:
     return checked
 
 
+def _labels_text(labels: list[int]) -> str:
+    if len(labels) == 1:
+        return f"label {labels[0]}"
+    return "labels " + ", ".join(str(label) for label in labels)
+
+
+def renormalised_probabilities(
+    probabilities: Mapping[int, float], present: Iterable[int]
+) -> dict[int, float]:
+    """The requested label probabilities of the labels present, rescaled to sum to 1.
+
+    Parameters
+    ----------
+    probabilities : dict of int to float
+        Label value → non-negative weight, as given to :class:`LabelSampler`.
+    present : iterable of int
+        The labels that occur in the label map.
+
+    Returns
+    -------
+    dict of int to float
+        ``{k: p_k / sum(p_j for present j)}`` for the present labels ``k`` that were requested.
+
+    Raises
+    ------
+    ValueError
+        If no requested label with a positive weight is present.
+
+    Examples
+    --------
+    >>> renormalised_probabilities({0: 0.2, 1: 0.2, 2: 0.6}, present=[0, 1])
+    {0: 0.5, 1: 0.5}
+    """
+    present = set(present)
+    kept = {label: weight for label, weight in probabilities.items() if label in present}
+    total = sum(kept.values())
+    if not total > 0:
+        raise ValueError(
+            f"none of the labels of label_probabilities {dict(probabilities)} with a positive"
+            f" probability is present (labels present: {sorted(present)[:20]})"
+        )
+    return {label: weight / total for label, weight in kept.items()}
+
+
 class LabelSampler(WeightedSampler):
     """Random patches centred on labelled voxels, for training with class imbalance.
 
@@ -43,6 +88,14 @@ class LabelSampler(WeightedSampler):
     With them, label ``k`` gets total probability ``p_k / sum(p)``, shared evenly among the
     voxels of label ``k`` where a patch fits — so ``{0: 0.5, 1: 0.5}`` gives half the patches
     centred on background and half on foreground, however small the foreground is.
+
+    A subject may lack some requested labels (a case without a tumour, say): the sampler then
+    samples from the labels present, with their probabilities renormalised to sum to 1
+    (:func:`renormalised_probabilities`), and warns once per subject object with a
+    ``UserWarning`` naming the missing labels. In a :class:`Queue`, which loads a fresh copy
+    of each subject every epoch, that is once per subject and epoch (and Python's default
+    warning filter shows identical messages once). Only when no requested label with a
+    positive probability is present does it raise a ``ValueError``.
 
     Parameters
     ----------
@@ -86,9 +139,16 @@ class LabelSampler(WeightedSampler):
         self.label_probabilities = (
             None if label_probabilities is None else _check_label_probabilities(label_probabilities)
         )
+        # id(subject) -> weak reference, for subjects already warned about missing labels
+        self._warned: dict[int, weakref.ref[Subject]] = {}
         super().__init__(
             subject, patch_size, label_name, num_patches, generator=generator, seed=seed
         )
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_warned"] = {}  # weak references do not pickle (DataLoader workers)
+        return state
 
     def _map_description(self) -> str:
         return f"the sampling weights of label_name {self.label_name!r}"
@@ -113,16 +173,26 @@ class LabelSampler(WeightedSampler):
         labels = self._label_volume(subject)
         if self.label_probabilities is None:
             return (labels > 0).to(torch.float64)
+        masks = {label: labels == label for label in self.label_probabilities}
+        present = [label for label, mask in masks.items() if bool(mask.any())]
+        missing = [label for label in self.label_probabilities if label not in present]
+        try:
+            probabilities = renormalised_probabilities(self.label_probabilities, present)
+        except ValueError:
+            raise ValueError(
+                f"label_probabilities names {_labels_text(missing)}, absent from label map"
+                f" {self.label_name!r}, and no other requested label with a positive"
+                f" probability is present (labels present: {torch.unique(labels).tolist()[:20]},"
+                f" label_probabilities: {self.label_probabilities})"
+            ) from None
+        weighted_missing = [label for label in missing if self.label_probabilities[label] > 0]
+        if weighted_missing:
+            self._warn_missing(subject, weighted_missing, probabilities)
         inside = labels[admissible_slices(tuple(labels.shape), self.patch_size)]  # type: ignore[arg-type]
         weights = torch.zeros(labels.shape, dtype=torch.float64)
-        for label, probability in self.label_probabilities.items():
-            mask = labels == label
-            if not mask.any():
-                raise ValueError(
-                    f"label_probabilities names label {label},"
-                    f" absent from label map {self.label_name!r}"
-                    f" (labels present: {torch.unique(labels).tolist()[:20]})"
-                )
+        for label, probability in probabilities.items():
+            if probability == 0:
+                continue
             count = int((inside == label).sum())
             if count == 0:
                 warnings.warn(
@@ -132,5 +202,23 @@ class LabelSampler(WeightedSampler):
                     stacklevel=4,
                 )
                 continue
-            weights[mask] = probability / count
+            weights[masks[label]] = probability / count
         return weights
+
+    def _warn_missing(
+        self, subject: Subject, missing: list[int], probabilities: dict[int, float]
+    ) -> None:
+        """Warn that ``missing`` labels are absent, once per subject object."""
+        known = self._warned.get(id(subject))
+        if known is not None and known() is subject:
+            return
+        self._warned = {key: ref for key, ref in self._warned.items() if ref() is not None}
+        self._warned[id(subject)] = weakref.ref(subject)
+        rounded = {label: round(p, 4) for label, p in probabilities.items()}
+        warnings.warn(
+            f"label map {self.label_name!r} of this subject has no voxel of"
+            f" {_labels_text(missing)} named in label_probabilities; sampling from labels"
+            f" {sorted(probabilities)} with probabilities renormalised to {rounded}",
+            UserWarning,
+            stacklevel=5,
+        )
