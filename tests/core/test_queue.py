@@ -280,9 +280,7 @@ def test_no_shuffling_keeps_subject_and_sampler_order():
 
 
 def test_patches_per_volume_caps_a_sampler_that_yields_fewer():
-    queue = pw.Queue(
-        subjects(2), grid_patches, patches_per_volume=20, shuffle_subjects=False
-    )
+    queue = pw.Queue(subjects(2), grid_patches, patches_per_volume=20, shuffle_subjects=False)
     assert queue.patches_per_epoch == 40
     assert len(list(queue)) == 16
 

@@ -8,7 +8,7 @@ and one affine per element) and every other value as a list with one entry per e
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -210,7 +210,7 @@ class SubjectsBatch:
         self,
         images: dict[str, ImagesBatch] | None = None,
         *,
-        metadata: dict[str, Sequence[Any]] | None = None,
+        metadata: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
         self._images = dict(images or {})
         self._metadata = {key: list(values) for key, values in (metadata or {}).items()}

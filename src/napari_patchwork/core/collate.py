@@ -55,6 +55,6 @@ def register_default_collate() -> None:
         from torch.utils.data._utils.collate import default_collate_fn_map
     except ImportError:  # pragma: no cover - very old or very new torch
         return
-    table: dict[type, Callable[..., Any]] = default_collate_fn_map
+    table: dict[Any, Callable[..., Any]] = default_collate_fn_map
     table.setdefault(Subject, collate_subjects)
     table.setdefault(PatchLocation, _collate_locations)
