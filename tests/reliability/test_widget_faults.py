@@ -37,17 +37,17 @@ def test_cancel_at_a_random_step(make_napari_viewer, qtbot, cancel_after):
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=10_000)
     done = widget.last_step.done
     assert cancel_after <= done < 27 and "cancelled" in widget.status.value
-    labels = viewer.layers["image labels"].data
-    probabilities = viewer.layers["image probabilities"].data
+    labels = viewer.layers["image prediction"].data
+    probabilities = viewer.layers["image probability class 1"].data
     plan = pw.GridPlan(before.shape, (8, 8, 8))
     logits = torch.from_numpy(np.stack([before, -before]))
     for rank in range(len(plan)):
         box = plan.location(rank).to_slices()
         if rank < done:  # finished: exactly what the model gave
             assert np.array_equal(labels[box], (before[box] < 0).astype(labels.dtype))
-            expected = torch.softmax(logits[(slice(None), *box)], 0).numpy()
-            assert np.allclose(probabilities[(slice(None), *box)], expected, atol=1e-6)
+            expected = torch.softmax(logits[(slice(None), *box)], 0).numpy()[1]
+            assert np.allclose(probabilities[box], expected, atol=1e-6)
         else:  # never reached: still empty
-            assert not labels[box].any() and not probabilities[(slice(None), *box)].any()
+            assert not labels[box].any() and not probabilities[box].any()
     assert np.array_equal(image.data, before)
     assert widget.run_button.enabled and not widget.cancel_button.enabled

@@ -41,15 +41,16 @@ def test_output_fills_in_and_equals_infer(viewer_with_sample, qtbot):
     widget.batch_size.value = 2
     widget.device.value = "cpu"
     assert widget.run() is not None
-    assert "image labels" in viewer.layers  # appears at once
     wait(qtbot, widget)
     expected = pw.infer(
         load_model("demo"), before[None], patch_size=16, patch_overlap=4, batch_size=2
     )
-    labels = viewer.layers["image labels"].data
+    labels = viewer.layers["image prediction"].data
     assert np.array_equal(labels, expected.argmax(0).numpy())
-    probabilities = viewer.layers["image probabilities"].data
-    assert np.allclose(probabilities, torch.softmax(expected, 0).numpy(), atol=1e-5)
+    probabilities = torch.softmax(expected, 0).numpy()
+    for channel in range(1, len(probabilities)):  # one layer per foreground class
+        layer = viewer.layers[f"image probability class {channel}"]
+        assert np.allclose(layer.data, probabilities[channel], atol=1e-5)
     assert np.array_equal(image.data, before)  # the input layer is never modified
     assert widget.status.value.startswith("done")
     assert len(widget.refresh_seconds) == widget.last_step.total // 2 + widget.last_step.total % 2
@@ -72,7 +73,7 @@ def test_cancel_keeps_partial_output_and_leaves_no_thread(viewer_with_sample, qt
     step = widget.last_step
     assert step.done < step.total
     assert "cancelled" in widget.status.value
-    labels = viewer.layers["image labels"].data
+    labels = viewer.layers["image prediction"].data
     image = np.asarray(viewer.layers["image"].data)
     first = pw.GridPlan(image.shape, (8, 8, 8)).location(0).to_slices()
     assert np.array_equal(
@@ -95,12 +96,12 @@ def test_roi_limits_inference_to_the_box(viewer_with_sample, qtbot):
     widget.outputs.value = "labels"
     widget.run()
     wait(qtbot, widget)
-    labels = viewer.layers["image labels"].data
+    labels = viewer.layers["image prediction"].data
     written = np.argwhere(labels > 0)
     assert len(written) > 0
     assert written[:, 1].min() >= 4 and written[:, 1].max() <= 20
     assert written[:, 2].min() >= 4 and written[:, 2].max() <= 20
-    assert "image probabilities" not in viewer.layers
+    assert not any("probability class" in layer.name for layer in viewer.layers)
 
 
 @pytest.mark.parametrize(
@@ -162,7 +163,7 @@ def test_zarr_output_streams_and_equals_infer(make_napari_viewer, qtbot, tmp_pat
     widget.batch_size.value, widget.device.value = 2, "cpu"
     widget.zarr_output.value = str(tmp_path / "out.zarr")
     assert widget.run() is not None
-    assert "big labels" not in viewer.layers  # nothing is held in memory for a zarr run
+    assert "big prediction" not in viewer.layers  # nothing is held in memory for a zarr run
     wait(qtbot, widget)
     expected = pw.infer(
         load_model("demo"),
@@ -173,7 +174,7 @@ def test_zarr_output_streams_and_equals_infer(make_napari_viewer, qtbot, tmp_pat
     )
     written = zarr.open_array(tmp_path / "out.zarr")
     assert np.array_equal(written[:], expected.numpy())
-    layer = viewer.layers["big output (zarr)"]
+    layer = viewer.layers["big prediction (zarr)"]
     assert layer.data.shape == (3, 40, 24, 20) and "written to" in widget.status.value
     widget.zarr_output.value = str(tmp_path / "out.zarr")  # exists now: refused up front
     assert widget.run() is None and "exists" in widget.status.value

@@ -21,7 +21,7 @@ def test_sampled_centres_lie_in_the_allowed_region(viewer_with_sample, kind):
     widget = SamplerExplorerWidget(viewer)
     widget.sampler.value = kind
     widget.probability.value = viewer.layers["probability"]
-    widget.labels.value = viewer.layers["labels"]
+    widget.labels_layer.value = viewer.layers["labels"]
     widget.patch_size.value = "10"
     widget.num_patches.value = 150
     locations = widget.sample()
@@ -53,7 +53,7 @@ def test_expected_and_empirical_coverage_agree_in_total(viewer_with_sample):
 def test_label_composition_follows_requested_probabilities(viewer_with_sample):
     widget = SamplerExplorerWidget(viewer_with_sample)
     widget.sampler.value = "label"
-    widget.labels.value = viewer_with_sample.layers["labels"]
+    widget.labels_layer.value = viewer_with_sample.layers["labels"]
     widget.label_probabilities.value = "0: 0.5, 1: 0.3, 2: 0.2"
     widget.patch_size.value = "8"
     widget.num_patches.value = 2000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ def layer_choices(viewer: Any, kind: type, allow_none: bool = False) -> Any:
     return choices
 
 
-def watch_layers(viewer: Any, *combos: Any, on_first: Any = None) -> None:
+def watch_layers(lifecycle: Lifecycle, viewer: Any, *combos: Any, on_first: Any = None) -> None:
     """Refresh layer ComboBoxes when layers come and go, without firing their callbacks.
 
     ``on_first`` runs when an inserted layer fills a ComboBox that was empty (the user opened
@@ -42,49 +43,236 @@ def watch_layers(viewer: Any, *combos: Any, on_first: Any = None) -> None:
         if event.type == "inserted" and filled and on_first is not None:
             on_first()
 
-    viewer.layers.events.inserted.connect(refresh)
-    viewer.layers.events.removed.connect(refresh)
+    lifecycle.connect(viewer.layers.events.inserted, refresh)
+    lifecycle.connect(viewer.layers.events.removed, refresh)
 
 
-_CREATION_ONLY = {"name", "vector_style", "blending", "colormap", "visible", "out_of_slice_display"}
+_CREATION_ONLY = {"name", "vector_style", "blending", "colormap", "visible"}
+_PLACEMENT = ("scale", "translate", "rotate", "shear", "affine")
 
 
-def show_layer(
+def _layer_class(kind: str) -> type:
+    import napari.layers
+
+    classes = {"image": napari.layers.Image, "labels": napari.layers.Labels}
+    classes.update(vectors=napari.layers.Vectors, points=napari.layers.Points)
+    return classes[kind]
+
+
+def data_to_world_matrix(layer: Any) -> np.ndarray:
+    """The ``4 × 4`` matrix of ``layer.data_to_world`` on its last three axes (public API only).
+
+    napari composes ``affine ∘ translate ∘ rotate ∘ shear ∘ scale``; the matrix is read back by
+    mapping the origin and the unit vectors, so every transform napari can hold is covered.
+    """
+    lead = [0.0] * (layer.ndim - 3)
+    origin = np.asarray(layer.data_to_world([*lead, 0.0, 0.0, 0.0]), float)[-3:]
+    matrix = np.eye(4)
+    matrix[:3, 3] = origin
+    for axis in range(3):
+        unit = [0.0, 0.0, 0.0]
+        unit[axis] = 1.0
+        matrix[:3, axis] = np.asarray(layer.data_to_world([*lead, *unit]), float)[-3:] - origin
+    return matrix
+
+
+def placement_like(
+    like: Any, offset: Sequence[float] | None = None, leading_axes: int = 0
+) -> dict[str, Any]:
+    """Layer keywords that place a new layer exactly like layer ``like`` (the plugin's one rule).
+
+    The new layer's ``data_to_world`` equals ``like``'s on the last three axes, shifted by
+    ``offset`` voxels of ``like`` (an ROI crop starting there): ``new(x) = like(x + offset)``.
+    A 3D input's own ``scale``, ``rotate``, ``shear`` and ``affine`` are copied (its translate
+    absorbs the offset through them), so the user sees the same numbers on both layers. With
+    ``leading_axes`` (channels first), those axes are placed at identity and the three spatial
+    axes get the input's full transform as an ``affine``.
+    """
+    from napari.utils.transforms import Affine
+
+    shift = np.zeros(3) if offset is None else np.asarray(offset, float)
+    if like.ndim == 3 and leading_axes == 0:
+        physical = Affine(scale=like.scale, rotate=like.rotate, shear=like.shear, ndim=3)
+        return {
+            "scale": tuple(like.scale),
+            "translate": tuple(np.asarray(like.translate) + physical(shift)),
+            "rotate": np.asarray(like.rotate),
+            "shear": np.asarray(like.shear),
+            "affine": like.affine.affine_matrix,
+        }
+    spatial = data_to_world_matrix(like)
+    spatial[:3, 3] += spatial[:3, :3] @ shift
+    matrix = np.eye(leading_axes + 4)
+    matrix[leading_axes:, leading_axes:] = spatial
+    return {"affine": matrix}
+
+
+def show_layer(  # noqa: PLR0913
     viewer: Any,
     name: str,
     kind: str,
     data: Any,
     like: Any = None,
     create: bool = True,
+    *,
+    offset: Sequence[float] | None = None,
+    overlay: bool = True,
     **kwargs: Any,
 ) -> Any:
-    """Update the layer called ``name`` or add it, placed like layer ``like`` (scale, translate).
+    """Update the layer called ``name`` or add it, placed like layer ``like``.
 
-    With ``create=False`` (redraws driven by viewer events) only the data of an existing layer
-    changes: a missing layer stays missing (the user removed it, or the viewer is closing), and
-    placement is left alone (changing it fires the very events that called us).
+    Placement follows :func:`placement_like` (``offset``: the voxel of ``like`` where this
+    layer's data starts). ``overlay=False`` marks results a user may reuse as inputs (labels,
+    probabilities): they are offered in the widgets' layer pickers; overlays (grid lines,
+    boxes) are not. With ``create=False`` (redraws driven by viewer events) only the data of an
+    existing layer changes: a missing layer stays missing (the user removed it, or the viewer
+    is closing), and placement is left alone (changing it fires the very events that called us).
     """
     if not create and name not in viewer.layers:
         return None
-    placement = {}
+    placement: dict[str, Any] = {}
     if like is not None:
-        placement = {"scale": like.scale[-3:], "translate": like.translate[-3:]}
+        leading = max(0, np.ndim(data) - 3) if hasattr(data, "shape") else 0
+        placement = placement_like(like, offset, leading)
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if layer._type_string == kind:
+        if isinstance(layer, _layer_class(kind)) and layer.ndim == len(np.shape(data)):
             layer.data = data
             if create:
-                for key, value in {**placement, **kwargs}.items():
-                    current = np.asarray(getattr(layer, key, None), dtype=object)
-                    if key not in _CREATION_ONLY and not np.array_equal(
-                        current, np.asarray(value, dtype=object)
-                    ):
-                        setattr(layer, key, value)
+                _update_properties(layer, {**placement, **kwargs})
             return layer
         viewer.layers.remove(layer)
     add = getattr(viewer, f"add_{kind}")
-    metadata = {**kwargs.pop("metadata", {}), OVERLAY: True}
+    metadata = {**kwargs.pop("metadata", {}), OVERLAY: overlay}
     return add(data, name=name, metadata=metadata, **placement, **kwargs)
+
+
+def _update_properties(layer: Any, properties: dict[str, Any]) -> None:
+    for key, value in properties.items():
+        if key in _CREATION_ONLY:
+            continue
+        current = getattr(layer, key, None)
+        if key == "affine":
+            current = current.affine_matrix
+        if not np.array_equal(np.asarray(current, dtype=object), np.asarray(value, dtype=object)):
+            setattr(layer, key, value)
+
+
+class Lifecycle:
+    """Everything one dock widget connected to the viewer, undone when the dock goes away.
+
+    The dock goes away when napari removes it (its widget loses its parent), when its Qt
+    widget is destroyed, or when the main window closes. Then ``on_close`` runs once (the
+    widget cancels its worker there), every recorded connection is disconnected, and
+    :attr:`closed` is set: worker results that arrive later must be dropped.
+    Reopening the widget starts with a fresh set of connections.
+    """
+
+    def __init__(self, widget: Any, on_close: Callable[[], None] | None = None) -> None:
+        from qtpy.QtCore import QEvent, QObject
+
+        self.closed = False
+        self._on_close = on_close
+        self._undo: list[Callable[[], None]] = []
+        lifecycle = self
+
+        class Watcher(QObject):  # type: ignore[misc]
+            """Watches the widget (removed from its dock) and its windows (closed)."""
+
+            watched_windows: list[Any] = []
+
+            def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802 (Qt name)
+                kind = event.type()
+                if kind == QEvent.Type.ParentChange and watched is native:
+                    if native.parent() is None:
+                        lifecycle.close()
+                if kind == QEvent.Type.ParentChange:  # the dock moved into a window: watch it
+                    window = native.window()
+                    if window is not native and window not in self.watched_windows:
+                        self.watched_windows.append(window)
+                        window.installEventFilter(self)
+                elif kind == QEvent.Type.Close and watched is not native and watched.isWindow():
+                    if watched is native.window():  # the main window (or a floating dock)
+                        lifecycle.close()
+                return False
+
+        native = widget.native
+        self._widget = widget
+        self._watcher = Watcher()
+        native.installEventFilter(self._watcher)
+        native.destroyed.connect(lambda *_: lifecycle.close())
+
+    def connect(self, emitter: Any, callback: Callable[..., Any]) -> None:
+        """``emitter.connect(callback)``, disconnected on close."""
+        emitter.connect(callback)
+        self._undo.append(lambda: emitter.disconnect(callback))
+
+    def add_mouse_callback(self, callbacks: list[Any], callback: Callable[..., Any]) -> None:
+        """Append to a viewer callback list (e.g. ``mouse_drag_callbacks``), removed on close."""
+        callbacks.append(callback)
+        self._undo.append(lambda: callback in callbacks and callbacks.remove(callback))
+
+    def close(self) -> None:
+        """Run ``on_close`` and disconnect everything (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._on_close is not None:
+            self._on_close()
+        for undo in reversed(self._undo):
+            try:
+                undo()
+            except (RuntimeError, ValueError, TypeError):  # already gone with the viewer
+                pass
+        self._undo.clear()
+        self._disconnect_napari_choices()
+
+    def _disconnect_napari_choices(self) -> None:
+        """napari's ``add_dock_widget`` connects layer events to ``reset_choices``; undo that."""
+        viewer = getattr(self._widget, "viewer", None)
+        if viewer is None:
+            return
+        events = viewer.layers.events
+        for emitter in (events.inserted, events.removed, events.reordered, events.renamed):
+            try:
+                emitter.disconnect(self._widget.reset_choices)
+            except (RuntimeError, ValueError, TypeError):
+                pass
+
+
+def message_label(label: str, value: str = "") -> Any:
+    """A read-only text that wraps inside the dock's width and never widens the dock.
+
+    Long texts (errors, lists) wrap over several lines; the dock keeps its width however long
+    the text is, so napari never saves a huge window geometry.
+    """
+    from magicgui.widgets import Label
+    from qtpy.QtWidgets import QSizePolicy
+
+    widget = Label(label=label, value=value)
+    widget.native.setWordWrap(True)
+    widget.native.setMinimumWidth(1)
+    policy = widget.native.sizePolicy()
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    widget.native.setSizePolicy(policy)
+    return widget
+
+
+def summarise_ranks(ranks: Sequence[int], limit: int = 6) -> str:
+    """'#3, #4' or, past ``limit``, '216 patches hold this voxel; ranks 0–215' (never long).
+
+    Examples
+    --------
+    >>> summarise_ranks([1, 2])
+    '2 patches hold this voxel: #1, #2'
+    >>> summarise_ranks(list(range(216)))
+    '216 patches hold this voxel; ranks 0–215'
+    """
+    ranks = sorted(ranks)
+    if len(ranks) <= limit:
+        noun = "patch holds" if len(ranks) == 1 else "patches hold"
+        return f"{len(ranks)} {noun} this voxel: " + ", ".join(f"#{r}" for r in ranks)
+    return f"{len(ranks)} patches hold this voxel; ranks {ranks[0]}–{ranks[-1]}"
 
 
 def parse_size(text: str, name: str) -> int | tuple[int, int, int]:
@@ -118,7 +306,7 @@ def parse_label_probabilities(text: str) -> dict[int, float] | None:
     return result
 
 
-def redraw_on_slice_change(viewer: Any, draw: Any) -> None:
+def redraw_on_slice_change(lifecycle: Lifecycle, viewer: Any, draw: Any) -> None:
     """Call ``draw(create=False)`` when the slice or the 2D/3D display changes (never re-entrant).
 
     Redraws change existing layers only, so the events they fire cannot add layers back.
@@ -134,8 +322,8 @@ def redraw_on_slice_change(viewer: Any, draw: Any) -> None:
         finally:
             busy[0] = False
 
-    viewer.dims.events.current_step.connect(redraw)
-    viewer.dims.events.ndisplay.connect(redraw)
+    lifecycle.connect(viewer.dims.events.current_step, redraw)
+    lifecycle.connect(viewer.dims.events.ndisplay, redraw)
 
 
 def is_shown(viewer: Any, layer: Any) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, LineEdit
+from magicgui.widgets import ComboBox, Container, LineEdit
 from napari.layers import Image
 
 from ..core._validation import check_overlap, check_padding_mode, check_patch_fits, to_triplet
@@ -14,13 +14,16 @@ from ..core.grid import GridPlan
 from ..core.types import PADDING_MODES
 from ._layers import boxes_to_vectors, grid_lines
 from ._napari import (
+    Lifecycle,
     is_shown,
     layer_choices,
+    message_label,
     parse_size,
     redraw_on_slice_change,
     shape_of,
     show_layer,
     slice_position,
+    summarise_ranks,
     watch_layers,
 )
 
@@ -46,8 +49,8 @@ class PatchGridWidget(Container):
         self.padding_mode = ComboBox(
             label="padding", choices=["none", *PADDING_MODES], value="none"
         )
-        self.info = Label(label="grid", value="")
-        self.selection = Label(label="selected", value="click a voxel")
+        self.info = message_label("grid")
+        self.selection = message_label("selected", "click a voxel")
         self.extend(
             [
                 self.image,
@@ -59,11 +62,12 @@ class PatchGridWidget(Container):
             ]
         )
         self.plan: GridPlan | None = None
-        watch_layers(napari_viewer, self.image, on_first=self.update)
+        self.lifecycle = Lifecycle(self)
+        watch_layers(self.lifecycle, napari_viewer, self.image, on_first=self.update)
         for control in (self.image, self.patch_size, self.patch_overlap, self.padding_mode):
             control.changed.connect(self.update)
-        redraw_on_slice_change(napari_viewer, self._draw_boxes)
-        napari_viewer.mouse_drag_callbacks.append(self._on_click)
+        redraw_on_slice_change(self.lifecycle, napari_viewer, self._draw_boxes)
+        self.lifecycle.add_mouse_callback(napari_viewer.mouse_drag_callbacks, self._on_click)
         self.update()
 
     # ------------------------------------------------------------------ state
@@ -89,6 +93,7 @@ class PatchGridWidget(Container):
         except (ValueError, TypeError) as error:
             self.plan = None
             self.info.value = f"⚠ {error}"
+            self._clear_drawn()  # nothing drawn may contradict the settings shown
             return
         counts = " × ".join(map(str, self.plan.counts))
         self.info.value = f"{len(self.plan)} patches ({counts})"
@@ -107,8 +112,18 @@ class PatchGridWidget(Container):
         self._draw_boxes()
         self._select(None)
 
+    def _clear_drawn(self) -> None:
+        for name in (GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self.selection.value = "click a voxel"
+
     def _draw_boxes(self, *_: Any, create: bool = True) -> None:
-        if self.plan is None or not is_shown(self.viewer, self.image.value):
+        if (
+            self.lifecycle.closed
+            or self.plan is None
+            or not is_shown(self.viewer, self.image.value)
+        ):
             return
         axis, position = slice_position(self.viewer, self.image.value)
         show_layer(
@@ -148,9 +163,9 @@ class PatchGridWidget(Container):
                 self.viewer.layers[SELECTED_LAYER].data = np.zeros((0, 2, 3))
             return
         locations = [self.plan.location(rank) for rank in ranks]
-        self.selection.value = "; ".join(
-            f"#{rank}: {loc.index_ini}–{loc.index_fin}" for rank, loc in zip(ranks, locations)
-        )
+        self.selection.value = summarise_ranks(ranks)
+        if len(ranks) == 1:
+            self.selection.value += f" ({locations[0].index_ini}–{locations[0].index_fin})"
         ini = np.array([loc.index_ini for loc in locations])
         fin = np.array([loc.index_fin for loc in locations])
         show_layer(

@@ -14,7 +14,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -24,7 +23,6 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..cli import default_device
 from ..core.config import InferenceConfig
 from ..core.inference import InferenceStep, TiledInference
 from ..core.postprocess import to_labels, to_probabilities
@@ -34,8 +32,10 @@ from ..io.models import load_model
 from ..io.napari_io import read_zarr_layers
 from ..io.zarr_io import is_zarr_path
 from ._napari import (
+    Lifecycle,
     layer_choices,
     lazy_data_of,
+    message_label,
     parse_size,
     shape_of,
     show_layer,
@@ -67,7 +67,7 @@ def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
     ]
     if not vertices:
         raise ValueError(f"shapes layer '{shapes.name}' is empty: draw a box first")
-    points = np.array(vertices)[:, -3:]
+    points = np.round(np.array(vertices)[:, -3:], 3)  # float32 vertices on oblique scans
     low, high = np.floor(points.min(0)).astype(int), np.ceil(points.max(0)).astype(int)
     box = []
     for axis, size in enumerate(shape):
@@ -123,12 +123,16 @@ class TiledInferenceWidget(Container):
         self.model_file = FileEdit(
             label="model file", filter="*.pt *.pth *.pt2 *.ts", visible=False
         )
+        self.trust = CheckBox(text="trust this file (runs code)", value=False, visible=False)
         self.factory = LineEdit(label="module:factory", value="", visible=False)
+        self.weights = FileEdit(label="weights (state dict)", filter="*.pt *.pth", visible=False)
         self.patch_size = LineEdit(label="patch size", value="64")
         self.patch_overlap = LineEdit(label="overlap", value="16")
         self.mode = ComboBox(label="overlap mode", choices=OVERLAP_MODES, value="gaussian")
         self.batch_size = SpinBox(label="batch size", value=4, min=1, max=512)
-        self.device = ComboBox(label="device", choices=available_devices(), value=default_device())
+        self.device = ComboBox(
+            label="device", choices=available_devices(), value=available_devices()[0]
+        )
         self.amp = CheckBox(text="mixed precision (amp)", value=False)
         self.tta = CheckBox(text="test-time flips (tta)", value=False)
         self.outputs = ComboBox(label="output", choices=OUTPUTS, value="both")
@@ -139,12 +143,14 @@ class TiledInferenceWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(label="status", value="")
+        self.status = message_label("status")
         self.controls = [
             self.image,
             self.source,
             self.model_file,
+            self.trust,
             self.factory,
+            self.weights,
             self.patch_size,
             self.patch_overlap,
             self.mode,
@@ -159,7 +165,8 @@ class TiledInferenceWidget(Container):
         self.extend(
             [*self.controls, self.run_button, self.cancel_button, self.progress, self.status]
         )
-        watch_layers(napari_viewer, self.image, self.roi)
+        self.lifecycle = Lifecycle(self, on_close=self._abandon)
+        watch_layers(self.lifecycle, napari_viewer, self.image, self.roi)
         self.source.changed.connect(self._show_source_fields)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -167,6 +174,9 @@ class TiledInferenceWidget(Container):
         self.refresh_seconds: list[float] = []  # UI-thread time per yielded step (measured)
         self.last_step: InferenceStep | None = None
         self._zarr_path: str | None = None
+        self._label_layer: Any = None
+        self._probability_layers: list[Any] = []
+        self._failed = self._outputs_created = False
 
     # ------------------------------------------------------------------ state
     @property
@@ -175,15 +185,40 @@ class TiledInferenceWidget(Container):
         return self.worker is not None
 
     def _show_source_fields(self, *_: Any) -> None:
-        self.model_file.visible = self.source.value == "file"
-        self.factory.visible = self.source.value == "module:factory"
+        self.model_file.visible = self.trust.visible = self.source.value == "file"
+        self.factory.visible = self.weights.visible = self.source.value == "module:factory"
 
     def _model_source(self) -> str:
         if self.source.value == "file":
-            return str(self.model_file.value)
+            path = Path(str(self.model_file.value))
+            if not str(self.model_file.value).strip() or path.is_dir():
+                raise ValueError("model file: choose a TorchScript (.pt) or .pt2 file")
+            return str(path)
         if self.source.value == "module:factory":
+            if ":" not in str(self.factory.value):
+                raise ValueError(
+                    f"module:factory must look like 'package.module:make_model', "
+                    f"got {str(self.factory.value)!r}"
+                )
             return str(self.factory.value)
         return "demo"
+
+    def _wanted_outputs(self, stream: StreamTarget | None) -> tuple[bool, bool]:
+        """(labels, probabilities) layers to fill; none when streaming to zarr."""
+        if stream is not None:
+            return False, False
+        return self.outputs.value in ("labels", "both"), self.outputs.value in (
+            "probabilities",
+            "both",
+        )
+
+    def _model_options(self) -> dict[str, Any]:
+        """``weights``/``trust_pickle`` for ``load_model``, from the visible fields."""
+        options: dict[str, Any] = {"trust_pickle": bool(self.trust.value)}
+        weights = str(self.weights.value).strip()
+        if self.source.value == "module:factory" and weights and not Path(weights).is_dir():
+            options["weights"] = weights
+        return options
 
     def config(self) -> InferenceConfig:
         """The run's settings, from the controls."""
@@ -197,7 +232,7 @@ class TiledInferenceWidget(Container):
             bool(self.amp.value),
             None,
             bool(self.tta.value),
-            fixed_batch=self._model_source().endswith(".pt2"),
+            fixed_batch=str(self.model_file.value).endswith(".pt2") and self.source.value == "file",
         )
 
     # ------------------------------------------------------------------ run
@@ -210,6 +245,7 @@ class TiledInferenceWidget(Container):
             if image is None:
                 raise ValueError("choose an image layer")
             config = self.config()
+            source = self._model_source()
             stream = self._stream_target()
             if stream is None:
                 volume = volume_of(image)
@@ -226,17 +262,20 @@ class TiledInferenceWidget(Container):
         self._box, self._image, self._started = box, image, time.perf_counter()
         self._last_refresh, self._dirty, self._refresh_interval = 0.0, False, REFRESH_INTERVAL
         self.refresh_seconds = []
+        self.last_step, self._failed = None, False
+        self._label_layer, self._probability_layers = None, []
+        self._outputs_created = False
+        self.status.value = "loading the model…"
         if stream is None:
-            self._prepare_outputs(image, volume.shape)
             region: Any = torch.from_numpy(np.ascontiguousarray(volume[box]))[None]
         else:  # read lazily by the engine, written to zarr as rows finish: nothing held here
-            self._labels = self._probabilities = None
             data = lazy_data_of(image)
             region = torch.from_numpy(data)[None] if isinstance(data, np.ndarray) else data
         handlers = {"yielded": self._on_step, "errored": self._error, "finished": self._on_finished}
         worker = create_worker(  # handlers via _connect: napari re-raises errors without one
             self._steps,
-            self._model_source(),
+            source,
+            {**self._model_options(), "outputs": self._wanted_outputs(stream)},
             config,
             region,
             stream,
@@ -262,12 +301,17 @@ class TiledInferenceWidget(Container):
             raise ValueError("a region (shapes) and a zarr output cannot be combined yet")
         return zarr_target(path)
 
-    def _steps(
-        self, source: str, config: InferenceConfig, region: Any, stream: StreamTarget | None
+    def _steps(  # noqa: PLR0913
+        self,
+        source: str,
+        options: dict[str, Any],
+        config: InferenceConfig,
+        region: Any,
+        stream: StreamTarget | None,
     ) -> Any:
-        want_labels, want_probabilities = self._labels is not None, self._probabilities is not None
+        want_labels, want_probabilities = options.pop("outputs")
         try:
-            model = load_model(source, device=config.device)
+            model = load_model(source, device=config.device, **options)
             engine = TiledInference(model, config, stream)
             for step in engine.run(region):  # post-processing here, off the GUI thread
                 yield StepUpdate.of(step, want_labels, want_probabilities)
@@ -282,36 +326,44 @@ class TiledInferenceWidget(Container):
             self.status.value = "cancelling…"
             self.worker.quit()
 
+    def _abandon(self) -> None:
+        """The dock or the viewer is closing: stop the worker; its late results are dropped."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.quit()
+
     # ------------------------------------------------------------------ results (GUI thread)
-    def _prepare_outputs(self, image: Any, shape: tuple[int, ...]) -> None:
-        """Create (or reuse) the output layers before the run: no layer is added mid-run."""
-        self._labels = self._probabilities = None
-        if self.outputs.value in ("labels", "both"):
-            name = f"{image.name} labels"
-            self._labels = show_layer(
-                self.viewer,
-                name,
-                "labels",
-                self._reusable(name, shape, np.int32),
-                like=image,
-                opacity=0.6,
-            )
-        if self.outputs.value in ("probabilities", "both"):
-            name = f"{image.name} probabilities"
-            old = self.viewer.layers[name].data if name in self.viewer.layers else None
-            channels = old.shape[0] if old is not None and old.ndim == 4 else 2  # fixed at step 1
-            self._probabilities = show_layer(
-                self.viewer,
-                name,
-                "image",
-                self._reusable(name, (channels, *shape), np.float32),
-                colormap="magma",
-                blending="additive",
-                contrast_limits=(0, 1),
-                visible=False,
-                scale=(1, *image.scale[-3:]),
-                translate=(0, *image.translate[-3:]),
-            )
+    def _create_outputs(self, update: StepUpdate) -> None:
+        """Add (or reuse) the output layers at the first result: a failed start adds none.
+
+        Labels are called "<image> prediction", probabilities one layer per foreground class
+        ("<image> probability class k"; channel 0 is background unless the model has a single
+        output channel); all are placed like the input, shifted to the region's start.
+        """
+        image, shape = self._image, tuple(b.stop - b.start for b in self._box)
+        placed = {"like": image, "offset": [b.start for b in self._box], "overlay": False}
+        if update.labels is not None:
+            name = f"{image.name} prediction"
+            data = self._reusable(name, shape, np.int32)
+            self._label_layer = show_layer(self.viewer, name, "labels", data, opacity=0.6, **placed)
+        if update.probabilities is not None:
+            channels = update.probabilities.shape[0]
+            for channel in range(1, channels) if channels > 1 else [0]:
+                name = f"{image.name} probability class {max(channel, 1)}"
+                data = self._reusable(name, shape, np.float32)
+                layer = show_layer(
+                    self.viewer,
+                    name,
+                    "image",
+                    data,
+                    colormap="magma",
+                    blending="additive",
+                    contrast_limits=(0, 1),
+                    visible=channel <= 1,
+                    **placed,
+                )
+                layer.metadata["channel"] = channel
+                self._probability_layers.append(layer)
 
     def _reusable(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """The data of the existing layer ``name`` if it fits (a re-run refines it), else zeros."""
@@ -322,6 +374,8 @@ class TiledInferenceWidget(Container):
         return np.zeros(shape, dtype)
 
     def _on_step(self, update: StepUpdate) -> None:
+        if self.lifecycle.closed:
+            return
         start = time.perf_counter()
         step = self.last_step = update.step
         self.progress.max, self.progress.value = step.total, step.done
@@ -336,18 +390,18 @@ class TiledInferenceWidget(Container):
             )
             self.refresh_seconds.append(time.perf_counter() - start)
             return
-        target = tuple(
-            slice(b.start + r.start, b.start + r.stop) for b, r in zip(self._box, update.region)
+        if not self._outputs_created:
+            self._outputs_created = True
+            self._create_outputs(update)
+        target = tuple(slice(r.start, r.stop) for r in update.region)  # in the region's voxels
+        if update.labels is not None and self._label_layer is not None:
+            self._label_layer.data[target] = update.labels
+        if update.probabilities is not None:
+            for layer in self._probability_layers:
+                layer.data[target] = update.probabilities[layer.metadata["channel"]]
+        self._dirty |= self._in_view(
+            tuple(slice(b.start + t.start, b.start + t.stop) for b, t in zip(self._box, target))
         )
-        if update.labels is not None and self._labels is not None:
-            self._labels.data[target] = update.labels
-        if update.probabilities is not None and self._probabilities is not None:
-            data = self._probabilities.data
-            if data.shape[0] != update.probabilities.shape[0]:  # the model's channel count
-                data = np.zeros((update.probabilities.shape[0], *data.shape[1:]), np.float32)
-                self._probabilities.data = data
-            data[(slice(None), *target)] = update.probabilities
-        self._dirty |= self._in_view(target)
         self.status.value = f"{step.done}/{step.total} patches · {timing}"
         if self._dirty and start - self._last_refresh > self._refresh_interval:
             self._refresh()
@@ -360,20 +414,29 @@ class TiledInferenceWidget(Container):
 
     def _refresh(self) -> None:
         start = time.perf_counter()
-        for layer in (self._labels, self._probabilities):
-            if layer is not None and layer.visible:
+        for layer in self._output_layers():
+            if layer.visible:
                 layer.refresh()
         self._dirty = False
         self._last_refresh = time.perf_counter()
         # Costly refreshes (3D views re-slice whole volumes) come less often: ≤ 10% of the time.
         self._refresh_interval = max(REFRESH_INTERVAL, 10 * (self._last_refresh - start))
 
+    def _output_layers(self) -> list[Any]:
+        layers = [self._label_layer, *self._probability_layers]
+        return [layer for layer in layers if layer is not None and layer in self.viewer.layers]
+
     def _on_finished(self) -> None:
-        for layer in (self._labels, self._probabilities):  # hidden ones too: thumbnails
-            if layer is not None:
-                layer.refresh()
+        if self.lifecycle.closed:
+            return
+        for layer in self._output_layers():  # hidden ones too: thumbnails
+            layer.refresh()
         step = self.last_step
-        if step is not None and step.done < step.total:
+        if self._failed:
+            pass  # the status shows this run's error
+        elif step is None:
+            self.status.value = "cancelled before the first patch (no output)"
+        elif step.done < step.total:
             self.status.value = (
                 f"cancelled at {step.done}/{step.total} patches (partial output kept)"
             )
@@ -393,17 +456,20 @@ class TiledInferenceWidget(Container):
         middle = np.asarray(data[:, data.shape[1] // 2])  # one plane: contrast without a full read
         show_layer(
             self.viewer,
-            f"{self._image.name} output (zarr)",
+            f"{self._image.name} prediction (zarr)",
             "image",
             data,
+            like=self._image,
+            overlay=False,
             colormap="magma",
             contrast_limits=(float(middle.min()), float(max(middle.max(), middle.min() + 1e-6))),
-            scale=(1, *self._image.scale[-3:]),
-            translate=(0, *self._image.translate[-3:]),
         )
         self.status.value += f" · written to {path}"
 
     def _error(self, error: BaseException) -> None:
+        if self.lifecycle.closed:
+            return
+        self._failed = True
         kind = "" if isinstance(error, InferenceFailed) else f"{type(error).__name__}: "
         message = f"Tiled inference failed: {kind}{error}"
         self.status.value = f"⚠ {error}"

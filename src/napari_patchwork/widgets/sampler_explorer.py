@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, LineEdit, PushButton, SpinBox
 from napari.layers import Image, Labels
 
 from ..core.coverage import (
@@ -22,9 +22,11 @@ from ..core.samplers import LabelSampler, RandomSampler, UniformSampler, Weighte
 from ..core.subject import Subject
 from ._layers import boxes_to_vectors, centres, label_composition, locations_to_boxes
 from ._napari import (
+    Lifecycle,
     is_shown,
     layer_choices,
     lazy_data_of,
+    message_label,
     parse_label_probabilities,
     parse_size,
     redraw_on_slice_change,
@@ -57,19 +59,21 @@ class SamplerExplorerWidget(Container):
         self.probability = ComboBox(
             label="probability map", choices=layer_choices(napari_viewer, Image, True)
         )
-        self.labels = ComboBox(label="labels", choices=layer_choices(napari_viewer, Labels, True))
+        self.labels_layer = ComboBox(
+            label="labels", choices=layer_choices(napari_viewer, Labels, True)
+        )
         self.label_probabilities = LineEdit(label="label probabilities", value="")
         self.patch_size = LineEdit(label="patch size", value="32")
         self.num_patches = SpinBox(label="patches", value=100, min=1, max=100_000)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.run_button = PushButton(text="Sample")
-        self.info = Label(label="status", value="")
+        self.info = message_label("status")
         self.extend(
             [
                 self.image,
                 self.sampler,
                 self.probability,
-                self.labels,
+                self.labels_layer,
                 self.label_probabilities,
                 self.patch_size,
                 self.num_patches,
@@ -81,9 +85,10 @@ class SamplerExplorerWidget(Container):
         self.locations: list[PatchLocation] = []
         self.figure = None
         self._add_plot()
-        watch_layers(napari_viewer, self.image, self.probability, self.labels)
+        self.lifecycle = Lifecycle(self)
+        watch_layers(self.lifecycle, napari_viewer, self.image, self.probability, self.labels_layer)
         self.run_button.changed.connect(self.sample)
-        redraw_on_slice_change(napari_viewer, self._draw_boxes)
+        redraw_on_slice_change(self.lifecycle, napari_viewer, self._draw_boxes)
 
     def _add_plot(self) -> None:
         try:
@@ -110,8 +115,8 @@ class SamplerExplorerWidget(Container):
             images["probability"] = ScalarImage(
                 torch.from_numpy(volume_of(self.probability.value))[None]
             )
-        if self.labels.value is not None:
-            labels = volume_of(self.labels.value).astype(np.int64)
+        if self.labels_layer.value is not None:
+            labels = volume_of(self.labels_layer.value).astype(np.int64)
             images["labels"] = LabelMap(torch.from_numpy(labels)[None])
         return Subject(images)
 
@@ -124,7 +129,7 @@ class SamplerExplorerWidget(Container):
                 raise ValueError("the weighted sampler needs a probability map layer")
             return WeightedSampler(subject, patch, "probability", count, seed=seed)
         if kind == "label":
-            if self.labels.value is None:
+            if self.labels_layer.value is None:
                 raise ValueError("the label sampler needs a labels layer")
             probabilities = parse_label_probabilities(self.label_probabilities.value)
             return LabelSampler(subject, patch, "labels", probabilities, count, seed=seed)
@@ -173,8 +178,7 @@ class SamplerExplorerWidget(Container):
             centres(self.locations),
             like=like,
             size=2,
-            face_color="cyan",
-            out_of_slice_display=False,
+            face_color="orange",
         )
         self._draw_boxes()
         self._plot(sampler)
@@ -195,7 +199,11 @@ class SamplerExplorerWidget(Container):
         return tuple(t.numpy().astype(np.float32) for t in (dense, expected, empirical))
 
     def _draw_boxes(self, *_: Any, create: bool = True) -> None:
-        if not self.locations or not is_shown(self.viewer, self.image.value):
+        if (
+            self.lifecycle.closed
+            or not self.locations
+            or not is_shown(self.viewer, self.image.value)
+        ):
             return
         axis, position = slice_position(self.viewer, self.image.value)
         ini, fin = locations_to_boxes(self.locations, axis, position)
@@ -215,17 +223,18 @@ class SamplerExplorerWidget(Container):
     # ------------------------------------------------------------------ plot
     def composition(self) -> tuple[list[int], np.ndarray, np.ndarray] | None:
         """(label values, requested centre fractions, observed centre fractions)."""
-        if self.labels.value is None or not self.locations:
+        if self.labels_layer.value is None or not self.locations:
             return None
-        labels = volume_of(self.labels.value)
+        labels = volume_of(self.labels_layer.value)
         requested = (
             parse_label_probabilities(self.label_probabilities.value)
             if self.sampler.value == "label"
             else None
         )
-        if requested:
-            values = sorted(requested)
-            total = sum(requested.values())
+        if requested:  # classes absent from the labels are not sampled: renormalised without
+            present = set(np.unique(labels).tolist())
+            values = sorted(v for v in requested if v in present) or sorted(requested)
+            total = sum(requested[v] for v in values) or 1.0
             wanted = np.array([requested[v] / total for v in values])
         else:
             values = sorted(np.unique(labels[:: max(1, labels.shape[0] // 32)]).tolist())[:10]

@@ -1,0 +1,281 @@
+"""Widgets on real-world scans: every layer they create sits where the input sits.
+
+An oblique, anisotropic LAS NIfTI written with nibabel is opened through the plugin's reader
+(as File > Open does); each widget runs; every layer it created must map voxels to the same
+world points as the input (``data_to_world``), in 2D and 3D views and after an ROI crop.
+Saving the prediction through the plugin's writer must give back the scan's affine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_patchwork.io.napari_io import read_layers
+from napari_patchwork.widgets import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
+from napari_patchwork.widgets._napari import data_to_world_matrix
+
+# napari's own note on oblique data in 2D views (it shows the data plane without the rotation)
+pytestmark = pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
+VOXELS = [(0, 0, 0), (5, 3, 2), (17, 11, 9), (3.5, 7.25, 1.0)]
+
+
+def oblique_las_affine() -> np.ndarray:
+    """3 × 1.2 × 2 mm voxels, LAS, rotated 20° about z and 10° about x, off the origin."""
+    angle, tilt = np.deg2rad(20), np.deg2rad(10)
+    about_z = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    about_x = np.array(
+        [[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = about_z @ about_x @ np.diag([-3.0, 1.2, 2.0])
+    affine[:3, 3] = [90.0, -126.0, -72.0]
+    return affine
+
+
+@pytest.fixture
+def scan(tmp_path):
+    rng = np.random.default_rng(4)
+    volume = rng.normal(size=(24, 20, 16)).astype(np.float32)
+    volume[6:18, 5:15, 4:12] += 3  # something to segment
+    path = tmp_path / "oblique_las_t1.nii.gz"
+    nib.save(nib.Nifti1Image(volume, oblique_las_affine()), str(path))
+    return path
+
+
+@pytest.fixture
+def viewer_with_scan(make_napari_viewer, scan):
+    viewer = make_napari_viewer()
+    for data, meta, kind in read_layers(str(scan)):  # the plugin's reader, as File > Open
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    return viewer
+
+
+def assert_placed_like(layer, like, offset=(0, 0, 0)):
+    lead = [0] * (layer.ndim - 3)
+    for voxel in VOXELS:
+        world = np.asarray(layer.data_to_world([*lead, *voxel]))[-3:]
+        expected = np.asarray(like.data_to_world(np.add(voxel, offset)))[-3:]
+        assert np.allclose(world, expected, atol=1e-6), (layer.name, voxel, world, expected)
+
+
+def created(viewer, before):
+    return [layer for layer in viewer.layers if layer.name not in before]
+
+
+def test_reader_places_the_scan_at_its_affine(viewer_with_scan):
+    image = viewer_with_scan.layers[0]
+    assert np.allclose(data_to_world_matrix(image), oblique_las_affine(), atol=1e-6)
+
+
+@pytest.mark.parametrize("ndisplay", [2, 3])
+def test_patch_grid_layers_are_placed_like_the_scan(viewer_with_scan, ndisplay):
+    viewer = viewer_with_scan
+    viewer.dims.ndisplay = ndisplay
+    image = viewer.layers[0]
+    before = {layer.name for layer in viewer.layers}
+    widget = PatchGridWidget(viewer)
+    widget.patch_size.value = "8"
+    widget.patch_overlap.value = "2"
+    widget.select_voxel((5, 5, 5))
+    layers = created(viewer, before)
+    assert {layer.name for layer in layers} == {"patch grid", "patch overlap", "selected patch"}
+    for layer in layers:
+        assert_placed_like(layer, image)
+
+
+def test_sampler_explorer_layers_are_placed_like_the_scan(viewer_with_scan):
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    before = {layer.name for layer in viewer.layers}
+    widget = SamplerExplorerWidget(viewer)
+    widget.patch_size.value = "6"
+    widget.num_patches.value = 20
+    assert len(widget.sample()) == 20
+    layers = created(viewer, before)
+    assert len(layers) == 5
+    for layer in layers:
+        assert_placed_like(layer, image)
+
+
+def wait(qtbot, widget, timeout=120_000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def test_inference_outputs_are_placed_like_the_scan_and_saved_with_its_affine(
+    viewer_with_scan, qtbot, tmp_path
+):
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    before = {layer.name for layer in viewer.layers}
+    widget = TiledInferenceWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
+    widget.run()
+    wait(qtbot, widget)
+    assert widget.status.value.startswith("done"), widget.status.value
+    layers = created(viewer, before)
+    names = {layer.name for layer in layers}
+    assert "oblique_las_t1 prediction" in names
+    assert {"oblique_las_t1 probability class 1", "oblique_las_t1 probability class 2"} <= names
+    for layer in layers:
+        assert_placed_like(layer, image)
+    target = tmp_path / "prediction.nii.gz"
+    viewer.layers["oblique_las_t1 prediction"].save(str(target), plugin="napari-patchwork")
+    saved = nib.load(str(target))
+    assert np.allclose(saved.affine, oblique_las_affine(), atol=1e-4)
+    assert saved.shape == image.data.shape
+    probability = tmp_path / "probability.nii.gz"
+    viewer.layers["oblique_las_t1 probability class 1"].save(
+        str(probability), plugin="napari-patchwork"
+    )
+    assert np.allclose(nib.load(str(probability)).affine, oblique_las_affine(), atol=1e-4)
+
+
+def test_roi_crop_offset_goes_through_the_scan_transform(viewer_with_scan, qtbot):
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    corners = np.array([[10, 4, 3], [10, 4, 14], [10, 15, 14], [10, 15, 3]], float)
+    world = [image.data_to_world(corner) for corner in corners]
+    shapes = viewer.add_shapes([np.array(world)], shape_type="polygon", name="roi")
+    widget = TiledInferenceWidget(viewer)
+    widget.roi.value = shapes
+    widget.patch_size.value, widget.patch_overlap.value = "8", "0"
+    widget.outputs.value = "labels"
+    widget.run()
+    wait(qtbot, widget)
+    layer = viewer.layers["oblique_las_t1 prediction"]
+    offset = [widget._box[axis].start for axis in range(3)]
+    assert offset[1:] == [4, 3] and layer.data.shape[1:] == (12, 12)
+    assert_placed_like(layer, image, offset)
+
+
+def test_failed_run_adds_no_layer_and_shows_its_own_error(viewer_with_scan, qtbot):
+    viewer = viewer_with_scan
+    widget = TiledInferenceWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
+    widget.run()
+    wait(qtbot, widget)
+    assert widget.status.value.startswith("done")
+    names = [layer.name for layer in viewer.layers]
+    widget.source.value = "file"
+    widget.model_file.value = "/nonexistent/model.pt"
+    widget.run()
+    wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == names
+    assert "does not exist" in widget.status.value and "done" not in widget.status.value
+    widget.model_file.value = ""
+    assert widget.run() is None
+    assert "choose" in widget.status.value and "directory" not in widget.status.value
+
+
+def test_outputs_are_offered_as_inputs(viewer_with_scan, qtbot):
+    viewer = viewer_with_scan
+    widget = TiledInferenceWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
+    widget.run()
+    wait(qtbot, widget)
+    explorer = SamplerExplorerWidget(viewer)
+    labels = [choice.name for choice in explorer.labels_layer.choices if choice is not None]
+    assert "oblique_las_t1 prediction" in labels
+    maps = [choice.name for choice in explorer.probability.choices if choice is not None]
+    assert "oblique_las_t1 probability class 1" in maps
+    assert "patch grid" not in maps
+
+
+def test_dock_keeps_its_width_with_long_messages(viewer_with_scan, qtbot):
+    viewer = viewer_with_scan
+    widget = PatchGridWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, area="right")
+    qtbot.wait(50)
+    width = dock.width()
+    widget.patch_size.value = "48"  # larger than the scan: a long error message
+    assert "⚠" in widget.info.value
+    widget.patch_size.value, widget.patch_overlap.value = "8", "6"
+    ranks = widget.select_voxel((10, 10, 8))
+    assert len(ranks) > 20 and len(widget.selection.value) < 80
+    qtbot.wait(50)
+    assert dock.width() <= width + 2
+    assert viewer.window._qt_window.width() < 4000
+
+
+def test_closing_the_dock_disconnects_every_callback(viewer_with_scan, qtbot):
+    viewer = viewer_with_scan
+    drag = len(viewer.mouse_drag_callbacks)
+    steps = len(viewer.dims.events.current_step.callbacks)
+    inserted = len(viewer.layers.events.inserted.callbacks)
+    widget = PatchGridWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "8", "2"
+    dock = viewer.window.add_dock_widget(widget, area="right")
+    assert len(viewer.mouse_drag_callbacks) == drag + 1
+    viewer.window.remove_dock_widget(dock)
+    qtbot.wait(10)
+    assert widget.lifecycle.closed
+    assert len(viewer.mouse_drag_callbacks) == drag
+    assert len(viewer.dims.events.current_step.callbacks) == steps
+    assert len(viewer.layers.events.inserted.callbacks) == inserted
+    grid = viewer.layers["patch grid"].data.copy()
+    viewer.dims.set_point(0, viewer.dims.point[0] + 9)  # no redraw any more
+    assert np.array_equal(viewer.layers["patch grid"].data, grid)
+
+
+CLOSE_DURING_RUN = textwrap.dedent(
+    """
+    import os, sys, time
+    import numpy as np, torch
+    import napari
+    from napari_patchwork.widgets import TiledInferenceWidget
+
+    class Slow(torch.nn.Module):
+        def forward(self, x):
+            time.sleep(0.2)
+            return torch.cat([x, -x], 1)
+
+    sys.modules["slow_model"] = type(sys)("slow_model")
+    sys.modules["slow_model"].make = Slow
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(np.random.default_rng(0).random((32, 32, 32), dtype=np.float32))
+    widget = TiledInferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.source.value = "module:factory"
+    widget.factory.value = "slow_model:make"
+    widget.patch_size.value, widget.patch_overlap.value, widget.batch_size.value = "8", "0", 1
+    widget.run()
+    app = napari.qt.get_qapp()
+    deadline = time.time() + 60
+    while (widget.last_step is None or widget.last_step.done < 2) and time.time() < deadline:
+        app.processEvents()
+        time.sleep(0.01)
+    assert widget.last_step is not None, "the run never started"
+    {close}
+    for _ in range(100):
+        app.processEvents()
+        time.sleep(0.01)
+    print("closed cleanly at", widget.last_step.done, "patches")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "close",
+    [
+        "viewer.close()",
+        "viewer.window.remove_dock_widget(widget.native.parent())",
+    ],
+    ids=["viewer", "dock"],
+)
+def test_closing_during_a_run_ends_cleanly(tmp_path, close):
+    script = tmp_path / "close_during_run.py"
+    script.write_text(CLOSE_DURING_RUN.format(close=close))
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "closed cleanly" in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
