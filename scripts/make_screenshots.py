@@ -56,7 +56,7 @@ def main() -> None:
     explorer = SamplerExplorerWidget(viewer)
     viewer.window.add_dock_widget(explorer, name="Sampler explorer", area="right")
     explorer.sampler.value = "label"
-    explorer.labels.value = viewer.layers["sample labels"]
+    explorer.labels_layer.value = viewer.layers["sample labels"]
     explorer.label_probabilities.value = "0: 0.4, 1: 0.3, 2: 0.3"
     explorer.patch_size.value, explorer.num_patches.value = "24", 300
     explorer.sample()
