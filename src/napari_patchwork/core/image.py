@@ -17,15 +17,48 @@ INTENSITY = "intensity"
 LABEL = "label"
 
 
+def _numpy_for_torch(data: np.ndarray, name: str) -> np.ndarray:
+    """``data`` in native byte order and a dtype torch holds exactly.
+
+    ``uint16``/``uint32`` widen to ``int32``/``int64``; ``uint64`` becomes ``int64`` when
+    every value fits, else it is refused (never wrapped).
+    """
+    if data.dtype.byteorder not in ("=", "|"):  # big-endian files: torch needs native order
+        data = data.astype(data.dtype.newbyteorder("="))
+    if data.dtype == np.uint16:
+        data = data.astype(np.int32)
+    elif data.dtype == np.uint32:
+        data = data.astype(np.int64)
+    elif data.dtype == np.uint64:
+        largest = int(data.max(initial=0))
+        if largest > np.iinfo(np.int64).max:
+            raise ValueError(
+                f"{name} is uint64 and holds {largest}, more than int64 can hold"
+                f" ({np.iinfo(np.int64).max}); renumber the labels first"
+            )
+        data = data.astype(np.int64)
+    return np.ascontiguousarray(data)
+
+
 def _as_tensor(data: Any, name: str) -> torch.Tensor:
+    """``data`` as a 4D ``(C, I, J, K)`` tensor, values kept exactly.
+
+    Parameters
+    ----------
+    data : torch.Tensor or numpy.ndarray
+        The voxels; numpy arrays of any byte order (see :func:`_numpy_for_torch`).
+    name : str
+        What to call ``data`` in error messages (e.g. the file it was read from).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Not an array, not 4D, empty, or ``uint64`` values above the ``int64`` range.
+    """
     if isinstance(data, torch.Tensor):
         tensor = data
     elif isinstance(data, np.ndarray):
-        if data.dtype == np.uint16:
-            data = data.astype(np.int32)
-        elif data.dtype == np.uint32:
-            data = data.astype(np.int64)
-        tensor = torch.from_numpy(np.ascontiguousarray(data))
+        tensor = torch.from_numpy(_numpy_for_torch(data, name))
     else:
         raise TypeError(f"{name} must be a torch.Tensor, a numpy array or a path, got {type(data)}")
     if tensor.ndim != 4:

@@ -3,8 +3,11 @@
 Axis order: napari's axes are the NIfTI voxel axes ``(i, j, k)``; ``scale`` is the voxel
 spacing and ``translate`` the world position of voxel ``(0, 0, 0)`` from the affine (a full
 ``affine`` is passed instead when the affine rotates or shears). Multi-channel images open
-with ``channel_axis=0``. The affine is kept in ``metadata["affine"]`` so that saving writes it
-back unchanged.
+with ``channel_axis=0``. The affine is kept in ``metadata["affine"]`` and the header's
+qform/sform codes and units in ``metadata["nifti"]``, so that saving an unmoved layer writes
+them back unchanged; a moved layer is saved with napari's full data-to-world transform.
+Labels keep their integer values exactly and are saved in the smallest integer type that
+holds them.
 """
 
 from __future__ import annotations
@@ -15,12 +18,54 @@ from typing import Any
 
 import numpy as np
 
-from .nifti import is_nifti_path, read_nifti, write_nifti
+from .nifti import is_nifti_path, read_nifti, read_nifti_header, write_nifti
 from .zarr_io import is_zarr_path, layer_data_from_zarr
 
 LayerData = tuple[Any, dict[str, Any], str]
 LABEL_HINTS = ("label", "seg", "mask", "annot")
 MAX_LABEL_VALUES = 256
+#: Label dtypes tried in order when saving: the first that holds every value is used.
+LABEL_DTYPES = (np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)
+PLACEMENT_KEYS = ("scale", "translate", "rotate", "shear", "affine")
+
+
+def smallest_label_dtype(array: np.ndarray, name: str = "labels") -> np.dtype[Any]:
+    """The smallest integer dtype in ``LABEL_DTYPES`` that holds every value of ``array``.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Integer (or integer-valued float / bool) labels.
+    name : str
+        What to call the array in error messages.
+
+    Raises
+    ------
+    ValueError
+        Non-integer values, or values outside every integer dtype.
+    """
+    if array.dtype == np.bool_ or array.size == 0:
+        return np.dtype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        finite = np.isfinite(array)
+        if not finite.all() or not np.all(array == np.round(array)):
+            bad = array[~finite | (array != np.round(array))].flat[0]
+            raise ValueError(f"{name} holds a non-integer value ({bad}); labels must be integers")
+    low, high = array.min(), array.max()
+    low = int(low) if np.issubdtype(array.dtype, np.integer) else low
+    high = int(high) if np.issubdtype(array.dtype, np.integer) else high
+    for dtype in LABEL_DTYPES:
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return np.dtype(dtype)
+    raise ValueError(f"{name} holds values from {low} to {high}, outside every integer type")
+
+
+def _as_labels(array: np.ndarray, name: str) -> np.ndarray:
+    """Integer labels with the same values (integer dtypes unchanged, floats narrowed)."""
+    if np.issubdtype(array.dtype, np.integer):
+        return array
+    return array.astype(smallest_label_dtype(array, name))
 
 
 def _is_labels(array: np.ndarray, path: Path) -> bool:
@@ -43,11 +88,15 @@ def layer_data_from_nifti(path: str | os.PathLike[str]) -> list[LayerData]:
     """Read one NIfTI file as napari layer data (image or labels)."""
     path = Path(path)
     data, affine = read_nifti(path)
+    nifti = read_nifti_header(path).nifti
     name = path.name.removesuffix(".gz").removesuffix(".nii")
-    meta: dict[str, Any] = {"name": name, "metadata": {"affine": affine, "path": str(path)}}
+    meta: dict[str, Any] = {
+        "name": name,
+        "metadata": {"affine": affine, "path": str(path), "nifti": nifti},
+    }
     meta.update(_placement(affine))
     if data.shape[0] == 1 and _is_labels(data[0], path):
-        return [(data[0].astype(np.int32, copy=False), meta, "labels")]
+        return [(_as_labels(data[0], f"NIfTI file '{path}'"), meta, "labels")]
     if data.shape[0] == 1:
         return [(data[0], meta, "image")]
     return [(data, {**meta, "channel_axis": 0}, "image")]
@@ -75,16 +124,85 @@ def read_zarr_layers(path: str | list[str]) -> list[LayerData]:
     return [layer for p in paths for layer in layer_data_from_zarr(p)]
 
 
+def _vector(value: Any, ndim: int, fill: float) -> np.ndarray:
+    """A length-``ndim`` vector, napari style: missing leading entries are ``fill``."""
+    given = np.atleast_1d(np.asarray(value, dtype=np.float64))[-ndim:]
+    return np.concatenate([np.full(ndim - len(given), fill), given])
+
+
+def _square(value: Any, ndim: int) -> np.ndarray:
+    """The trailing ``ndim``×``ndim`` block of a matrix, embedded in an identity."""
+    matrix = np.asarray(getattr(value, "affine_matrix", value), dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"expected a square matrix, got {matrix!r}")
+    size = min(ndim, matrix.shape[0])
+    full = np.eye(ndim)
+    full[-size:, -size:] = matrix[-size:, -size:]
+    return full
+
+
+def _shear_matrix(shear: Any, ndim: int) -> np.ndarray:
+    """napari's shear: a matrix, or its upper-triangular entries row by row."""
+    shear = np.asarray(shear, dtype=np.float64)
+    if shear.ndim == 2:
+        return _square(shear, ndim)
+    size = int(round((1 + np.sqrt(1 + 8 * len(shear))) / 2)) if len(shear) else 1
+    matrix = np.eye(size)
+    matrix[np.triu_indices(size, 1)] = shear
+    return _square(matrix, ndim)
+
+
+def layer_affine(meta: dict[str, Any], ndim: int = 3) -> np.ndarray:
+    """napari's data-to-world transform of a layer from its meta, as an ``ndim + 1`` matrix.
+
+    ``world = affine @ (translate + rotate @ shear @ diag(scale) @ data)``, the order of
+    napari's ``layer.data_to_world``.
+
+    Parameters
+    ----------
+    meta : dict
+        Layer meta with any of ``scale``, ``translate``, ``rotate`` (a matrix), ``shear``
+        (upper-triangular values or a matrix) and ``affine`` (a matrix or napari ``Affine``).
+    ndim : int
+        The layer's number of dimensions.
+    """
+    n = max(ndim, 1)
+    linear = (
+        _square(meta.get("rotate", np.eye(n)), n)
+        @ _shear_matrix(meta.get("shear", np.zeros(0)), n)
+        @ np.diag(_vector(meta.get("scale", np.ones(n)), n, 1.0))
+    )
+    inner = np.eye(n + 1)
+    inner[:n, :n] = linear
+    inner[:n, n] = _vector(meta.get("translate", np.zeros(n)), n, 0.0)
+    outer = meta.get("affine")
+    return inner if outer is None else _square(outer, n + 1) @ inner
+
+
 def affine_from_meta(meta: dict[str, Any], ndim: int = 3) -> np.ndarray:
-    """The 4×4 affine to write: the one read with the layer, else from scale and translate."""
+    """The 4×4 NIfTI affine to write for a layer: its full data-to-world transform.
+
+    The affine read with the layer (``metadata["affine"]``) is written exactly when the layer
+    was not moved (its napari transform still equals it, or the meta has no placement);
+    otherwise napari's transform (:func:`layer_affine`) on the last 3 axes.
+
+    Parameters
+    ----------
+    meta : dict
+        napari layer meta (``layer.as_layer_data_tuple()[1]`` or the writer's ``meta``).
+    ndim : int
+        The layer's number of dimensions (at least 3).
+    """
     stored = (meta.get("metadata") or {}).get("affine")
-    if stored is not None:
-        return np.asarray(stored, dtype=np.float64)
+    stored = None if stored is None else np.asarray(stored, dtype=np.float64)
+    if not any(meta.get(key) is not None for key in PLACEMENT_KEYS):
+        return np.eye(4) if stored is None else stored
+    full = layer_affine(meta, max(ndim, 3))
     affine = np.eye(4)
-    scale = list(meta.get("scale", [1.0] * ndim))[-3:]
-    translate = list(meta.get("translate", [0.0] * ndim))[-3:]
-    affine[:3, :3] = np.diag(scale)
-    affine[:3, 3] = translate
+    affine[:3, :3] = full[-4:-1, -4:-1]
+    affine[:3, 3] = full[-4:-1, -1]
+    if stored is not None and np.allclose(affine, stored, rtol=1e-6, atol=1e-6):
+        return stored
     return affine
 
 
@@ -98,7 +216,8 @@ def _write(path: str, data: Any, meta: dict[str, Any], dtype: Any = None) -> lis
     source = (meta.get("metadata") or {}).get("path")
     if source and Path(source).exists() and Path(target).resolve() == Path(source).resolve():
         raise ValueError(f"refusing to overwrite the file the layer was read from: '{source}'")
-    write_nifti(target, array[None], affine_from_meta(meta, array.ndim))
+    nifti = (meta.get("metadata") or {}).get("nifti")
+    write_nifti(target, array[None], affine_from_meta(meta, array.ndim), nifti=nifti)
     return [target]
 
 
@@ -108,9 +227,15 @@ def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
 
 
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """npe2 writer for labels layers (stored as int16/int32)."""
+    """npe2 writer for labels layers, in the smallest integer type that holds the values.
+
+    Raises
+    ------
+    ValueError
+        Non-integer values (naming the output path).
+    """
     array = np.asarray(data)
-    return _write(path, array, meta, np.int16 if array.max(initial=0) < 2**15 else np.int32)
+    return _write(path, array, meta, smallest_label_dtype(array, f"labels for '{path}'"))
 
 
 def sample_layers() -> list[LayerData]:
