@@ -1,9 +1,8 @@
-"""Real NIfTI files (nibabel's test data and files made with nibabel): read and written faithfully."""
+"""Real NIfTI files (nibabel's test data and files made with nibabel), kept faithfully."""
 
 import glob
 import os
 
-import napari
 import nibabel as nib
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ from napari_patchwork.io.nifti import read_nifti, read_nifti_header, write_nifti
 
 # napari warns when a layer with a rotated or sheared affine is sliced; not our concern here
 pytestmark = pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
+
+napari = pytest.importorskip("napari")
 
 SHIPPED = sorted(
     f for f in glob.glob(os.path.join(data_path, "*.nii*")) if not f.endswith(".dconn.nii")
@@ -30,7 +31,11 @@ def save(path, array, affine, **kwargs):
 def oblique():
     angle = np.deg2rad(20)
     affine = np.eye(4)
-    affine[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    affine[:3, :3] = [
+        [np.cos(angle), -np.sin(angle), 0],
+        [np.sin(angle), np.cos(angle), 0],
+        [0, 0, 1],
+    ]
     affine[:3, :3] = affine[:3, :3] @ np.diag([0.8, 1.2, 2.5])
     affine[:3, 3] = (-40, 12.5, 7)
     return affine
@@ -151,7 +156,9 @@ def test_labels_written_in_smallest_exact_type(tmp_path, values, dtype):
 
 
 def test_write_nifti_never_wraps_int64(tmp_path):
-    array = np.array([0, 2**40, -(2**35)], np.int64).reshape(1, 3, 1, 1) * np.ones((1, 1, 2, 2), int)
+    array = np.array([0, 2**40, -(2**35)], np.int64).reshape(1, 3, 1, 1) * np.ones(
+        (1, 1, 2, 2), int
+    )
     out = write_nifti(tmp_path / "big.nii.gz", array)
     assert nib.load(str(out)).get_data_dtype() == np.int64
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(out)).dataobj), array[0])

@@ -208,6 +208,30 @@ def read_nifti(
     return data.astype(_native(data.dtype), copy=False), header.affine
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array`` with the same values in a dtype to store: bool as uint8, int64 as int32 if
+    every value fits, native byte order."""
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype == np.int64 and array.size:
+        info = np.iinfo(np.int32)
+        if info.min <= array.min() and array.max() <= info.max:
+            array = array.astype(np.int32)
+    return array.astype(_native(array.dtype), copy=False)
+
+
+def _restore_fields(header: Any, affine: np.ndarray, nifti: Mapping[str, int]) -> None:
+    """Set the read file's qform/sform codes and units, unless they cannot place ``affine``."""
+    header.set_qform(affine, int(nifti.get("qform_code", 0)))
+    header.set_sform(affine, int(nifti.get("sform_code", 0)))
+    if "xyzt_units" in nifti:
+        header["xyzt_units"] = int(nifti["xyzt_units"])
+    if not np.allclose(header.get_best_affine(), affine, rtol=1e-6, atol=1e-6):
+        header.set_sform(affine, "aligned")  # the codes cannot say where this image is
+        if not np.allclose(header.get_qform(), affine, rtol=1e-6, atol=1e-6):
+            header.set_qform(affine, "unknown")
+
+
 def write_nifti(
     path: str | os.PathLike[str],
     data: Any,
@@ -252,25 +276,11 @@ def write_nifti(
             array = array[..., 0]
     elif array.ndim != 3:
         raise ValueError(f"data must be 3D or 4D (C, I, J, K), got shape {array.shape}")
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    if array.dtype == np.int64 and array.size:
-        info = np.iinfo(np.int32)
-        if info.min <= array.min() and array.max() <= info.max:
-            array = array.astype(np.int32)
-    array = array.astype(_native(array.dtype), copy=False)
+    array = _writable(array)
     affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
     image = nib.Nifti1Image(array, affine, dtype=array.dtype)
     if nifti:
-        header = image.header
-        header.set_qform(affine, int(nifti.get("qform_code", 0)))
-        header.set_sform(affine, int(nifti.get("sform_code", 0)))
-        if "xyzt_units" in nifti:
-            header["xyzt_units"] = int(nifti["xyzt_units"])
-        if not np.allclose(header.get_best_affine(), affine, rtol=1e-6, atol=1e-6):
-            header.set_sform(affine, "aligned")  # the codes cannot say where this image is
-            if not np.allclose(header.get_qform(), affine, rtol=1e-6, atol=1e-6):
-                header.set_qform(affine, "unknown")
+        _restore_fields(image.header, affine, nifti)
     handle, temp = tempfile.mkstemp(
         prefix=f".{path.name}.",
         suffix=".nii.gz" if str(path).endswith(".gz") else ".nii",
