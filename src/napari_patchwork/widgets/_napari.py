@@ -179,7 +179,7 @@ class Lifecycle:
         class Watcher(QObject):  # type: ignore[misc]
             """Watches the widget (removed from its dock) and its windows (closed)."""
 
-            watched_windows: list[Any] = []
+            watched_windows: set[int] = set()  # ids only: holding windows would leak viewers
 
             def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802 (Qt name)
                 kind = event.type()
@@ -188,8 +188,8 @@ class Lifecycle:
                         lifecycle.close()
                 if kind == QEvent.Type.ParentChange:  # the dock moved into a window: watch it
                     window = native.window()
-                    if window is not native and window not in self.watched_windows:
-                        self.watched_windows.append(window)
+                    if window is not native and id(window) not in self.watched_windows:
+                        self.watched_windows.add(id(window))
                         window.installEventFilter(self)
                 elif kind == QEvent.Type.Close and watched is not native and watched.isWindow():
                     if watched is native.window():  # the main window (or a floating dock)
