@@ -96,8 +96,11 @@ def test_roi_limits_inference_to_the_box(viewer_with_sample, qtbot):
     widget.outputs.value = "labels"
     widget.run()
     wait(qtbot, widget)
-    labels = viewer.layers["image prediction"].data
-    written = np.argwhere(labels > 0)
+    layer = viewer.layers["image prediction"]
+    offset = np.array([axis.start for axis in widget._box])
+    assert layer.data.shape[1:] == (17, 17)  # the prediction covers the region only, placed there
+    assert np.allclose(layer.data_to_world((0, 0, 0)), viewer.layers["image"].data_to_world(offset))
+    written = np.argwhere(layer.data > 0) + offset
     assert len(written) > 0
     assert written[:, 1].min() >= 4 and written[:, 1].max() <= 20
     assert written[:, 2].min() >= 4 and written[:, 2].max() <= 20
