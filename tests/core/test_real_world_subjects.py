@@ -182,3 +182,78 @@ class _no_warning:
 
     def __exit__(self, *exc):
         return False
+
+
+# --------------------------------------------------------------- padding constants and casts
+def ct_and_mask(tmp_path):
+    rng = np.random.default_rng(3)
+    ct = write(tmp_path, "ct.nii.gz", rng.integers(0, 200, SHAPE).astype(np.uint8), RAS)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[3:6, 3:6, 2:5] = 1
+    seg = write(tmp_path, "seg.nii.gz", mask, RAS)
+    return ct, seg
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_negative_constant_with_uint8_label_map_is_refused_alike(tmp_path, lazy):
+    from napari_patchwork.core.lazy import LazyVolume
+
+    ct, seg = ct_and_mask(tmp_path)
+    labels = nib.load(str(seg)).get_fdata().astype(np.uint8)
+    if lazy:
+        label_map = pw.LabelMap(LazyVolume(labels))
+    else:
+        label_map = pw.LabelMap(torch.from_numpy(labels)[None])
+    subject = pw.Subject(ct=pw.ScalarImage(ct), seg=label_map)
+    with pytest.raises(ValueError, match="padding constant -1000 does not fit label map 'seg'"
+                       " of dtype uint8"):
+        pw.GridSampler(subject, 4, 2, padding_mode=-1000)
+    with pytest.raises(ValueError, match="-1000 does not fit label map 'seg'"):
+        pw.GridSampler(subject, 4, 2, padding_mode="constant", fill=-1000)
+
+
+def test_label_map_read_from_a_file_is_refused_at_the_first_patch(tmp_path):
+    ct, seg = ct_and_mask(tmp_path)
+    sampler = pw.GridSampler(
+        pw.Subject(ct=pw.ScalarImage(ct), seg=pw.LabelMap(seg)), 4, 2, padding_mode=-1000
+    )
+    with pytest.raises(ValueError, match="-1000 does not fit label map 'seg' of dtype uint8"):
+        sampler[0]
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_negative_constant_promotes_a_uint8_intensity_image(tmp_path, lazy):
+    from napari_patchwork.core.lazy import LazyVolume
+
+    ct, _ = ct_and_mask(tmp_path)
+    array = np.asarray(nib.load(str(ct)).dataobj).astype(np.uint8)
+    image = pw.ScalarImage(LazyVolume(array)) if lazy else pw.ScalarImage(ct)
+    sampler = pw.GridSampler(pw.Subject(ct=image), 4, 2, padding_mode=-1000)
+    corner = sampler[0].ct.data
+    assert corner.dtype == torch.int16 and int(corner[0, 0, 0, 0]) == -1000
+    assert int(corner.max()) <= 255
+    in_memory = pw.GridSampler(
+        pw.Subject(ct=pw.ScalarImage(torch.from_numpy(array)[None])), 4, 2, padding_mode=-1000
+    )
+    assert all(torch.equal(a.ct.data, b.ct.data) for a, b in zip(sampler, in_memory))
+
+
+def test_gatherer_refuses_a_constant_its_output_cannot_hold():
+    from napari_patchwork.core.location import PatchLocation
+    from napari_patchwork.core.patches import PatchGatherer
+
+    gatherer = PatchGatherer(torch.zeros(1, 4, 4, 4, dtype=torch.uint8), -1000)
+    location = PatchLocation((-1, 0, 0), (2, 2, 2))
+    with pytest.raises(ValueError, match="-1000 does not fit the patches of dtype uint8"):
+        gatherer.gather([location], dtype=torch.uint8)
+    assert int(gatherer.gather([location])[0, 0, 0, 0, 0]) == -1000  # float32 holds it
+
+
+def test_uint64_labels_beyond_int64_are_refused():
+    labels = np.zeros((1, 6, 6, 6), np.uint64)
+    labels[0, 2:4, 2:4, 2:4] = 1
+    sampler_ok = pw.LabelSampler(pw.Subject(seg=pw.LabelMap(labels.copy())), 2, "seg", {1: 1.0})
+    assert float(sampler_ok.get_probability_map().sum()) == pytest.approx(1.0)
+    labels[0, 0, 0, 0] = 2**63 + 1
+    with pytest.raises(ValueError, match="uint64.*holds.*9223372036854775809"):
+        pw.LabelSampler(pw.Subject(seg=pw.LabelMap(labels)), 2, "seg", {1: 1.0})

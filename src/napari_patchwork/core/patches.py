@@ -5,10 +5,72 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from .lazy import LazyVolume
 from .location import PatchLocation
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype[Any]:
+    if isinstance(dtype, torch.dtype):
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    return np.dtype(dtype)
+
+
+def constant_fits(value: float, dtype: Any) -> bool:
+    """Whether the padding constant ``value`` is held exactly by ``dtype`` (numpy or torch).
+
+    Examples
+    --------
+    >>> constant_fits(-1000, np.uint8), constant_fits(-1000, np.int16), constant_fits(0.5, "int32")
+    (False, True, False)
+    """
+    kind = _numpy_dtype(dtype)
+    value = float(value)
+    if kind.kind == "b":
+        return value in (0.0, 1.0)
+    if kind.kind in "iu":
+        info = np.iinfo(kind)
+        return value.is_integer() and info.min <= value <= info.max
+    if kind.kind == "f":
+        return not np.isfinite(value) or abs(value) <= float(np.finfo(kind).max)
+    return False
+
+
+def dtype_holding(value: float, dtype: Any) -> np.dtype[Any]:
+    """The smallest promotion of ``dtype`` that holds the constant ``value`` (numpy dtype).
+
+    Examples
+    --------
+    >>> dtype_holding(-1000, np.uint8), dtype_holding(0.5, np.uint8), dtype_holding(3, np.float32)
+    (dtype('int16'), dtype('float32'), dtype('float32'))
+    """
+    kind = _numpy_dtype(dtype)
+    if constant_fits(value, kind):
+        return kind
+    value = float(value)
+    if value.is_integer() and kind.kind in "biu":
+        promoted = np.promote_types(kind, np.min_scalar_type(int(value)))
+        if constant_fits(value, promoted):
+            return promoted
+    return np.promote_types(kind, np.float32 if abs(value) < 3e38 else np.float64)
+
+
+def check_constant_fits(value: float, dtype: Any, what: str) -> None:
+    """Refuse a padding constant that would wrap or overflow in ``dtype``.
+
+    Raises
+    ------
+    ValueError
+        ``"padding constant -1000 does not fit <what> of dtype uint8"``.
+    """
+    if not constant_fits(value, dtype):
+        shown = int(value) if float(value).is_integer() else value
+        raise ValueError(
+            f"padding constant {shown} does not fit {what} of dtype {_numpy_dtype(dtype)};"
+            " use a constant in the dtype's range (e.g. 0 for label maps)"
+        )
 
 _STATISTICS = {
     "mean": lambda v: v.float().mean(),
@@ -80,6 +142,8 @@ class PatchGatherer:
         if out is None:
             out = torch.empty((len(locations), self.volume.shape[0], *size), dtype=dtype)
         batch = out[: len(locations)]
+        if self.mode is None:  # a constant is written into the patches: it must fit
+            check_constant_fits(self.fill, batch.dtype, "the patches")
         shape = self.volume.shape[1:]
         for patch, location in zip(batch, locations):
             if location.inside(shape):
@@ -115,7 +179,9 @@ class PaddedVolume:
     """A lazily read volume seen through padding: ``(C, I + 2b, J + 2b, K + 2b)``, read on demand.
 
     Reads become patch gathers on the source (index mapping at the borders), so padding a
-    zarr-backed image costs nothing until a patch is read.
+    zarr-backed image costs nothing until a patch is read. ``dtype`` (numpy) sets the dtype of
+    what is read (e.g. one that holds a negative constant); reading raises ``ValueError`` when
+    a constant does not fit it.
 
     Examples
     --------
@@ -131,12 +197,16 @@ class PaddedVolume:
         border: Sequence[int],
         padding_mode: str | float,
         fill: float = 0.0,
+        dtype: Any = None,
     ) -> None:
         self.source, self.border = source, tuple(int(b) for b in border)
         self.gatherer = PatchGatherer(source, padding_mode, fill)
         self.shape = (source.shape[0], *(s + 2 * b for s, b in zip(source.spatial_shape, border)))
-        self.dtype = source.dtype
-        self._torch_dtype = source.read(slice(0, 1), slice(0, 1), slice(0, 1)).dtype
+        read_dtype = source.read(slice(0, 1), slice(0, 1), slice(0, 1)).dtype
+        self.dtype = source.dtype if dtype is None else np.dtype(dtype)
+        self._torch_dtype = (
+            read_dtype if dtype is None else torch.from_numpy(np.empty(0, np.dtype(dtype))).dtype
+        )
 
     def __getitem__(self, index: tuple[slice, ...]) -> Any:
         channels, *spatial = index

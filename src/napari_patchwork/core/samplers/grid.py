@@ -10,9 +10,9 @@ from torch.utils.data import Dataset
 
 from .._validation import check_overlap, check_padding_mode, check_patch_fits, to_triplet
 from ..grid import grid_locations
-from ..image import Image
+from ..image import LABEL, Image
 from ..location import PatchLocation
-from ..patches import PaddedVolume
+from ..patches import PaddedVolume, check_constant_fits, constant_fits, dtype_holding
 from ..subject import Subject
 from ..types import TypeSize
 from .base import PatchSampler, _check_subject
@@ -20,26 +20,69 @@ from .base import PatchSampler, _check_subject
 _STAT_MODES = {"mean", "median", "minimum", "maximum"}
 
 
-def pad_image(image: Image, border: tuple[int, int, int], mode: str | float, fill: float) -> Image:
+def _padding_dtype(
+    image: Image, mode: str | float | None, fill: float, name: str
+) -> tuple[float | None, np.dtype | None]:  # type: ignore[type-arg]
+    """The padding constant (None for other modes) and the dtype to promote to (None: keep).
+
+    Raises ``ValueError`` for a constant that does not fit a label map's dtype.
+    """
+    constant: float | None = None
+    if isinstance(mode, (int, float)) and not isinstance(mode, bool):
+        constant = float(mode)
+    elif mode == "constant":
+        constant = float(fill)
+    if constant is None:
+        return None, None
+    lazy = image.lazy_volume
+    if lazy is not None:  # the dtype its reads give (uint16 and uint32 are read as int64)
+        current = lazy.read(slice(0, 1), slice(0, 1), slice(0, 1)).dtype
+    else:
+        current = image.data.dtype
+    if image.type == LABEL:
+        check_constant_fits(constant, current, f"label map {name!r}")
+        return constant, None
+    if constant_fits(constant, current):
+        return constant, None
+    return constant, dtype_holding(constant, current)
+
+
+def pad_image(
+    image: Image,
+    border: tuple[int, int, int],
+    mode: str | float,
+    fill: float,
+    name: str = "image",
+) -> Image:
     """A copy of ``image`` padded by ``border`` voxels on each side (numpy ``pad`` modes).
 
     A lazily backed image stays lazy (reads gather through the padding), except for the
     statistic modes, which need the whole image.
 
     ``'mean'``, ``'median'``, ``'minimum'`` and ``'maximum'`` pad with that statistic of the
-    whole image (as TorchIO does); a number pads with that constant.
+    whole image (as TorchIO does); a number pads with that constant. A constant never wraps:
+    an intensity image is promoted to a dtype that holds it (``uint8`` with ``-1000`` becomes
+    ``int16``), and a label map refuses it.
+
+    Raises
+    ------
+    ValueError
+        If the constant does not fit the dtype of a label map called ``name``, e.g.
+        ``"padding constant -1000 does not fit label map 'seg' of dtype uint8"``.
     """
     affine = image.affine.copy()
     affine[:3, 3] = (image.affine @ np.array([*(-b for b in border), 1.0]))[:3]
+    constant, dtype = _padding_dtype(image, mode, fill, name)
     if image.lazy_volume is not None and mode not in _STAT_MODES:  # stays lazy
-        padded_view = PaddedVolume(image.lazy_volume, border, mode, fill)
+        padded_view = PaddedVolume(image.lazy_volume, border, mode, fill, dtype=dtype)
         return type(image)(padded_view, affine=affine)
     data = image.data
     widths = ((0, 0), *((b, b) for b in border))
     array = data.numpy()
-    if isinstance(mode, (int, float)) or mode == "constant":
-        value = float(mode) if isinstance(mode, (int, float)) else fill
-        padded = np.pad(array, widths, mode="constant", constant_values=value)
+    if dtype is not None:
+        array = array.astype(dtype)
+    if constant is not None:
+        padded = np.pad(array, widths, mode="constant", constant_values=constant)
     elif mode in _STAT_MODES:
         stat = {"mean": np.mean, "median": np.median, "minimum": np.min, "maximum": np.max}[mode]
         padded = np.pad(array, widths, mode="constant", constant_values=stat(array))
@@ -108,6 +151,11 @@ class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
             subject.spatial_shape, self.patch_size, self.patch_overlap, padding_mode is not None
         )
         self._padded_subject: Subject | None = None
+        for name, image in subject.get_images_dict().items():
+            # refuse a wrapping constant now, not at the first patch (files are checked when
+            # read, with the same error)
+            if image.type == LABEL and (image.is_loaded or image.lazy_volume is not None):
+                _padding_dtype(image, padding_mode, fill, name)
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -145,7 +193,7 @@ class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
             return self.subject
         if self._padded_subject is None:
             items = {
-                name: pad_image(value, self.border, self.padding_mode, self.fill)  # type: ignore[arg-type]
+                name: pad_image(value, self.border, self.padding_mode, self.fill, name)  # type: ignore[arg-type]
                 if isinstance(value, Image)
                 else value
                 for name, value in self.subject.items()

@@ -8,6 +8,7 @@ import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import torch
 
 from ..subject import Subject
@@ -159,6 +160,14 @@ class LabelSampler(WeightedSampler):
         if data.shape[0] > 1:  # one-hot channels: the channel index is the label
             return data.argmax(0)
         labels = data[0]
+        if labels.dtype == torch.uint64:  # torch lacks most uint64 ops: labels become int64
+            top = int(labels.numpy().max())
+            if top > torch.iinfo(torch.int64).max:
+                raise ValueError(
+                    f"label map {self.label_name!r} of dtype uint64 holds label {top}, beyond"
+                    f" int64 (max {torch.iinfo(torch.int64).max}); it would wrap when cast"
+                )
+            return torch.from_numpy(labels.numpy().astype(np.int64))
         if labels.is_floating_point():
             fractional = labels[labels != labels.round()]
             if fractional.numel():  # NaN is never equal to itself: caught here too
