@@ -109,16 +109,22 @@ def wait(qtbot, widget, timeout=120_000):
     qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
 
 
+def run_demo_model(viewer, qtbot):
+    """Type patch 16 / overlap 4 into a new Tiled inference widget, click Run, wait."""
+    widget = TiledInferenceWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
+    widget.run()
+    wait(qtbot, widget)
+    return widget
+
+
 def test_inference_outputs_are_placed_like_the_scan_and_saved_with_its_affine(
     viewer_with_scan, qtbot, tmp_path
 ):
     viewer = viewer_with_scan
     image = viewer.layers[0]
     before = {layer.name for layer in viewer.layers}
-    widget = TiledInferenceWidget(viewer)
-    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
-    widget.run()
-    wait(qtbot, widget)
+    widget = run_demo_model(viewer, qtbot)
     assert widget.status.value.startswith("done"), widget.status.value
     layers = created(viewer, before)
     names = {layer.name for layer in layers}
@@ -158,10 +164,7 @@ def test_roi_crop_offset_goes_through_the_scan_transform(viewer_with_scan, qtbot
 
 def test_failed_run_adds_no_layer_and_shows_its_own_error(viewer_with_scan, qtbot):
     viewer = viewer_with_scan
-    widget = TiledInferenceWidget(viewer)
-    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
-    widget.run()
-    wait(qtbot, widget)
+    widget = run_demo_model(viewer, qtbot)
     assert widget.status.value.startswith("done")
     names = [layer.name for layer in viewer.layers]
     widget.source.value = "file"
@@ -177,10 +180,7 @@ def test_failed_run_adds_no_layer_and_shows_its_own_error(viewer_with_scan, qtbo
 
 def test_outputs_are_offered_as_inputs(viewer_with_scan, qtbot):
     viewer = viewer_with_scan
-    widget = TiledInferenceWidget(viewer)
-    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
-    widget.run()
-    wait(qtbot, widget)
+    run_demo_model(viewer, qtbot)
     explorer = SamplerExplorerWidget(viewer)
     labels = [choice.name for choice in explorer.labels_layer.choices if choice is not None]
     assert "oblique_las_t1 prediction" in labels
