@@ -181,3 +181,43 @@ def test_zarr_output_streams_and_equals_infer(make_napari_viewer, qtbot, tmp_pat
     assert layer.data.shape == (3, 40, 24, 20) and "written to" in widget.status.value
     widget.zarr_output.value = str(tmp_path / "out.zarr")  # exists now: refused up front
     assert widget.run() is None and "exists" in widget.status.value
+
+
+def test_every_control_has_a_tooltip_and_sizes_say_voxels(viewer_with_sample):
+    widget = TiledInferenceWidget(viewer_with_sample)
+    for control in [*widget.controls, widget.run_button, widget.cancel_button]:
+        assert control.tooltip, f"{control.label or control.text!r} has no tooltip"
+    assert "voxels" in widget.patch_size.label and "voxels" in widget.patch_overlap.label
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "words"),
+    [
+        ("patch_overlap", "5", "overlap must be even"),
+        ("patch_overlap", "32", "overlap (32, 32, 32) must be smaller than patch size"),
+        ("patch_size", "0", "patch size"),
+    ],
+)
+def test_errors_use_the_widget_words(viewer_with_sample, field, text, words):
+    widget = TiledInferenceWidget(viewer_with_sample)
+    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
+    getattr(widget, field).value = text
+    assert widget.run() is None
+    assert words in widget.status.value, widget.status.value
+    assert "patch_" not in widget.status.value
+
+
+def test_class_legend_and_colour_bars_follow_the_outputs(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    widget = TiledInferenceWidget(viewer)
+    assert widget.legend.native.isHidden()  # nothing to explain before a run
+    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
+    widget.run()
+    wait(qtbot, widget)
+    labels = viewer.layers["image prediction"]
+    assert not widget.legend.native.isHidden() and "■" in widget.legend.value
+    rgba = labels.colormap.map(np.array([1]))[0]
+    colour = "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgba[:3])
+    assert colour in widget.legend.value  # the legend shows the layer's own class colour
+    probability = viewer.layers["image probability class 1"]
+    assert probability.colorbar.visible

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -256,6 +257,40 @@ def message_label(label: str, value: str = "") -> Any:
     policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
     widget.native.setSizePolicy(policy)
     return widget
+
+
+def in_widget_words(error: BaseException, words: Mapping[str, str]) -> BaseException:
+    """The same error with the API's argument names replaced by the widget's labels.
+
+    Core validation names arguments as the API spells them (``patch_size``); the widget says
+    "patch size". Returns an error of the same type (``ValueError`` if that type cannot be
+    rebuilt from a message).
+
+    Examples
+    --------
+    >>> error = ValueError("patch_size must be positive")
+    >>> str(in_widget_words(error, {"patch_size": "patch size"}))
+    'patch size must be positive'
+    """
+    message = str(error)
+    for api_name, label in words.items():
+        message = re.sub(rf"\b{re.escape(api_name)}\b", label, message)
+    if message == str(error):
+        return error
+    try:
+        return type(error)(message)
+    except TypeError:
+        return ValueError(message)
+
+
+def class_legend(layer: Any, values: Sequence[int]) -> str:
+    """Rich text: a coloured square and the value of each class, in ``layer``'s colours."""
+    items = []
+    for value in values:
+        rgba = np.asarray(layer.colormap.map(np.array([value])))[0]
+        colour = "#" + "".join(f"{round(float(c) * 255):02x}" for c in rgba[:3])
+        items.append(f'<span style="color:{colour}">■</span>&nbsp;{value}')
+    return " &nbsp; ".join(items)
 
 
 def summarise_ranks(ranks: Sequence[int], limit: int = 6) -> str:

@@ -33,6 +33,8 @@ from ..io.napari_io import read_zarr_layers
 from ..io.zarr_io import is_zarr_path
 from ._napari import (
     Lifecycle,
+    class_legend,
+    in_widget_words,
     layer_choices,
     lazy_data_of,
     message_label,
@@ -47,6 +49,13 @@ from ._napari import (
 MODEL_SOURCES = ("demo", "file", "module:factory")
 OUTPUTS = ("labels", "probabilities", "both")
 REFRESH_INTERVAL = 0.1  # least seconds between layer refreshes while running
+WIDGET_WORDS = {  # the core's argument names, as this widget labels them
+    "patch_size": "patch size",
+    "patch_overlap": "overlap",
+    "overlap_mode": "overlap mode",
+    "batch_size": "batch size",
+    "padding_mode": "padding",
+}
 
 
 def available_devices() -> list[str]:
@@ -84,6 +93,7 @@ class StepUpdate:
     region: tuple[slice, slice, slice] | None
     labels: np.ndarray | None
     probabilities: np.ndarray | None
+    classes: int = 0  # label values 0..classes-1 (a single output channel: 0/1)
 
     @classmethod
     def of(cls, step: InferenceStep, labels: bool, probabilities: bool) -> StepUpdate:
@@ -99,6 +109,7 @@ class StepUpdate:
             region,
             to_labels(output).numpy() if labels else None,
             to_probabilities(output).numpy() if probabilities else None,
+            max(int(output.shape[0]), 2),
         )
 
 
@@ -118,32 +129,114 @@ class TiledInferenceWidget(Container):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
-        self.source = ComboBox(label="model", choices=MODEL_SOURCES, value="demo")
+        self.image = ComboBox(
+            label="image",
+            choices=layer_choices(napari_viewer, Image),
+            tooltip="The image layer to segment (3D, or 4D with channels first).",
+        )
+        self.source = ComboBox(
+            label="model",
+            choices=MODEL_SOURCES,
+            value="demo",
+            tooltip="demo: the bundled 3D U-Net (2 classes); file: a TorchScript/.pt2 file; "
+            "module:factory: a Python function that builds the network.",
+        )
         self.model_file = FileEdit(
-            label="model file", filter="*.pt *.pth *.pt2 *.ts", visible=False
+            label="model file",
+            filter="*.pt *.pth *.pt2 *.ts",
+            visible=False,
+            tooltip="A TorchScript (.pt, .ts) or exported (.pt2) model. Pickled models need "
+            "'trust this file'.",
         )
-        self.trust = CheckBox(text="trust this file (runs code)", value=False, visible=False)
-        self.factory = LineEdit(label="module:factory", value="", visible=False)
-        self.weights = FileEdit(label="weights (state dict)", filter="*.pt *.pth", visible=False)
-        self.patch_size = LineEdit(label="patch size", value="64")
-        self.patch_overlap = LineEdit(label="overlap", value="16")
-        self.mode = ComboBox(label="overlap mode", choices=OVERLAP_MODES, value="gaussian")
-        self.batch_size = SpinBox(label="batch size", value=4, min=1, max=512)
+        self.trust = CheckBox(
+            text="trust this file (runs code)",
+            value=False,
+            visible=False,
+            tooltip="Pickled models (torch.save of a whole module) run code when loaded: tick "
+            "only for files you made or trust.",
+        )
+        self.factory = LineEdit(
+            label="module:factory",
+            value="",
+            visible=False,
+            tooltip="e.g. 'my_package.models:make_unet', importable from napari's Python.",
+        )
+        self.weights = FileEdit(
+            label="weights (state dict)",
+            filter="*.pt *.pth",
+            visible=False,
+            tooltip="Optional state dict loaded into the factory's network (weights, no code).",
+        )
+        self.patch_size = LineEdit(
+            label="patch size (voxels)",
+            value="64",
+            tooltip="Patch size in voxels: one number (64) or one per axis in the layer's axis "
+            "order (64, 64, 32).",
+        )
+        self.patch_overlap = LineEdit(
+            label="overlap (voxels)",
+            value="16",
+            tooltip="Voxels shared by neighbouring patches: even, smaller than the patch; one "
+            "number or one per axis.",
+        )
+        self.mode = ComboBox(
+            label="overlap mode",
+            choices=OVERLAP_MODES,
+            value="gaussian",
+            tooltip="How overlapping outputs are blended: gaussian/hann weight patch centres, "
+            "average weighs all voxels alike, crop keeps each patch's centre only.",
+        )
+        self.batch_size = SpinBox(
+            label="batch size",
+            value=4,
+            min=1,
+            max=512,
+            tooltip="Patches per model call (more is faster until memory runs out).",
+        )
         self.device = ComboBox(
-            label="device", choices=available_devices(), value=available_devices()[0]
+            label="device",
+            choices=available_devices(),
+            value=available_devices()[0],
+            tooltip="Where the model runs.",
         )
-        self.amp = CheckBox(text="mixed precision (amp)", value=False)
-        self.tta = CheckBox(text="test-time flips (tta)", value=False)
-        self.outputs = ComboBox(label="output", choices=OUTPUTS, value="both")
+        self.amp = CheckBox(
+            text="mixed precision (amp)",
+            value=False,
+            tooltip="Run the model in float16 (GPU) or bfloat16 (CPU); blend in float32.",
+        )
+        self.tta = CheckBox(
+            text="test-time flips (tta)",
+            value=False,
+            tooltip="Average the outputs of the 8 flips of every patch (8× slower, smoother).",
+        )
+        self.outputs = ComboBox(
+            label="output",
+            choices=OUTPUTS,
+            value="both",
+            tooltip="labels: '<image> prediction' (argmax); probabilities: one layer per "
+            "foreground class.",
+        )
         self.roi = ComboBox(
-            label="region (shapes)", choices=layer_choices(napari_viewer, Shapes, True)
+            label="region (shapes)",
+            choices=layer_choices(napari_viewer, Shapes, True),
+            tooltip="Optional: run only inside the bounding box of this Shapes layer's shapes.",
         )
-        self.zarr_output = LineEdit(label="zarr output (optional)", value="")
-        self.run_button = PushButton(text="Run")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.zarr_output = LineEdit(
+            label="zarr output (optional)",
+            value="",
+            tooltip="A new .zarr path: stream the probabilities to disk (for volumes larger than "
+            "memory); shown lazily when done.",
+        )
+        self.run_button = PushButton(text="Run", tooltip="Start tiled inference.")
+        self.cancel_button = PushButton(
+            text="Cancel",
+            enabled=False,
+            tooltip="Stop after the current batch; what was computed stays.",
+        )
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = message_label("status")
+        self.legend = message_label("classes")
+        self.legend.visible = False
         self.controls = [
             self.image,
             self.source,
@@ -163,7 +256,14 @@ class TiledInferenceWidget(Container):
             self.zarr_output,
         ]
         self.extend(
-            [*self.controls, self.run_button, self.cancel_button, self.progress, self.status]
+            [
+                *self.controls,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+                self.legend,
+            ]
         )
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
         watch_layers(self.lifecycle, napari_viewer, self.image, self.roi)
@@ -222,18 +322,20 @@ class TiledInferenceWidget(Container):
 
     def config(self) -> InferenceConfig:
         """The run's settings, from the controls."""
-        return InferenceConfig(
-            parse_size(self.patch_size.value, "patch size"),
-            parse_size(self.patch_overlap.value, "overlap"),
-            self.mode.value,
-            int(self.batch_size.value),
-            self.device.value,
-            None,
-            bool(self.amp.value),
-            None,
-            bool(self.tta.value),
-            fixed_batch=str(self.model_file.value).endswith(".pt2") and self.source.value == "file",
-        )
+        try:
+            return InferenceConfig(
+                patch_size=parse_size(self.patch_size.value, "patch size"),
+                patch_overlap=parse_size(self.patch_overlap.value, "overlap"),
+                overlap_mode=self.mode.value,
+                batch_size=int(self.batch_size.value),
+                device=self.device.value,
+                amp=bool(self.amp.value),
+                tta=bool(self.tta.value),
+                fixed_batch=str(self.model_file.value).endswith(".pt2")
+                and self.source.value == "file",
+            )
+        except (ValueError, TypeError) as error:
+            raise in_widget_words(error, WIDGET_WORDS) from None
 
     # ------------------------------------------------------------------ run
     def run(self, *_: Any) -> Any:
@@ -346,6 +448,8 @@ class TiledInferenceWidget(Container):
             name = f"{image.name} prediction"
             data = self._reusable(name, shape, np.int32)
             self._label_layer = show_layer(self.viewer, name, "labels", data, opacity=0.6, **placed)
+            self.legend.value = class_legend(self._label_layer, range(1, update.classes))
+            self.legend.visible = True
         if update.probabilities is not None:
             channels = update.probabilities.shape[0]
             for channel in range(1, channels) if channels > 1 else [0]:
@@ -363,6 +467,7 @@ class TiledInferenceWidget(Container):
                     **placed,
                 )
                 layer.metadata["channel"] = channel
+                layer.colorbar.visible = True  # drawn while the layer is shown
                 self._probability_layers.append(layer)
 
     def _reusable(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -470,6 +575,7 @@ class TiledInferenceWidget(Container):
         if self.lifecycle.closed:
             return
         self._failed = True
+        error = in_widget_words(error, WIDGET_WORDS)
         kind = "" if isinstance(error, InferenceFailed) else f"{type(error).__name__}: "
         message = f"Tiled inference failed: {kind}{error}"
         self.status.value = f"⚠ {error}"
