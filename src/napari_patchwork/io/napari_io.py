@@ -13,6 +13,8 @@ holds them.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -206,12 +208,29 @@ def affine_from_meta(meta: dict[str, Any], ndim: int = 3) -> np.ndarray:
     return affine
 
 
-def _write(path: str, data: Any, meta: dict[str, Any], dtype: Any = None) -> list[str]:
+def _layer_array(data: Any, meta: dict[str, Any]) -> np.ndarray:
+    """The voxels to save: level 0 of a multiscale layer; RGB, complex and text refused."""
+    if meta.get("multiscale") and isinstance(data, (list, tuple)):
+        data = data[0]
+    if meta.get("rgb"):
+        raise ValueError(
+            "RGB(A) image layers cannot be saved as NIfTI volumes (their last axis holds "
+            "colours); untick 'rgb' in the layer controls to save the channels as a 3D volume"
+        )
     array = np.asarray(data)
+    if np.iscomplexobj(array):
+        raise TypeError(
+            f"complex data ({array.dtype}) is not saved (complex NIfTI files are refused when "
+            "read); save the magnitude (numpy.abs) or the real part as an image layer"
+        )
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise TypeError(f"layer data must be numbers, got dtype {array.dtype}")
     if array.ndim != 3:
         raise ValueError(f"only 3D layers can be saved as NIfTI, got shape {array.shape}")
-    if dtype is not None:
-        array = array.astype(dtype)
+    return array
+
+
+def _write(path: str, array: np.ndarray, meta: dict[str, Any]) -> list[str]:
     target = path if is_nifti_path(path) else f"{path}.nii.gz"
     source = (meta.get("metadata") or {}).get("path")
     if source and Path(source).exists() and Path(target).resolve() == Path(source).resolve():
@@ -222,20 +241,87 @@ def _write(path: str, data: Any, meta: dict[str, Any], dtype: Any = None) -> lis
 
 
 def write_image(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """npe2 writer for image layers."""
-    return _write(path, data, meta)
+    """Save one 3D image layer (layer-data tuple parts) as a NIfTI file.
 
+    Parameters
+    ----------
+    path : str
+        Output path (``.nii`` or ``.nii.gz``; ``.nii.gz`` is appended otherwise).
+    data : array-like
+        The layer's 3D data (level 0 of a multiscale layer is saved).
+    meta : dict
+        The layer's meta (placement, ``metadata`` as read by the reader).
 
-def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """npe2 writer for labels layers, in the smallest integer type that holds the values.
+    Returns
+    -------
+    list of str
+        The written path.
 
     Raises
     ------
     ValueError
-        Non-integer values (naming the output path).
+        Not 3D, an RGB layer, or the file the layer was read from.
+    TypeError
+        Complex or non-numeric data.
     """
-    array = np.asarray(data)
-    return _write(path, array, meta, smallest_label_dtype(array, f"labels for '{path}'"))
+    return _write(path, _layer_array(data, meta), meta)
+
+
+def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """Save one 3D labels layer, in the smallest integer type that holds the values.
+
+    Parameters are those of :func:`write_image`.
+
+    Raises
+    ------
+    ValueError
+        Non-integer values, or any refusal of :func:`write_image`.
+    TypeError
+        Complex or non-numeric data.
+    """
+    array = _layer_array(data, meta)
+    array = array.astype(smallest_label_dtype(array, "labels"), copy=False)
+    return _write(path, array, meta)
+
+
+class NiftiWriteError(RuntimeError):
+    """A layer could not be saved as NIfTI from napari; the message names layer, path and why.
+
+    The npe2 writer commands (:func:`write_image_command`, :func:`write_labels_command`)
+    raise this instead of the ``ValueError`` behind it: napari takes a ``ValueError`` from a
+    writer to mean "this writer does not apply" and shows only "not a valid writer", while any
+    other exception reaches the user with its message. The original error is ``__cause__``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> try:
+    ...     write_image_command("f.nii", np.zeros((4, 4)), {"name": "f"})
+    ... except NiftiWriteError as error:
+    ...     print(error)
+    cannot save layer 'f' as 'f.nii': only 3D layers can be saved as NIfTI, got shape (4, 4)
+    """
+
+
+@contextmanager
+def _refusal_reaches_user(path: str, meta: dict[str, Any]) -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as error:
+        name = meta.get("name") or "unnamed"
+        raise NiftiWriteError(f"cannot save layer '{name}' as '{path}': {error}") from error
+
+
+def write_image_command(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 writer for image layers: :func:`write_image`, refusals as :class:`NiftiWriteError`."""
+    with _refusal_reaches_user(path, meta):
+        return write_image(path, data, meta)
+
+
+def write_labels_command(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
+    """npe2 writer for labels layers: :func:`write_labels`, refusals as :class:`NiftiWriteError`."""
+    with _refusal_reaches_user(path, meta):
+        return write_labels(path, data, meta)
 
 
 def sample_layers() -> list[LayerData]:
