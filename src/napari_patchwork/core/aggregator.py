@@ -29,7 +29,9 @@ class _Output:
 def _as_locations(locations: Any, batch_size: int) -> list[PatchLocation]:
     if isinstance(locations, torch.Tensor) and locations.ndim == 2 and locations.shape[1] == 6:
         rows = locations.tolist()  # TorchIO 1.x style (B, 6) ini + fin
-        locations = [PatchLocation(r[:3], [b - a for a, b in zip(r[:3], r[3:])]) for r in rows]
+        locations = [
+            PatchLocation((r[0], r[1], r[2]), (r[3] - r[0], r[4] - r[1], r[5] - r[2])) for r in rows
+        ]
     if isinstance(locations, PatchLocation):
         locations = [locations]
     if not isinstance(locations, Sequence) or not all(

@@ -177,7 +177,8 @@ class SeparableVolume(ComputedVolume):
 
     def _region(self, indices: list[np.ndarray]) -> np.ndarray:
         parts = [v[index] for v, index in zip(self.vectors, indices)]
-        return np.einsum("i,j,k->ijk", *parts) + self.offset
+        region: np.ndarray = np.einsum("i,j,k->ijk", *parts) + self.offset
+        return region
 
     def max(self) -> Any:
         """The largest value (for non-negative vectors: the product of their maxima)."""

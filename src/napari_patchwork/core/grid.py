@@ -50,7 +50,7 @@ def grid_locations(
     axes = [
         grid_starts(s, p, o, padded) for s, p, o in zip(spatial_shape, patch_size, patch_overlap)
     ]
-    return [PatchLocation(index, patch_size) for index in itertools.product(*axes)]
+    return [PatchLocation((i, j, k), patch_size) for i, j, k in itertools.product(*axes)]
 
 
 def crop_intervals(

@@ -137,14 +137,6 @@ class Image:
             self._data = _as_tensor(source, "tensor")
             self._affine = _as_affine(affine)
 
-    # ------------------------------------------------------------------ data
-    @property
-    def data(self) -> torch.Tensor:
-        """The ``(C, I, J, K)`` tensor (read from disk on first access)."""
-        if self._data is None:
-            self._data = self._read()
-        return self._data
-
     def _read(self) -> torch.Tensor:
         """Read the voxels from ``path`` or the lazy array (without keeping them)."""
         if self._lazy is not None:
@@ -152,6 +144,14 @@ class Image:
         assert self.path is not None
         array, _ = read_nifti(self.path)
         return _as_tensor(array, f"data of '{self.path}'")
+
+    # ------------------------------------------------------------------ data
+    @property
+    def data(self) -> torch.Tensor:
+        """The ``(C, I, J, K)`` tensor (read from disk on first access)."""
+        if self._data is None:
+            self._data = self._read()
+        return self._data
 
     @data.setter
     def data(self, tensor: torch.Tensor | np.ndarray) -> None:

@@ -33,7 +33,7 @@ def orientation(affine: np.ndarray) -> str:
     from nibabel.orientations import aff2axcodes
 
     try:
-        codes = aff2axcodes(np.asarray(affine, float))
+        codes = aff2axcodes(np.asarray(affine, float))  # type: ignore[no-untyped-call]
     except Exception:  # singular or non-finite matrices
         return "?"
     return "".join(code if code is not None else "?" for code in codes)
@@ -66,7 +66,7 @@ def check_consistent_space(images: dict[str, Image]) -> None:
 
 
 def check_consistent_affine(images: dict[str, Image]) -> None:
-    """Refuse images whose affines differ beyond the tolerance (see :func:`check_consistent_space`)."""
+    """Refuse images whose affines differ beyond tolerance (see :func:`check_consistent_space`)."""
     items = list(images.items())
     if len(items) < 2:
         return
@@ -199,9 +199,7 @@ class Subject(dict):  # type: ignore[type-arg]
         else:
             shapes = {name: image.spatial_shape for name, image in images.items()}
             if len(set(shapes.values())) > 1:
-                raise ValueError(
-                    f"images of a subject must share one spatial shape, got {shapes}"
-                )
+                raise ValueError(f"images of a subject must share one spatial shape, got {shapes}")
 
     @property
     def check_space(self) -> bool:

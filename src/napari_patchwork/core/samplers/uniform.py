@@ -57,7 +57,7 @@ class UniformSampler(RandomSampler):
         size = self.patch_size
 
         def draw(generator: torch.Generator | None) -> PatchLocation:
-            corner = [int(torch.randint(high, (1,), generator=generator)) for high in highs]
-            return PatchLocation(corner, size)
+            i, j, k = (int(torch.randint(high, (1,), generator=generator)) for high in highs)
+            return PatchLocation((i, j, k), size)
 
         return draw
