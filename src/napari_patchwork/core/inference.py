@@ -7,6 +7,7 @@ the CLI consume); ``infer`` runs the same generator to the end and returns the v
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import time
 import warnings
@@ -25,7 +26,13 @@ from .lazy import LazyVolume, is_lazy_array
 from .location import PatchLocation
 from .merger import GridMerger
 from .patches import PatchGatherer
-from .streaming import StreamingMerger, StreamTarget, block_ranks, zarr_target
+from .streaming import (
+    StreamingMerger,
+    StreamTarget,
+    aligned_chunk_rows,
+    block_ranks,
+    zarr_target,
+)
 from .subject import Subject
 
 Output = torch.Tensor | dict[str, torch.Tensor]
@@ -150,6 +157,7 @@ class TiledInference:
         self.plan: GridPlan | None = None
         self.done = 0
         self._fell_back = False
+        self._streamed: dict[str, Any] | None = None  # the committed outputs of a streamed run
 
     # ------------------------------------------------------------------ run
     def run(
@@ -163,20 +171,42 @@ class TiledInference:
         self.plan = GridPlan(volume.shape[1:], config.patch, config.overlap, padded)
         self.ranks = block_ranks(self.plan, self.stream.rows if self.stream else None)
         previews = previews and self.stream is None
-        self.mergers, self.done = {}, self.ranks.start
+        self.mergers, self.done, self._streamed = {}, self.ranks.start, None
         if isinstance(volume, LazyVolume):
             volume.slab_rows = config.patch[0]  # one patch height of input rows in memory
         gatherer = PatchGatherer(volume, config.padding_mode)
         start = time.perf_counter()
         prefetcher = _Prefetcher(gatherer, self.plan, config.batch_size, self.device, self.ranks)
-        with prefetcher as batches:
-            for first, stop, batch in batches:
-                self._process(batch, first)
-                self.done = stop
-                if self.stream is not None and stop == self.ranks.stop:
-                    for merger in self.mergers.values():  # the last rows, before the last step
-                        merger.finalize()
-                yield self._step(first, stop, start, previews)
+        try:
+            with prefetcher as batches:
+                for first, stop, batch in batches:
+                    self._process(batch, first)
+                    self.done = stop
+                    if self.stream is not None and stop == self.ranks.stop:
+                        self._finish_stream()  # the last rows, renamed, before the last step
+                    yield self._step(first, stop, start, previews)
+        except BaseException:  # failed, cancelled (GeneratorExit) or interrupted
+            self._discard_stream()
+            raise
+        finally:
+            if isinstance(volume, LazyVolume):
+                volume.release()
+
+    def _finish_stream(self) -> None:
+        """Write the last rows of every streamed output, then commit (rename) the store."""
+        assert self.stream is not None
+        for merger in self.mergers.values():
+            merger.finalize()
+        if self.stream.commit is None:
+            self._streamed = {k: m.sink for k, m in self.mergers.items()}  # type: ignore[attr-defined]
+            return
+        names = [None if key == _PLAIN else key for key in self.mergers]
+        finished = self.stream.commit(names)
+        self._streamed = {key: finished[name] for key, name in zip(self.mergers, names)}
+
+    def _discard_stream(self) -> None:
+        if self.stream is not None and self._streamed is None and self.stream.discard is not None:
+            self.stream.discard()
 
     def _process(self, batch: torch.Tensor, first: int) -> None:
         try:
@@ -249,22 +279,7 @@ class TiledInference:
         device = self._choose_aggregate_device(outputs)
         for key, tensor in outputs.items():
             if self.stream is not None:
-                patch = tuple(tensor.shape[2:])
-                shape = tuple(
-                    int(s * q / p + 1e-9)
-                    for s, q, p in zip(self.plan.spatial_shape, patch, self.plan.patch_size)
-                )
-                sink = self.stream.create(tensor.shape[1], shape)  # type: ignore[arg-type]
-                self.mergers[key] = StreamingMerger(
-                    self.plan,
-                    self.config.overlap_mode,
-                    tensor.shape[1],
-                    patch,
-                    device,
-                    sink,
-                    self.stream.rows,
-                    self.stream.transform,
-                )
+                self.mergers[key] = self._streaming_merger(key, tensor, device)
                 continue
             self.mergers[key] = GridMerger(
                 self.plan,
@@ -273,6 +288,28 @@ class TiledInference:
                 tuple(tensor.shape[2:]),
                 device,  # type: ignore[arg-type]
             )
+
+    def _streaming_merger(
+        self, key: str, tensor: torch.Tensor, device: torch.device
+    ) -> StreamingMerger:
+        assert self.plan is not None and self.stream is not None
+        patch = tuple(tensor.shape[2:])
+        factors = [q / p for q, p in zip(patch, self.plan.patch_size)]
+        shape = tuple(int(s * f + 1e-9) for s, f in zip(self.plan.spatial_shape, factors))
+        starts = [math.floor(s * factors[0] + 1e-9) for s in self.plan.starts[0]]
+        name = None if key == _PLAIN else key
+        chunk_rows = aligned_chunk_rows(starts, shape[0])
+        sink = self.stream.create(tensor.shape[1], shape, name, chunk_rows)  # type: ignore[arg-type]
+        return StreamingMerger(
+            self.plan,
+            self.config.overlap_mode,
+            tensor.shape[1],
+            patch,
+            device,
+            sink,
+            self.stream.rows,
+            self.stream.transform,
+        )
 
     def _choose_aggregate_device(self, outputs: dict[str, torch.Tensor]) -> torch.device:
         if self.config.aggregate_device is not None:
@@ -335,9 +372,10 @@ class TiledInference:
         if self.plan is None or self.done != self.ranks.stop:
             raise RuntimeError("the run has not finished; use partial_output() for what is done")
         if self.stream is not None:
-            for merger in self.mergers.values():
-                merger.finalize()
-            return _unwrap({key: m.sink for key, m in self.mergers.items()})  # type: ignore[attr-defined]
+            if self._streamed is None:
+                self._finish_stream()
+            assert self._streamed is not None
+            return _unwrap(self._streamed)
         outputs = {key: merger.finalize() for key, merger in self.mergers.items()}
         for key, tensor in outputs.items():
             if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
@@ -465,6 +503,7 @@ def infer(
     output_chunks: tuple[int, int, int] | None = None,
     overwrite: bool = False,
     output_labels: bool = False,
+    output_activation: str | None = None,
 ) -> Output:
     """Run ``model`` over ``image`` patch by patch and return the blended ``(C', I, J, K)`` output.
 
@@ -487,14 +526,26 @@ def infer(
     output : path, optional
         Write the result to a new float32 zarr array there (needs ``zarr``) instead of
         returning a tensor: finished rows are written as they complete, so memory holds one
-        patch height of rows of input and output, whatever the volume (returns the array).
-        ``image`` may then be any lazily read array (zarr, dask, memmap).
+        patch height of rows of input and output, whatever the volume (returns the array;
+        a dict of arrays, in a zarr group, for a model returning a dict). ``image`` may then
+        be any lazily read array (zarr, dask, memmap). The store is written under
+        ``.<name>.partial-<pid>`` beside ``output`` and renamed when complete; an error, a
+        cancel or Ctrl-C removes it.
     output_chunks : tuple of 3 int, optional
-        Spatial chunks of the zarr output (default 64³).
+        Spatial chunks of the zarr output (default: rows on the grid step, so that writes
+        cover whole chunks, and 64 in-plane).
     overwrite : bool
-        Replace an existing ``output``.
+        Replace an existing ``output`` (once the new one is complete).
     output_labels : bool
         Write a uint8 label map (argmax over channels, or logit > 0) instead of raw outputs.
+    output_activation : {'softmax', 'sigmoid', 'none'}, optional
+        Write probabilities instead of raw outputs; with ``output_labels``, the one-channel
+        threshold (logit > 0, or 0.5 with ``'none'``; an argmax does not depend on it).
+
+    Raises
+    ------
+    CorruptChunkError
+        A chunk of a zarr ``image`` cannot be read (the message names the store and chunk).
 
     Examples
     --------
@@ -517,13 +568,21 @@ def infer(
     stream = None
     if output is not None:
         stream = zarr_target(
-            output, chunks=output_chunks, overwrite=overwrite, labels=output_labels
+            output,
+            chunks=output_chunks,
+            overwrite=overwrite,
+            labels=output_labels,
+            activation=output_activation,
         )
     engine = TiledInference(model, config, stream)
     steps = engine.run(image, image_name, previews=False)
     bar = _progress_bar(progress)
-    for step in steps:
-        bar(step.done, step.total)
+    try:
+        for step in steps:
+            bar(step.done, step.total)
+    except BaseException:  # e.g. Ctrl-C between two batches: the partial output is removed
+        steps.close()
+        raise
     return engine.result()
 
 

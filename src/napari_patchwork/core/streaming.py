@@ -2,8 +2,15 @@
 
 Patches run in rank order, first axis slowest. When the first patch of grid row ``a + 1``
 arrives, no later patch touches output rows before ``start[a + 1]``: they are final, so they
-are normalised (with the exact 1D weight sums) and written out, and the buffer slides on. The
-buffer holds one patch height of rows, so memory is bounded by a slab, whatever the volume.
+are normalised in place (with the exact 1D weight sums) and written out, and the buffer slides
+on. Writes cover whole chunk bands of the output whenever the buffer can hold the finished
+rows until their band is complete (by default the output's chunk rows follow the grid step,
+so every write but possibly the last is whole chunks and zarr never reads a chunk back). The
+buffer holds one patch height of rows plus an eighth, whatever the volume.
+
+A zarr output is written under a temporary name beside the target
+(``.out.zarr.partial-<pid>``) and renamed when the run completes; a failed or cancelled run
+removes it, so nothing at the output path is ever half-written.
 
 A run can also cover a block of rows only (a ``dask`` task): it runs exactly the patches that
 touch the block, in the same order and with the same weights as a whole-volume run, and
@@ -12,18 +19,24 @@ writes only the block's rows, so blocks put together equal the single-process re
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._validation import to_triplet
 from .grid import GridPlan
 from .merger import GridMerger
-from .postprocess import to_labels
+from .postprocess import ACTIVATIONS, to_labels, to_probabilities
 from .types import TypeTriplet
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -33,18 +46,28 @@ class StreamTarget:
     Attributes
     ----------
     create : callable
-        ``create(channels, output_shape)`` returns the sink: an array-like ``(C, I', J', K')``
-        supporting ``sink[:, rows] = numpy_array`` (a zarr array, a numpy memmap…).
+        ``create(channels, output_shape, name, chunk_rows)`` returns the sink of one output:
+        an array-like ``(C, I', J', K')`` supporting ``sink[:, rows] = numpy_array`` (a zarr
+        array, a numpy memmap…). ``name`` is None for a model returning one tensor, else the
+        key of the model's dict; ``chunk_rows`` is the row chunking that keeps every write
+        on whole chunks (a suggestion: a sink may use its own).
     rows : tuple of 2 int, optional
         Input rows ``[start, stop)`` of the first axis to produce (default: all).
     transform : callable, optional
-        Applied to each slab of finished ``(C, rows, J', K')`` outputs before writing (e.g.
-        :func:`labels_of_slab`, to write label maps instead of raw outputs).
+        Applied to finished ``(C, rows, J', K')`` outputs (a few rows at a time) before
+        writing (e.g. :func:`labels_of_slab`, to write label maps instead of raw outputs).
+    commit : callable, optional
+        ``commit(names)`` is called once when every row is written; it returns the finished
+        outputs by name (e.g. the renamed zarr arrays).
+    discard : callable, optional
+        Called when the run fails or is cancelled (e.g. removes a partial zarr store).
     """
 
-    create: Callable[[int, tuple[int, int, int]], Any]
+    create: Callable[[int, tuple[int, int, int], str | None, int], Any]
     rows: tuple[int, int] | None = None
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    transform: Transform | None = None
+    commit: Callable[[list[str | None]], dict[str | None, Any]] | None = None
+    discard: Callable[[], None] | None = None
 
 
 def block_ranks(plan: GridPlan, rows: tuple[int, int] | None) -> range:
@@ -60,12 +83,38 @@ def block_ranks(plan: GridPlan, rows: tuple[int, int] | None) -> range:
     return range(touching[0] * per_row, (touching[-1] + 1) * per_row)
 
 
+def aligned_chunk_rows(starts: list[int], length: int) -> int:
+    """Output chunk rows on which every flush but the last falls (grid starts in output rows).
+
+    The greatest common divisor of the inner row starts, when between 16 and 128 rows
+    (halved while larger); otherwise 64 (or the whole axis when shorter).
+
+    Examples
+    --------
+    >>> aligned_chunk_rows([0, 48, 96, 144, 160], 224), aligned_chunk_rows([-8, 40, 88], 120)
+    (48, 64)
+    """
+    inner = [s for s in starts[1:-1] if 0 < s < length]
+    rows = math.gcd(*inner) if inner else 0
+    while rows > 128 and rows % 2 == 0:
+        rows //= 2
+    return rows if 16 <= rows <= 128 else min(64, length)
+
+
+def _chunk_rows(sink: Any) -> int:
+    """Rows of a sink's chunks (or shards) along the first spatial axis; 1 for plain arrays."""
+    for name in ("shards", "chunks"):
+        value = getattr(sink, name, None)
+        if isinstance(value, tuple) and len(value) >= 2:
+            return int(value[1])
+    return 1
+
+
 class StreamingMerger(GridMerger):
     """A :class:`GridMerger` keeping one patch height of rows, writing finished rows to a sink.
 
     Examples
     --------
-    >>> import numpy as np
     >>> plan = GridPlan((8, 4, 4), (4, 4, 4), (2, 0, 0))
     >>> sink = np.zeros((1, 8, 4, 4), np.float32)
     >>> merger = StreamingMerger(plan, "average", 1, (4, 4, 4), torch.device("cpu"), sink)
@@ -84,7 +133,7 @@ class StreamingMerger(GridMerger):
         device: torch.device,
         sink: Any,
         rows: tuple[int, int] | None = None,
-        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        transform: Transform | None = None,
     ) -> None:
         self._channels = channels
         super().__init__(plan, mode, channels, output_patch, device)
@@ -92,58 +141,205 @@ class StreamingMerger(GridMerger):
         low, high = rows if rows is not None else (0, plan.spatial_shape[0])
         self.write_rows = (int(low * factor + 1e-9), min(int(high * factor + 1e-9), self.shape[0]))
         self.sink, self.transform = sink, transform
+        self.chunk_rows = _chunk_rows(sink)
         first = block_ranks(plan, rows).start
         self.base = max(self.axes[0].starts[plan.unravel(first)[0]], 0)
         self.current_row = plan.unravel(first)[0]
+        self.rows_written: list[tuple[int, int]] = []  # what each write covered (measurable)
+        self._plane: torch.Tensor | None = None
+        self._inverse: list[torch.Tensor] = []
+        self._normalised = self.base  # rows before this are divided by their weights
+        self._finished = False
 
     def _allocate(self, channels: int, device: torch.device) -> torch.Tensor:
-        rows = min(round(self.plan.patch_size[0] * self.factor[0]), self.shape[0])
+        size = round(self.plan.patch_size[0] * self.factor[0])
+        rows = min(size + size // 8, self.shape[0])  # an eighth to hold rows for whole chunks
         return torch.zeros((channels, rows, *self.shape[1:]), dtype=torch.float32, device=device)
 
     def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
         row = self.plan.unravel(rank)[0]
         if row != self.current_row:  # rows before this grid row's start are final
-            self._flush(max(self.axes[0].starts[row], 0))
+            start = self.axes[0].starts[row]
+            self._flush(max(start, 0), min(start + self.axes[0].size, self.shape[0]))
             self.current_row = row
         rows = slice(target[0].start - self.base, target[0].stop - self.base)
         return self.values[(slice(None), rows, *target[1:])]
 
-    def _flush(self, upto: int) -> None:
-        """Normalise rows ``[base, upto)``, write those in ``write_rows``, slide the buffer."""
-        count = upto - self.base
+    def _flush(self, upto: int, next_top: int | None = None) -> None:
+        """Rows before ``upto`` are final: normalise, write whole chunk bands, slide.
+
+        ``next_top`` is the end of the rows the next grid row touches (None at the end).
+        """
+        if upto <= self.base:
+            return
+        self._normalise(upto)
+        cut = upto
+        if next_top is not None and self.chunk_rows > 1:
+            aligned = max(upto - upto % self.chunk_rows, self.base)
+            if next_top - aligned <= self.values.shape[1]:
+                cut = aligned  # hold the finished rows of a partly finished chunk band
+        self._write(self.base, cut)
+        self._slide(cut - self.base)
+        self.base = cut
+
+    def _normalise(self, upto: int) -> None:
+        """Divide the rows ``[normalised, upto)`` by their weights, in place, row by row."""
+        done = max(self._normalised, self.base)
+        if self.mode != "crop":
+            if self._plane is None:
+                self._inverse = self._inverse_axes()
+                self._plane = self._inverse[1][:, None] * self._inverse[2][None, :]
+            weight = torch.empty_like(self._plane)
+            for row in range(done, upto):  # same products as GridMerger.finalize
+                torch.mul(self._inverse[0][row], self._plane, out=weight)
+                self.values[:, row - self.base].mul_(weight)
+        self._normalised = upto
+
+    def _write(self, start: int, stop: int) -> None:
+        low, high = max(start, self.write_rows[0]), min(stop, self.write_rows[1])
+        if low >= high:
+            return
+        part = self.values[:, low - self.base : high - self.base]
+        if self.transform is None:
+            self.sink[:, low:high] = part.cpu().numpy()
+        else:
+            self.sink[:, low:high] = _transformed(part, self.transform)
+        self.rows_written.append((low, high))
+
+    def _slide(self, count: int) -> None:
+        """Move the rows after ``count`` to the front (row by row: no second buffer)."""
         if count <= 0:
             return
-        finished = self.values[:, :count]
-        if self.mode != "crop":
-            finished = finished * self._inverse_weight(self.base, upto)
-        low, high = max(self.base, self.write_rows[0]), min(upto, self.write_rows[1])
-        if low < high:
-            part = finished[:, low - self.base : high - self.base]
-            if self.transform is not None:
-                part = self.transform(part)
-            self.sink[:, low:high] = part.cpu().numpy()
-        kept = self.values.shape[1] - count
-        if kept > 0:
-            self.values[:, :kept] = self.values[:, count:].clone()
-        self.values[:, max(kept, 0) :] = 0
-        self.base = upto
-
-    def _inverse_weight(self, start: int, stop: int) -> torch.Tensor:
-        inverse = self._inverse_axes()
-        plane = inverse[1][:, None] * inverse[2][None, :]  # same products as GridMerger.finalize
-        return inverse[0][start:stop, None, None] * plane
+        rows = self.values.shape[1]
+        for row in range(rows - count):
+            self.values[:, row].copy_(self.values[:, row + count])
+        self.values[:, max(rows - count, 0) :].zero_()
 
     def finalize(self, slab: int = 8) -> None:  # type: ignore[override]
         """Write the remaining rows (call once every patch of the block is added)."""
-        self._flush(min(self.base + self.values.shape[1], self.shape[0]))
+        if not self._finished:
+            self._flush(min(self.base + self.values.shape[1], self.shape[0]))
+            self._finished = True
 
     def normalized(self, done: int, box: tuple[slice, ...]) -> torch.Tensor:
         raise RuntimeError("streamed outputs have no in-memory preview; read the sink")
 
 
-def labels_of_slab(outputs: torch.Tensor) -> torch.Tensor:
-    """``(1, rows, J, K)`` uint8 labels of a slab of raw outputs (argmax, or logit > 0)."""
-    return to_labels(outputs).to(torch.uint8)[None]
+def _transformed(part: torch.Tensor, transform: Transform, rows: int = 4) -> np.ndarray:
+    """``transform`` applied a few rows at a time (its temporaries stay small)."""
+    out: np.ndarray | None = None
+    for start in range(0, part.shape[1], rows):
+        piece = transform(part[:, start : start + rows]).cpu().numpy()
+        if out is None:
+            out = np.empty((piece.shape[0], part.shape[1], *piece.shape[2:]), piece.dtype)
+        out[:, start : start + rows] = piece
+    assert out is not None
+    return out
+
+
+def labels_of_slab(outputs: torch.Tensor, activation: str = "softmax") -> torch.Tensor:
+    """``(1, rows, J, K)`` uint8 labels of a slab of raw outputs (argmax, or logit > 0).
+
+    The activation does not change an argmax; it sets the one-channel threshold (logit > 0,
+    or probability > 0.5 with ``'none'``).
+
+    Examples
+    --------
+    >>> labels_of_slab(torch.tensor([[[[0.2]]], [[[0.9]]]])).tolist()
+    [[[[1]]]]
+    """
+    return to_labels(outputs, activation).to(torch.uint8)[None]
+
+
+def _transform_of(labels: bool, activation: str | None) -> Transform | None:
+    if labels:
+        return lambda outputs: labels_of_slab(outputs, activation or "softmax")
+    if activation is not None and activation != "none":
+        return lambda outputs: to_probabilities(outputs, activation)
+    return None
+
+
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    """Where a zarr output is written until complete: ``.name.partial-<pid>`` beside it.
+
+    Examples
+    --------
+    >>> partial_path("/data/out.zarr").name.startswith(".out.zarr.partial-")
+    True
+    """
+    target = Path(path)
+    return target.parent / f".{target.name}.partial-{os.getpid()}"
+
+
+def replace_with(partial: Path, target: Path, overwrite: bool) -> None:
+    """Rename the complete ``partial`` store to ``target`` (replacing it if ``overwrite``)."""
+    if target.exists() and not overwrite:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ValueError(f"output exists: '{target}' (pass overwrite=True to replace it)")
+    old = target.parent / f".{target.name}.replaced-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(partial, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class _ZarrOutput:
+    """The zarr store of one run: created under its partial name, renamed when complete."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        rows: tuple[int, int] | None,
+        chunks: tuple[int, int, int] | None,
+        overwrite: bool,
+        labels: bool,
+    ) -> None:
+        self.path, self.rows, self.overwrite, self.labels = Path(path), rows, overwrite, labels
+        self.chunks = to_triplet(chunks, "output_chunks") if chunks else None
+        self.partial = partial_path(path)
+        if rows is None and self.path.exists() and not overwrite:
+            raise ValueError(f"output exists: '{self.path}' (pass overwrite=True to replace it)")
+
+    def create(
+        self, channels: int, shape: tuple[int, int, int], name: str | None, chunk_rows: int
+    ) -> Any:
+        import zarr
+
+        if self.rows is not None:  # a block of a run whose store already exists
+            return zarr.open_array(self._node(self.path, name), mode="r+")
+        if self.labels and channels > 256:
+            raise ValueError(
+                f"a uint8 label map holds at most 256 classes; the model has {channels}"
+            )
+        chunks = self.chunks or (min(chunk_rows, shape[0]), *default_chunks(shape)[1:])
+        settings = {
+            "shape": (1 if self.labels else channels, *shape),
+            "chunks": (1 if self.labels else channels, *chunks),
+            "dtype": "uint8" if self.labels else "float32",
+        }
+        if name is None:
+            return zarr.create_array(str(self.partial), overwrite=True, **settings)
+        group = zarr.open_group(str(self.partial), mode="a")
+        try:
+            return group.create_array(name, **settings)
+        except (ValueError, TypeError) as error:
+            message = f"the model's output {name!r} cannot name a zarr array: {error}"
+            raise ValueError(message) from None
+
+    def commit(self, names: list[str | None]) -> dict[str | None, Any]:
+        import zarr
+
+        if self.rows is None:
+            replace_with(self.partial, self.path, self.overwrite)
+        return {name: zarr.open_array(self._node(self.path, name), mode="r") for name in names}
+
+    @staticmethod
+    def _node(root: Path, name: str | None) -> str:
+        return str(root if name is None else root / name)
+
+    def discard(self) -> None:
+        if self.rows is None:
+            shutil.rmtree(self.partial, ignore_errors=True)
 
 
 def zarr_target(
@@ -152,30 +348,39 @@ def zarr_target(
     chunks: tuple[int, int, int] | None = None,
     overwrite: bool = False,
     labels: bool = False,
+    activation: str | None = None,
 ) -> StreamTarget:
-    """A :class:`StreamTarget` creating (or, for a block, opening) a zarr array: float32 raw
-    outputs, or with ``labels`` a one-channel uint8 label map."""
+    """A :class:`StreamTarget` writing a new zarr store (or, for a block, an existing one).
 
-    def create(channels: int, shape: tuple[int, int, int]) -> Any:
-        channels = 1 if labels else channels
-        import zarr
+    Parameters
+    ----------
+    path : path
+        The output store. A model returning one tensor writes a ``(C, I, J, K)`` array there;
+        a model returning a dict writes a group with one array per key.
+    rows : tuple of 2 int, optional
+        Only these input rows (a block of a dask run): the store exists, and is written in
+        place (the dask engine renames it when every block is done).
+    chunks : tuple of 3 int, optional
+        Spatial chunks (default: rows on the grid step, 64 in-plane).
+    overwrite : bool
+        Replace an existing store once the new one is complete.
+    labels : bool
+        Write a one-channel uint8 label map (argmax, or logit > 0) instead of raw outputs.
+    activation : {'softmax', 'sigmoid', 'none'}, optional
+        Write probabilities instead of raw outputs; with ``labels``, the one-channel
+        threshold (see :func:`labels_of_slab`).
 
-        if rows is not None:  # a block of a run whose array already exists
-            return zarr.open_array(str(path), mode="r+")
-        if os.path.exists(path) and not overwrite:
-            raise ValueError(f"output exists: '{path}' (pass overwrite=True to replace it)")
-        return zarr.create_array(
-            str(path),
-            shape=(channels, *shape),
-            chunks=(
-                channels,
-                *(to_triplet(chunks, "output_chunks") if chunks else default_chunks(shape)),
-            ),
-            dtype="uint8" if labels else "float32",
-            overwrite=True,
-        )
-
-    return StreamTarget(create, rows, labels_of_slab if labels else None)
+    Raises
+    ------
+    ValueError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
+    store = _ZarrOutput(path, rows, chunks, overwrite, labels)
+    return StreamTarget(
+        store.create, rows, _transform_of(labels, activation), store.commit, store.discard
+    )
 
 
 def default_chunks(shape: tuple[int, ...]) -> tuple[int, int, int]:
