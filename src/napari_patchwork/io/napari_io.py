@@ -91,7 +91,7 @@ def layer_data_from_nifti(path: str | os.PathLike[str]) -> list[LayerData]:
     path = Path(path)
     data, affine = read_nifti(path)
     nifti = read_nifti_header(path).nifti
-    name = path.name.removesuffix(".gz").removesuffix(".nii")
+    name = path.name[: -len(".nii.gz")] if path.name.lower().endswith(".gz") else path.stem
     meta: dict[str, Any] = {
         "name": name,
         "metadata": {"affine": affine, "path": str(path), "nifti": nifti},
