@@ -1,0 +1,258 @@
+"""Training from sparse annotations: real small volumes, real networks, tiny iteration counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_patchwork.core.training import (
+    Trainer,
+    TrainingConfig,
+    annotation_loss,
+    iter_train,
+    scribbles_from_labels,
+    train,
+)
+from napari_patchwork.io.models import load_model, model_class_values, read_model_metadata
+from napari_patchwork.sample import make_sample
+
+FAST = {"patch_size": 16, "batch_size": 2, "width": 4, "patches_per_volume": 8}
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    volume = make_sample((32, 32, 32), seed=1)
+    strokes = scribbles_from_labels(volume.labels, slices=3, disks=2, radius=2, seed=0)
+    return volume.image, strokes, volume.labels
+
+
+def full_loss(trainer: Trainer, image: np.ndarray, strokes: np.ndarray) -> float:
+    """The loss over every annotated voxel of the whole volume (one forward pass)."""
+    values = torch.tensor(trainer.class_values)
+    with torch.no_grad():
+        logits = trainer.model(torch.from_numpy(image)[None, None])
+    return float(annotation_loss(logits, torch.from_numpy(strokes)[None, None], values))
+
+
+def test_scribbles_are_sparse_and_inside_their_class(sample) -> None:
+    _, strokes, truth = sample
+    assert 0 < (strokes > 0).mean() < 0.01
+    assert sorted(np.unique(strokes).tolist()) == [0, 1, 2, 3]
+    annotated = strokes > 0
+    assert (strokes[annotated] == truth[annotated] + 1).all()
+
+
+def test_training_reduces_the_loss_on_the_sample(sample) -> None:
+    image, strokes, _ = sample
+    trainer = Trainer((image, strokes), TrainingConfig(**FAST, iterations=30, seed=0))
+    before = full_loss(trainer, image, strokes)
+    steps = list(trainer.run())
+    after = full_loss(trainer, image, strokes)
+    assert len(steps) == 30 and steps[-1].iteration == 30
+    assert after < 0.75 * before, (before, after)
+    assert all(np.isfinite(s.loss) and s.patches_per_second > 0 for s in steps)
+    assert all(0 <= s.wait_fraction <= 1 for s in steps)
+
+
+def test_unannotated_voxels_have_zero_gradient() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, 4, generator=generator, requires_grad=True)
+    annotations = torch.zeros(2, 1, 4, 4, 4, dtype=torch.int64)
+    annotations[0, 0, :2] = 5
+    annotations[1, 0, 3, 3] = 9
+    annotations[1, 0, 0, 0, 0] = 2
+    loss = annotation_loss(logits, annotations, torch.tensor([2, 5, 9]))
+    loss.backward()
+    unannotated = (annotations[:, 0] == 0)[:, None].expand_as(logits)
+    assert logits.grad is not None
+    assert (logits.grad[unannotated] == 0).all()
+    assert (logits.grad[~unannotated] != 0).any()
+
+
+def test_unannotated_voxels_do_not_change_the_loss() -> None:
+    logits = torch.randn(1, 2, 4, 4, 4)
+    annotations = torch.zeros(1, 1, 4, 4, 4, dtype=torch.int64)
+    annotations[0, 0, 0] = 1
+    annotations[0, 0, 3] = 2
+    changed = logits.clone()
+    changed[:, :, 1:3] = torch.randn(1, 2, 2, 4, 4) * 100  # only unannotated voxels change
+    values = torch.tensor([1, 2])
+    assert annotation_loss(logits, annotations, values) == annotation_loss(
+        changed, annotations, values
+    )
+
+
+def test_classes_are_balanced_in_the_loss() -> None:
+    logits = torch.zeros(1, 2, 1, 1, 10)
+    logits[0, 0] = 5.0  # confident class 1 everywhere
+    many_ones = torch.tensor([1] * 9 + [2]).reshape(1, 1, 1, 1, 10)
+    loss = float(annotation_loss(logits, many_ones, torch.tensor([1, 2])))
+    wrong = float(torch.nn.functional.cross_entropy(torch.tensor([[0.0, 5.0]]), torch.tensor([0])))
+    right = float(torch.nn.functional.cross_entropy(torch.tensor([[5.0, 0.0]]), torch.tensor([0])))
+    assert loss == pytest.approx((wrong + right) / 2, rel=1e-5)
+
+
+def test_seeded_training_is_reproducible(sample) -> None:
+    image, strokes, _ = sample
+    runs = [
+        Trainer((image, strokes), TrainingConfig(**FAST, iterations=4, seed=seed))
+        for seed in (3, 3, 4)
+    ]
+    losses = [[step.loss for step in run.run()] for run in runs]
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+    for name, tensor in runs[0].model.state_dict().items():
+        assert torch.equal(tensor, runs[1].model.state_dict()[name]), name
+
+
+def test_save_and_load_keep_the_class_values(sample, tmp_path) -> None:
+    image, strokes, _ = sample
+    values = np.where(strokes > 0, strokes * 10 + 1, 0)  # classes 11, 21, 31
+    trainer = train((image, values), **FAST, iterations=2)
+    path = trainer.save(tmp_path / "model.pt2")
+    info = read_model_metadata(path)
+    assert info is not None and info["class_values"] == [11, 21, 31]
+    assert info["patch_size"] == [16, 16, 16] and info["iterations"] == 2
+    assert model_class_values(path) == [11, 21, 31]
+    loaded = load_model(path)
+    volume = torch.from_numpy(image)[None, None]
+    with torch.no_grad():
+        assert torch.allclose(loaded(volume), trainer.model(volume), atol=1e-5)
+    assert set(np.unique(trainer.predict().labels).tolist()) <= {11, 21, 31}
+
+
+def test_continue_from_a_saved_model(sample, tmp_path) -> None:
+    image, strokes, _ = sample
+    first = train((image, strokes), **FAST, iterations=2)
+    path = first.save(tmp_path / "model.pt2")
+    second = Trainer((image, strokes), TrainingConfig(**FAST, iterations=1, init=str(path)))
+    volume = torch.from_numpy(image)[None, None]
+    with torch.no_grad():
+        assert torch.allclose(second.model(volume), first.model(volume), atol=1e-5)
+    assert [step.iteration for step in second.run()] == [1]
+
+
+def test_continue_with_more_strokes_resumes_from_the_weights(sample) -> None:
+    image, strokes, truth = sample
+    trainer = Trainer((image, strokes), TrainingConfig(**FAST, iterations=2))
+    list(trainer.run())
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    more = scribbles_from_labels(truth, slices=6, disks=2, seed=5)
+    trainer.set_annotations((image, np.maximum(strokes, more)))
+    steps = list(trainer.run(iterations=2))
+    assert [s.iteration for s in steps] == [3, 4]
+    changed = trainer.model.state_dict()
+    assert any(not torch.equal(weights[k], changed[k]) for k in weights)
+
+
+def test_stop_ends_the_run_and_keeps_the_weights(sample) -> None:
+    image, strokes, _ = sample
+    trainer = Trainer((image, strokes), TrainingConfig(**FAST))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    count = 0
+    for step in trainer.run():  # no budget: runs until stopped
+        count += 1
+        if step.iteration == 3:
+            trainer.stop()
+    assert count == 3 and trainer.iteration == 3
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_preview_predicts_the_requested_region(sample) -> None:
+    image, strokes, _ = sample
+    trainer = Trainer((image, strokes), TrainingConfig(**FAST, preview_every=1e-6))
+    region = (slice(10, 11), slice(0, 32), slice(0, 32))
+    steps = list(trainer.run(iterations=2, preview=lambda: region))
+    preview = steps[-1].preview
+    assert preview is not None and preview.region == region
+    assert preview.labels.shape == (1, 32, 32) and preview.probabilities.shape == (3, 1, 32, 32)
+    assert set(np.unique(preview.labels).tolist()) <= {1, 2, 3}
+    np.testing.assert_allclose(preview.probabilities.sum(0), 1, rtol=1e-5)
+    full = trainer.predict()
+    np.testing.assert_array_equal(full.labels[10:11], trainer.predict(region=region).labels)
+
+
+def test_several_pairs_and_a_class_missing_from_one(sample) -> None:
+    image, strokes, _ = sample
+    other = make_sample((24, 28, 20), seed=2)
+    partial = scribbles_from_labels(other.labels, seed=1)
+    partial[partial == 3] = 0  # no tubes painted in this one: no warning, no error
+    steps = list(iter_train([(image, strokes), (other.image, partial)], **FAST, iterations=3))
+    assert steps[-1].iteration == 3
+
+
+def test_demo_and_factory_initialisation(sample) -> None:
+    image, strokes, _ = sample
+    two = np.where(strokes == 3, 0, strokes)  # two classes: the demo's head is replaced
+    demo = Trainer((image, two), TrainingConfig(**FAST, init="demo", iterations=1))
+    assert demo.model.net.head.out_channels == 2
+    assert len(list(demo.run())) == 1
+    factory = Trainer(
+        (image, strokes),
+        TrainingConfig(**FAST, init="napari_patchwork.models:demo_model", iterations=1),
+    )
+    assert len(list(factory.run())) == 1
+
+
+def test_amp_on_cpu_runs(sample) -> None:
+    image, strokes, _ = sample
+    trainer = train((image, strokes), **FAST, iterations=1, amp=True, device="cpu")
+    assert np.isfinite(trainer.losses[-1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_uses_amp(sample) -> None:
+    image, strokes, _ = sample
+    trainer = train((image, strokes), **FAST, iterations=3)
+    assert trainer.device.type == "cuda" and trainer.amp
+    assert np.isfinite(trainer.losses).all()
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "match"),
+    [
+        ({"patch_size": 15}, ValueError, "patch_size must be even"),
+        ({"patch_size": 0}, ValueError, "patch_size must be a positive int"),
+        ({"iterations": 0}, ValueError, "iterations must be a positive int"),
+        ({"seconds": -1.0}, ValueError, "seconds must be a positive float"),
+        ({"learning_rate": float("nan")}, ValueError, "learning_rate"),
+        ({"seed": -2}, ValueError, "seed must be"),
+        ({"device": "toaster"}, ValueError, "device must be"),
+        ({"init": ""}, TypeError, "init must be"),
+        ({"amp": "yes"}, TypeError, "amp must be"),
+    ],
+)
+def test_bad_settings_name_the_setting(settings, error, match) -> None:
+    with pytest.raises(error, match=match):
+        TrainingConfig(**settings)
+
+
+def test_bad_inputs_name_the_argument(sample, tmp_path) -> None:
+    image, strokes, _ = sample
+    with pytest.raises(ValueError, match=r"annotations must have the image's shape \(32, 32, 32\)"):
+        Trainer((image, strokes[:, :, :30]), TrainingConfig(**FAST))
+    with pytest.raises(ValueError, match="at least two classes"):
+        Trainer((image, (strokes > 0).astype(np.int64)), TrainingConfig(**FAST))
+    with pytest.raises(ValueError, match="annotations holds negative values"):
+        Trainer((image, -strokes), TrainingConfig(**FAST))
+    with pytest.raises(ValueError, match="annotations must hold integer label values"):
+        Trainer((image, strokes + 0.5), TrainingConfig(**FAST))
+    with pytest.raises(FileNotFoundError, match="init: model file does not exist"):
+        Trainer((image, strokes), TrainingConfig(**FAST, init=str(tmp_path / "no.pt2")))
+    with pytest.raises(ValueError, match="init='torch.nn:Identity'.*3 output channels"):
+        Trainer((image, strokes), TrainingConfig(**FAST, init="torch.nn:Identity"))
+    with pytest.raises(FileNotFoundError, match="image: file does not exist"):
+        Trainer((tmp_path / "missing.nii.gz", strokes), TrainingConfig(**FAST))
+    with pytest.raises(ValueError, match="annotations 2 are empty"):
+        Trainer([(image, strokes), (image, np.zeros_like(strokes))], TrainingConfig(**FAST))
+    with pytest.raises(TypeError, match="unexpected settings"):
+        train((image, strokes), iterations=1, patch=16)
+    with pytest.raises(ValueError, match="train needs seconds or iterations"):
+        train((image, strokes), **FAST)
+    trainer = Trainer((image, strokes), TrainingConfig(**FAST))
+    extra = strokes.copy()
+    extra[0, 0, 0] = 4
+    with pytest.raises(ValueError, match=r"annotations now hold classes \[1, 2, 3, 4\]"):
+        trainer.set_annotations((image, extra))
