@@ -100,3 +100,65 @@ def test_uniform_sampling_on_a_huge_lazy_volume(make_napari_viewer, tmp_path):
     centre = first.center
     assert empirical[centre] >= 1  # read for one voxel, never whole
     assert 0 < float(expected[500, 500, 500]) < 1  # 20 patches of 96³ in a 1000³ volume
+
+
+def test_every_field_has_a_tooltip(viewer_with_sample):
+    widget = SamplerExplorerWidget(viewer_with_sample)
+    for control in [*widget.controls, widget.run_button, widget.reroll_button]:
+        assert control.native.toolTip(), control.label
+    assert "'32, 32, 16'" in widget.patch_size.tooltip and "voxels" in widget.patch_size.tooltip
+    assert type(widget.num_patches).__name__ == type(widget.seed).__name__ == "SpinBox"
+
+
+def test_plot_follows_the_dark_theme_with_a_legend_in_the_label_colours(viewer_with_sample):
+    from matplotlib.colors import to_rgba
+    from napari.utils.theme import get_theme
+
+    viewer = viewer_with_sample
+    widget = SamplerExplorerWidget(viewer)
+    widget.labels_layer.value = viewer.layers["labels"]
+    widget.patch_size.value, widget.num_patches.value = "8", 300
+    widget.sample()
+    theme = get_theme(viewer.theme)
+    axes = widget.figure.axes[0]
+    assert np.allclose(widget.figure.get_facecolor(), to_rgba(str(theme.background)))
+    assert np.allclose(axes.get_facecolor(), to_rgba(str(theme.background)))
+    assert np.allclose(to_rgba(axes.xaxis.label.get_color()), to_rgba(str(theme.text)))
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert legend == ["volume fraction", "patch centres", "label 0", "label 1", "label 2"]
+    observed = axes.patches[3:]  # filled bars: the patch centres, one per label
+    colour = viewer.layers["labels"].get_color(1)
+    assert np.allclose(observed[1].get_facecolor(), colour)
+
+
+def test_core_messages_are_in_the_widget_words(viewer_with_sample):
+    viewer = viewer_with_sample
+    widget = SamplerExplorerWidget(viewer)
+    widget.sampler.value = "label"
+    widget.labels_layer.value = viewer.layers["labels"]
+    widget.label_probabilities.value = "7: 1"
+    widget.patch_size.value = "8"
+    assert widget.sample() == []
+    assert "label probabilities" in widget.info.value
+    assert "label_probabilities" not in widget.info.value
+    widget.label_probabilities.value = "1: -1"
+    assert "label probabilities must not be negative" in widget.info.value
+    widget.label_probabilities.value = ""
+    viewer.add_labels(np.zeros((4, 4, 4), np.int32), name="small labels")
+    widget.labels_layer.value = viewer.layers["small labels"]
+    assert "labels 'small labels' is 4×4×4 voxels, the image 40×36×32 voxels" in widget.info.value
+
+
+def test_vectorised_coverage_equals_the_core(viewer_with_sample):
+    from napari_patchwork.core.coverage import empirical_coverage
+    from napari_patchwork.core.location import PatchLocation
+    from napari_patchwork.widgets.sampler_explorer import coverage_count
+
+    rng = np.random.default_rng(0)
+    locations = [
+        PatchLocation(tuple(rng.integers(-3, 12, 3)), tuple(rng.integers(1, 6, 3)))
+        for _ in range(200)
+    ]
+    assert np.array_equal(
+        coverage_count(locations, (12, 10, 9)), empirical_coverage(locations, (12, 10, 9)).numpy()
+    )

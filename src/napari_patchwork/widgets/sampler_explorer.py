@@ -7,6 +7,7 @@ progress and cancel; :meth:`SamplerExplorerWidget.sample` does the same work syn
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -80,11 +81,23 @@ def _voxels(size: Sequence[int]) -> str:
     return "×".join(str(int(s)) for s in size) + " voxels"
 
 
-def _in_widget_words(error: BaseException) -> str:
-    text = str(error)
+def in_widget_words(text: str, probability: str = "", labels: str = "") -> str:
+    """A core message in the widget's words: its labels, its layer names, sizes in voxels.
+
+    Examples
+    --------
+    >>> in_widget_words("probability_map 'probability' is zero", probability="weights")
+    "probability map 'weights' is zero"
+    >>> in_widget_words("a patch of size (8, 8, 4) fits")
+    'a patch of size 8×8×4 voxels fits'
+    """
+    text = text.replace(" of this subject", "")
+    text = text.replace("probability_map 'probability'", f"probability map '{probability}'")
+    for core in ("label_name 'labels'", "label map 'labels'"):
+        text = text.replace(core, f"labels '{labels}'")
     for name, label in WIDGET_WORDS.items():
         text = text.replace(name, label)
-    return text
+    return re.sub(r"size \((\d+), (\d+), (\d+)\)", r"size \1×\2×\3 voxels", text)
 
 
 class SamplingFailed(Exception):
@@ -408,8 +421,14 @@ class SamplerExplorerWidget(Container):
 
     def _invalid(self, error: BaseException) -> None:
         """Show ``error`` and remove what no longer matches the settings."""
-        self.info.value = f"⚠ {_in_widget_words(error)}"
+        self.info.value = f"⚠ {self._words(str(error))}"
         self.clear()
+
+    def _words(self, text: str) -> str:
+        names = [
+            getattr(combo.value, "name", "") for combo in (self.probability, self.labels_layer)
+        ]
+        return in_widget_words(text, *names)
 
     def clear(self) -> None:
         """Remove the drawn layers and the plot (nothing stale stays on screen)."""
@@ -568,7 +587,7 @@ class SamplerExplorerWidget(Container):
         text = f"{count:,} patches of {_voxels(request.patch_size)} from the {request.kind} sampler"
         if count > MAX_BOXES:
             text += f"; drawing {MAX_BOXES:,} of {count:,} boxes; all centres shown"
-        notes = [_in_widget_words(Exception(note)) for note in self._notes]
+        notes = [self._words(note) for note in self._notes]
         return "; ".join([text, *notes])
 
     def _draw_boxes(self, *_: Any, create: bool = True) -> None:
