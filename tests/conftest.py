@@ -1,7 +1,13 @@
-"""Shared fixtures: small seeded volumes as subjects, in memory and as NIfTI files."""
+"""Shared fixtures (small seeded volumes as subjects, in memory and as NIfTI files), napari's
+settings kept out of the user's home, and tests that need a display skipped without one."""
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +17,51 @@ import pytest
 import torch
 
 import napari_patchwork as pw
+
+# napari saves its settings (window size included) when a viewer closes: keep the tests' away
+# from the user's own, so a test can never break their next napari start (set before napari's
+# settings are imported, which happens lazily after this file is loaded).
+if "NAPARI_CONFIG" not in os.environ:
+    _settings_dir = tempfile.mkdtemp(prefix="napari-patchwork-tests-")
+    atexit.register(shutil.rmtree, _settings_dir, ignore_errors=True)
+    os.environ["NAPARI_CONFIG"] = str(Path(_settings_dir) / "settings.yaml")
+
+#: Why a test that opens a window is skipped, and what to install (README, "Run the tests").
+DISPLAY_HELP = (
+    "needs a display, and none was found (DISPLAY unset, Xvfb not on PATH). Install Xvfb and "
+    "Mesa, e.g. on Debian/Ubuntu `sudo apt-get install xvfb xauth libgl1 libegl1 libglx-mesa0 "
+    "libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0` (the full list is in .ci/run and the "
+    "README's 'Run the tests'); pytest-xvfb (installed by .[test]) then starts Xvfb by itself, "
+    "or run `xvfb-run -a python -m pytest`"
+)
+
+
+def display_available() -> bool:
+    """Whether Qt can open windows: not Linux, a display (pytest-xvfb sets ``DISPLAY`` when it
+    starts Xvfb, before collection), or a Qt platform the user chose."""
+    if not sys.platform.startswith("linux"):
+        return True
+    return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+
+
+def needs_display(item: pytest.Item) -> bool:
+    """Tests that create a QApplication (``qapp``, ``qtbot``, ``make_napari_viewer``) or are
+    marked ``display`` (tests/widgets/conftest.py marks the widget tests)."""
+    return (
+        "qapp" in getattr(item, "fixturenames", ())
+        or item.get_closest_marker("display") is not None
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a display, skip what needs one (Qt would abort the whole run otherwise)."""
+    if display_available():
+        return
+    skip = pytest.mark.skip(reason=DISPLAY_HELP)
+    for item in items:
+        if needs_display(item):
+            item.add_marker(skip)
 
 
 def make_subject(

@@ -1,7 +1,24 @@
+"""Widget tests: fixtures, and the ``display`` mark on every test here that opens a window."""
+
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from napari_patchwork.data import make_sample
+
+HERE = Path(__file__).parent
+#: Modules of this folder that test pure converters and need no display.
+HEADLESS_MODULES = {"test_layers.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the widget tests ``display`` (skipped without one, see tests/conftest.py): also
+    those that run napari in a subprocess, which request no Qt fixture."""
+    for item in items:
+        path = Path(item.path)
+        if path.parent == HERE and path.name not in HEADLESS_MODULES:
+            item.add_marker(pytest.mark.display)
 
 
 @pytest.fixture(scope="session")
