@@ -53,3 +53,21 @@ def test_core_sources_do_not_import_gui_packages():
             if stripped.startswith(("import ", "from ")):
                 module = stripped.split()[1].split(".")[0]
                 assert module not in BLOCKED, f"{path}: {stripped}"
+
+
+def test_importing_the_package_and_the_nifti_reader_does_not_load_torch():
+    code = (
+        "import sys, napari_patchwork, napari_patchwork.io, napari_patchwork.io.nifti\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert napari_patchwork.Subject.__name__ == 'Subject'  # loaded on first use\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_star_import_gives_the_public_api_only():
+    namespace: dict = {}
+    exec("from napari_patchwork import *", namespace)
+    names = {name for name in namespace if not name.startswith("__")}
+    assert {"GridSampler", "Queue", "infer", "SubjectsLoader", "data", "loader"} <= names
+    assert not {name for name in names if name.startswith("_")}

@@ -7,7 +7,7 @@ test enforces it).
 from .aggregator import PatchAggregator
 from .batch import ImagesBatch, SubjectsBatch
 from .blending import blending_window
-from .collate import collate_subjects, register_default_collate
+from .collate import collate_subjects
 from .config import InferenceConfig
 from .grid import GridPlan, crop_intervals, grid_locations, grid_starts
 from .image import Image, LabelMap, ScalarImage
@@ -26,8 +26,6 @@ from .samplers import (
     WeightedSampler,
 )
 from .subject import Subject
-
-register_default_collate()
 
 __all__ = [
     "GridMerger",

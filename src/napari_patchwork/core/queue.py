@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import IterableDataset, Sampler, get_worker_info
 
 from ._validation import check_positive_int
+from .collate import register_default_collate
 from .subject import Subject
 
 Transform = Callable[[Subject], Subject]
@@ -125,6 +126,7 @@ class Queue(IterableDataset):  # type: ignore[type-arg]
         transform: Transform | None = None,
         subject_sampler: Sampler[int] | None = None,
     ) -> None:
+        register_default_collate()  # a plain DataLoader over the queue collates its patches
         if not hasattr(subjects, "__len__") or not hasattr(subjects, "__getitem__"):
             raise TypeError(f"subjects must be a sequence of Subject, got {type(subjects)}")
         if len(subjects) == 0:

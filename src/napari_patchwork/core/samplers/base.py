@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .._validation import check_patch_fits, check_positive_int, to_triplet
+from ..collate import register_default_collate
 from ..location import PatchLocation
 from ..subject import Subject
 from ..types import TypeSize
@@ -31,6 +32,7 @@ class PatchSampler:
 
     def __init__(self, patch_size: TypeSize) -> None:
         self.patch_size = to_triplet(patch_size, "patch_size")
+        register_default_collate()  # a plain DataLoader over this sampler collates its patches
 
     def extract_patch(self, subject: Subject, location: PatchLocation) -> Subject:
         """A copy of ``subject`` cropped to ``location``, with ``patch_location`` set."""
