@@ -338,9 +338,9 @@ class SamplerExplorerWidget(Container):
             from qtpy.QtWidgets import QSizePolicy
         except ImportError:  # pragma: no cover - matplotlib is in the [napari] extra
             return
-        self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True)
+        self.figure = Figure(figsize=(3.2, 2.6), tight_layout=True)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(180)
+        self.canvas.setMinimumHeight(220)
         self.canvas.setMinimumWidth(1)  # the plot follows the dock's width, never widens it
         policy = self.canvas.sizePolicy()
         policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
@@ -665,5 +665,15 @@ class SamplerExplorerWidget(Container):
             Patch(facecolor=text, label="patch centres"),
             *(Patch(color=c, label=f"label {v}") for v, c in zip(composition.values, colours)),
         ]
-        axes.legend(handles=handles, fontsize=7, ncol=2, frameon=False, labelcolor=text)
+        axes.legend(  # above the bars, never over them
+            handles=handles,
+            fontsize=7,
+            ncol=2,
+            frameon=False,
+            labelcolor=text,
+            loc="lower left",
+            bbox_to_anchor=(0.0, 1.02, 1.0, 0.4),
+            mode="expand",
+            handlelength=1.2,
+        )
         self.canvas.draw_idle()
