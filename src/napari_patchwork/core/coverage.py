@@ -111,18 +111,6 @@ def axis_coverage(plan: GridPlan) -> list[torch.Tensor]:
     return counts
 
 
-def grid_coverage(plan: GridPlan) -> torch.Tensor:
-    """How many grid patches cover each voxel: separable, ``c_i ⊗ c_j ⊗ c_k``.
-
-    Examples
-    --------
-    >>> grid_coverage(GridPlan((6, 6, 6), (4, 4, 4), (2, 2, 2)))[:, 0, 0].tolist()
-    [1, 1, 2, 2, 1, 1]
-    """
-    counts = axis_coverage(plan)
-    return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
-
-
 class ComputedVolume:
     """A read-only 3D array whose values are computed for the part asked for, never whole.
 

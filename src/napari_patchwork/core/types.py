@@ -9,9 +9,6 @@ TypeTriplet = tuple[int, int, int]
 TypeSize = int | Sequence[int]
 OverlapMode = Literal["crop", "average", "hann", "gaussian"]
 OVERLAP_MODES: tuple[str, ...] = ("crop", "average", "hann", "gaussian")
-PaddingMode = Literal[
-    "constant", "edge", "reflect", "symmetric", "wrap", "mean", "median", "minimum", "maximum"
-]
 PADDING_MODES: tuple[str, ...] = (
     "constant",
     "edge",
