@@ -1,0 +1,104 @@
+"""``napari-patchwork train``: run_train on parsed arguments, with real NIfTI files."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_patchwork.cli_train import add_train_parser, config_from_args, run_train
+from napari_patchwork.core.training import scribbles_from_labels
+from napari_patchwork.io.models import load_model, model_class_values
+from napari_patchwork.sample import make_sample
+
+AFFINE = np.diag([0.5, 0.5, 0.8, 1.0])
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="napari-patchwork")
+    add_train_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["train", *argv])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("train")
+    volume = make_sample((24, 24, 24), seed=3)
+    strokes = scribbles_from_labels(volume.labels, slices=3, disks=2, seed=0)
+    strokes[strokes == 3] = 0  # two classes painted: 1 = background, 2 = blobs
+    image, annotations = folder / "image.nii.gz", folder / "strokes.nii.gz"
+    nib.save(nib.Nifti1Image(volume.image, AFFINE), str(image))
+    nib.save(nib.Nifti1Image(strokes.astype(np.uint8), AFFINE), str(annotations))
+    return image, annotations
+
+
+FAST = ("--patch-size", "16", "--batch-size", "2", "--width", "4", "--quiet")
+
+
+def test_train_writes_a_model_with_the_painted_values(files, tmp_path, capsys) -> None:
+    image, annotations = files
+    output = tmp_path / "model.pt2"
+    args = parse(str(image), str(annotations), "--output", str(output), "--iterations", "3", *FAST)
+    assert run_train(args) == 0
+    assert model_class_values(output) == [1, 2]
+    model = load_model(output)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+    message = capsys.readouterr().err
+    assert "classes [1, 2], 3 iterations" in message and "--labels" in message
+
+
+def test_two_pairs_and_a_progress_bar(files, tmp_path, capsys) -> None:
+    image, annotations = files
+    output = tmp_path / "two.pt2"
+    pairs = [str(image), str(annotations)] * 2
+    args = parse(*pairs, "-o", str(output), "--iterations", "2", *FAST[:-1])
+    assert run_train(args) == 0
+    err = capsys.readouterr().err
+    assert "loss=" in err and "patches_s=" in err
+
+
+def test_default_budget_is_a_time_budget() -> None:
+    config = config_from_args(parse("a", "b", "--output", "m.pt2"))
+    assert config.seconds == 60.0 and config.iterations is None
+    assert (
+        config_from_args(parse("a", "b", "-o", "m.pt2", "--no-augmentation")).augmentation is None
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (("--patch-size", "15"), "--patch-size must be even"),
+        (("--iterations", "0"), "--iterations must be a positive int"),
+        (("--seconds", "-2"), "--seconds must be a positive float"),
+        (("--batch-size", "0"), "--batch-size must be a positive int"),
+        (("--device", "toaster"), "--device must be"),
+        (("--learning-rate", "0"), "--learning-rate must be a positive float"),
+    ],
+)
+def test_bad_flags_are_named(files, tmp_path, flags, match) -> None:
+    image, annotations = files
+    args = parse(str(image), str(annotations), "-o", str(tmp_path / "m.pt2"), *flags)
+    with pytest.raises(ValueError, match=match):
+        run_train(args)
+
+
+def test_bad_files_are_named(files, tmp_path) -> None:
+    image, annotations = files
+    output = str(tmp_path / "m.pt2")
+    with pytest.raises(ValueError, match="IMAGE ANNOTATIONS come in pairs, got 3 files"):
+        run_train(parse(str(image), str(annotations), str(image), "-o", output))
+    with pytest.raises(FileNotFoundError, match="ANNOTATIONS file does not exist: '.*nope.nii'"):
+        run_train(parse(str(image), str(tmp_path / "nope.nii"), "-o", output))
+    with pytest.raises(ValueError, match="--output folder does not exist"):
+        run_train(parse(str(image), str(annotations), "-o", str(tmp_path / "no" / "m.pt2")))
+    (tmp_path / "old.pt2").write_bytes(b"x")
+    with pytest.raises(ValueError, match="--output exists: .*--overwrite"):
+        run_train(parse(str(image), str(annotations), "-o", str(tmp_path / "old.pt2")))
+    with pytest.raises(FileNotFoundError, match="init: model file does not exist"):
+        run_train(parse(str(image), str(annotations), "-o", output, "--init", "nofile.pt2"))
