@@ -1,7 +1,7 @@
 """Batching of ``Subject`` patches for ``torch.utils.data.DataLoader``.
 
-:func:`collate_subjects` turns a list of subjects into a :class:`SubjectsBatch`. Importing the
-core also registers it with torch's default collation, so a plain
+:func:`collate_subjects` turns a list of subjects into a :class:`SubjectsBatch`. Creating a
+sampler or a ``Queue`` also registers it with torch's default collation, so a plain
 ``DataLoader(sampler, batch_size=…)`` yields the same batches as :class:`SubjectsLoader`:
 ``batch.t1.data`` is ``(B, C, I, J, K)`` and ``batch.patch_location`` a list of
 ``PatchLocation``.
