@@ -183,14 +183,12 @@ def coverage_count(locations: Sequence[PatchLocation], shape: Sequence[int]) -> 
     return difference[: shape[0], : shape[1], : shape[2]].astype(np.float32)
 
 
-def _maps(
-    request: SamplingRequest, sampler: RandomSampler, subject: Subject, locations: Any
-) -> Any:
+def _maps(sampler: RandomSampler, subject: Subject, locations: list[PatchLocation]) -> Any:
     """Centre probability, expected and empirical coverage: lazy for a huge uniform case."""
     shape, count = subject.spatial_shape, len(locations)
     if isinstance(sampler, UniformSampler) and np.prod(shape) > DENSE_VOXELS:
-        probability, expected = uniform_maps(shape, sampler.patch_size, count)
-        return probability, expected, LocationCoverage(locations, shape)
+        probability, coverage = uniform_maps(shape, sampler.patch_size, count)
+        return probability, coverage, LocationCoverage(locations, shape)
     dense = sampler.get_probability_map(subject)
     expected = expected_coverage(dense, sampler.patch_size, count)
     return (
@@ -231,7 +229,7 @@ def sampling_steps(request: SamplingRequest) -> Generator[SamplingProgress, None
             locations.extend(islice(draws, min(CHUNK, request.count - len(locations))))
             yield SamplingProgress("drawing patches", len(locations), request.count)
         yield SamplingProgress("computing coverage", request.count, request.count)
-        maps = _maps(request, sampler, subject, locations)
+        maps = _maps(sampler, subject, locations)
         points = centres(locations)
         return SamplingResult(request, locations, points, maps, _composition(request, points))
     except RuntimeError as error:  # superqt drops RuntimeErrors (no errored/finished signal)
