@@ -1,9 +1,14 @@
-"""Every Python block of the getting-started page runs, in order (the seed examples verbatim)."""
+"""Every Python block of the README, the getting-started and inference pages runs, in order (the
+seed examples verbatim); install lines work for someone who is not on this machine."""
 
 import re
 from pathlib import Path
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 
 SEED_EXAMPLES = """sampler = tio.GridSampler(subject, patch_size=64, patch_overlap=8)
 loader = DataLoader(sampler, batch_size=4)
@@ -52,3 +57,36 @@ def test_inference_page_runs():
     for block in python_blocks(DOCS / "inference.md"):
         exec(compile(block, "inference.md", "exec"), namespace)
     assert namespace["partial"].shape == namespace["logits"].shape
+
+
+def test_readme_use_snippet_runs_as_pasted_and_both_variants_agree():
+    blocks = python_blocks(README)
+    assert len(blocks) == 2, "the README's Use section: the loop, then the engine"
+    namespace: dict = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)  # defines its own model and file
+    volume = namespace["volume"]
+    assert volume.shape == (3, 96, 96, 96)
+    exec(compile(blocks[1], "README.md", "exec"), namespace)  # asserts they agree
+    assert torch.allclose(namespace["output"], volume, atol=1e-5)
+    assert 'padding_mode="reflect"' in blocks[0] and 'padding_mode="reflect"' in blocks[1]
+
+
+def repository_url():
+    """The project's "Source Code" URL from pyproject.toml (no tomllib: Python 3.10 lacks it)."""
+    [url] = re.findall(r'^"Source Code" = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    return url
+
+
+def test_install_lines_use_the_repository_not_an_index_without_the_package():
+    url = repository_url()
+    for page in (README, DOCS / "getting-started.md", DOCS / "plugin.md"):
+        text = page.read_text()
+        installs = re.findall(r"pip install [^\n`]*napari-patchwork[^\n`]*", text)
+        assert installs, page
+        for line in installs:  # napari-patchwork is not on PyPI
+            assert f"@ git+{url}" in line, f"{page.name}: {line}"
+    readme = README.read_text()
+    torch_cpu = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+    assert readme.index(torch_cpu) < readme.index(f"@ git+{url}"), "torch comes first"
+    assert "pytorch.org/get-started" in readme and f"git clone {url}" in readme
+    assert "torch==2.13.0" in readme  # what CI installs first
