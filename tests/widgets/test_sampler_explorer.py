@@ -162,3 +162,18 @@ def test_vectorised_coverage_equals_the_core(viewer_with_sample):
     assert np.array_equal(
         coverage_count(locations, (12, 10, 9)), empirical_coverage(locations, (12, 10, 9)).numpy()
     )
+
+
+def test_plot_follows_a_theme_change(viewer_with_sample):
+    from matplotlib.colors import to_rgba
+    from napari.utils.theme import get_theme
+
+    viewer = viewer_with_sample
+    widget = SamplerExplorerWidget(viewer)
+    widget.labels_layer.value = viewer.layers["labels"]
+    widget.patch_size.value = "8"
+    widget.sample()
+    viewer.theme = "light"
+    light = to_rgba(str(get_theme("light").background))
+    assert np.allclose(widget.figure.get_facecolor(), light)
+    assert len(widget.figure.axes[0].patches) == 6  # the bars are redrawn, not lost

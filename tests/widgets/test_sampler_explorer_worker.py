@@ -110,6 +110,7 @@ def test_closing_the_dock_during_a_run_drops_the_late_result(viewer_with_sample,
     viewer = viewer_with_sample
     inserted = len(viewer.layers.events.inserted.callbacks)
     steps = len(viewer.dims.events.current_step.callbacks)
+    themes = len(viewer.events.theme.callbacks)
     widget = SamplerExplorerWidget(viewer)
     dock = viewer.window.add_dock_widget(widget, area="right")
     widget.patch_size.value, widget.num_patches.value = "6", 100_000
@@ -123,6 +124,7 @@ def test_closing_the_dock_during_a_run_drops_the_late_result(viewer_with_sample,
     assert not any(name in viewer.layers for name in OUTPUTS)
     assert len(viewer.layers.events.inserted.callbacks) == inserted
     assert len(viewer.dims.events.current_step.callbacks) == steps
+    assert len(viewer.events.theme.callbacks) == themes
 
 
 CLOSE_VIEWER_DURING_RUN = textwrap.dedent(

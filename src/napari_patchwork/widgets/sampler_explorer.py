@@ -328,6 +328,7 @@ class SamplerExplorerWidget(Container):
         self.reroll_button.changed.connect(self.reroll)
         self.cancel_button.changed.connect(self.cancel)
         redraw_on_slice_change(self.lifecycle, napari_viewer, self._draw_boxes)
+        self.lifecycle.connect(napari_viewer.events.theme, self._replot)
 
     def _add_plot(self) -> None:
         try:
@@ -615,6 +616,11 @@ class SamplerExplorerWidget(Container):
             return None
         shown = self.result.composition
         return shown.values, shown.wanted, shown.observed
+
+    def _replot(self, *_: Any) -> None:
+        """Redraw the plot (the viewer's theme changed)."""
+        if not self.lifecycle.closed:
+            self._plot(None if self.result is None else self.result.composition)
 
     def _theme(self) -> tuple[str, str]:
         """(background, text) colours of the viewer's theme."""
