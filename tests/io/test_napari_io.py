@@ -133,9 +133,12 @@ def drop_files(qtbot, viewer, paths):
     from qtpy.QtGui import QDropEvent
     from qtpy.QtWidgets import QApplication, QDialog, QDialogButtonBox, QRadioButton
 
-    seen = []
+    seen: list[str | None] = []
+    dropped = []  # set once the drop is handled: stop polling, never answer a later dialog
 
     def answer():
+        if dropped:
+            return
         dialogs = [
             w
             for w in QApplication.topLevelWidgets()
@@ -165,7 +168,10 @@ def drop_files(qtbot, viewer, paths):
         Qt.KeyboardModifier.NoModifier,
     )
     QTimer.singleShot(0, answer)
-    qt_viewer_of(viewer).dropEvent(event)  # Qt's drop handler (sendEvent needs a real drag)
+    try:  # the dialog, if any, runs modally inside dropEvent, Qt's drop handler
+        qt_viewer_of(viewer).dropEvent(event)  # (sendEvent would need a real drag)
+    finally:
+        dropped.append(True)
     qtbot.wait(50)
     answers = [a for a in seen if a is not None]
     return answers[0] if answers else None
