@@ -391,6 +391,7 @@ class PatchGridWidget(Container):
             if data:
                 layer.edge_width = widths
                 layer.edge_color = colour
+                layer.refresh()  # napari redraws edges on new widths only when asked
             if create:
                 _place(layer, placement)
             return
@@ -418,6 +419,7 @@ class PatchGridWidget(Container):
                 layer = self.viewer.layers[name]
                 if layer.nshapes:
                     layer.edge_width = self._widths(np.asarray(layer.data, float))
+                    layer.refresh()
 
     # ------------------------------------------------------------------ cursor
     def _voxel_at(self, position: Any) -> tuple[int, ...]:
