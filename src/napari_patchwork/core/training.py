@@ -564,7 +564,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def stop(self) -> None:
-        """Ask a running :meth:`run` to end after its current step (weights are kept)."""
+        """End the current (or the next) :meth:`run` after its current step; weights are kept."""
         self._stop.set()
 
     def run(
@@ -587,7 +587,6 @@ class Trainer:
         iterations = self.config.iterations if iterations is None else iterations
         _positive(seconds, "seconds", float, allow_none=True)
         _positive(iterations, "iterations", allow_none=True)
-        self._stop.clear()
         augment = None
         seed = self._seed * 7919 + self._runs  # each run draws its own reproducible stream
         self._runs += 1
@@ -637,6 +636,7 @@ class Trainer:
         finally:
             stream.close()
             self.seconds += time.perf_counter() - start
+            self._stop.clear()  # a stop asked before this run started ends it at once
 
     def _step(self, images: torch.Tensor, annotations: torch.Tensor) -> float:
         images = images.to(self.device, non_blocking=True).float()

@@ -237,7 +237,7 @@ def save_model(
     first = example_input.detach().float().cpu()[:1]
     program = _export(_cpu_copy(model), torch.cat([first, first]))  # batch 2: not specialised
     info = {"format": METADATA_FORMAT, "version": 1, "class_values": values, **(metadata or {})}
-    temporary = target.with_name(f".{target.name}.partial")
+    temporary = target.with_name(f".{target.name}.partial.pt2")
     torch.export.save(program, str(temporary), extra_files={METADATA_NAME: json.dumps(info)})
     os.replace(temporary, target)
     return target

@@ -1,0 +1,107 @@
+"""The "Train from annotations" widget in a real napari viewer, training a real network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_patchwork.core.training import scribbles_from_labels
+from napari_patchwork.io.models import model_class_values
+from napari_patchwork.widgets.training import SAVED_MODELS, TrainingWidget, sparkline
+
+SCALE = (0.5, 0.5, 0.8)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, small_sample):
+    viewer = make_napari_viewer()
+    viewer.add_image(small_sample.image, name="image", scale=SCALE, translate=(3, 2, 1))
+    strokes = scribbles_from_labels(small_sample.labels, slices=3, disks=2, seed=0)
+    viewer.add_labels(strokes.astype(np.int32), name="strokes", scale=SCALE, translate=(3, 2, 1))
+    widget = TrainingWidget(viewer)
+    widget.annotations.value = viewer.layers["strokes"]
+    widget.patch_size.value = 16
+    widget.device.value = "cpu"
+    return widget
+
+
+def wait(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+
+
+def test_new_annotation_layer_is_placed_like_the_image(widget) -> None:
+    layer = widget.new_annotations()
+    image = widget.viewer.layers["image"]
+    assert layer.name == "image annotations" and layer.data.shape == image.data.shape
+    assert not layer.data.any()
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    assert widget.annotations.value is layer and layer.mode == "paint"
+
+
+def test_train_shows_a_prediction_and_saves_the_painted_values(widget, qtbot, tmp_path) -> None:
+    widget.seconds.value = 3.0
+    assert widget.train() is not None
+    wait(qtbot, widget)
+    assert widget.trainer is not None and widget.trainer.iteration > 0
+    prediction = widget.viewer.layers["image training prediction"]
+    assert prediction.data.shape == widget.viewer.layers["image"].data.shape
+    assert set(np.unique(prediction.data).tolist()) <= {1, 2, 3}  # the whole volume at the end
+    np.testing.assert_allclose(prediction.scale, SCALE)
+    assert "stopped after" in widget.status.value
+    assert widget.curve.value.strip()[0] in "▁▂▃▄▅▆▇█"
+    widget.save_file.value = tmp_path / "cells"
+    path = widget.save()
+    assert path == tmp_path / "cells.pt2" and model_class_values(path) == [1, 2, 3]
+    assert SAVED_MODELS["cells"] == path
+
+
+def test_stop_keeps_the_weights_and_continue_resumes(widget, qtbot) -> None:
+    widget.seconds.value = 600.0
+    widget.train()
+    qtbot.waitUntil(lambda: widget.last_step is not None, timeout=60_000)
+    widget.stop()
+    wait(qtbot, widget)
+    done = widget.trainer.iteration
+    assert 0 < done and widget.continue_button.enabled
+    strokes = widget.viewer.layers["strokes"]
+    strokes.data[0, 0, 0] = 1  # a correction
+    widget.seconds.value = 1.0
+    widget.resume()
+    wait(qtbot, widget)
+    assert widget.trainer.iteration > done
+
+
+def test_live_preview_of_the_visible_slice(widget, qtbot) -> None:
+    viewer = widget.viewer
+    viewer.dims.ndisplay = 2
+    widget.image.value = viewer.layers["image"]
+    widget._track_view()
+    region = widget._region
+    assert region is not None and sum(s.stop - s.start == 1 for s in region) == 1
+
+
+def test_bad_settings_are_shown_in_widget_words(widget, qtbot) -> None:
+    widget.patch_size.value = 5
+    assert widget.train() is None
+    assert "patch size must be even" in widget.status.value
+    widget.patch_size.value = 16
+    widget.viewer.layers.remove("strokes")
+    assert widget.annotations.value is None
+    assert widget.train() is None
+    assert "annotations layer: choose or create one" in widget.status.value
+    assert widget.resume() is None
+    assert widget.save() is None and "train a model first" in widget.status.value
+
+
+def test_one_class_painted_is_refused_in_the_status(widget, qtbot) -> None:
+    widget.viewer.layers["strokes"].data[:] = np.minimum(widget.viewer.layers["strokes"].data, 1)
+    widget.train()
+    wait(qtbot, widget)
+    assert "at least two classes" in widget.status.value
+
+
+def test_sparkline_follows_the_loss() -> None:
+    assert sparkline([]) == ""
+    assert sparkline([1.0, 1.0]) == "▁▁"
+    assert sparkline(list(np.linspace(2, 0, 100)), width=8) == "█▇▆▅▄▃▂▁"
