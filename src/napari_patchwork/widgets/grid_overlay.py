@@ -381,16 +381,19 @@ class PatchGridWidget(Container):
         viewer, like = self.viewer, self.image.value
         if not create and name not in viewer.layers:
             return
-        data = [(line, "line") for line in np.asarray(lines, float)]
-        widths = self._widths(np.asarray(lines, float))
+        lines = np.asarray(lines, float).reshape(-1, 2, 3)
+        widths = self._widths(lines)
         colour = LINE_COLOURS[name]
         placement = placement_like(like)
         if name in viewer.layers and isinstance(viewer.layers[name], Shapes):
             layer = viewer.layers[name]
-            layer.data = data
-            if data:
+            drawn = np.asarray(layer.data, float).reshape(-1, 2, 3)
+            if not np.array_equal(drawn, lines):  # 3D views do not change with the slice
+                layer.data = []
+                if len(lines):  # one triangulation, with the widths (not one per setter)
+                    layer.add_lines(list(lines), edge_width=widths, edge_color=colour)
+            elif create and len(lines):  # same lines, maybe another placement: new widths
                 layer.edge_width = widths
-                layer.edge_color = colour
                 layer.refresh()  # napari redraws edges on new widths only when asked
             if create:
                 _place(layer, placement)
@@ -399,7 +402,7 @@ class PatchGridWidget(Container):
             viewer.layers.remove(name)
         with _keep_active(viewer):
             viewer.add_shapes(
-                data or None,
+                [(line, "line") for line in lines] or None,
                 ndim=3,
                 name=name,
                 edge_width=widths or LINE_PIXELS,
