@@ -44,6 +44,51 @@ def _labels_text(labels: list[int]) -> str:
     return "labels " + ", ".join(str(label) for label in labels)
 
 
+LOOKUP_LIMIT = 2**16  # labels in [0, limit): counted and spread with a lookup table
+
+
+def _as_lookup(labels: np.ndarray) -> np.ndarray | None:
+    """``labels`` as non-negative integers below ``LOOKUP_LIMIT`` (a view), or None."""
+    if labels.dtype.kind not in "ui" or labels.dtype.itemsize > 8 or labels.size == 0:
+        return None
+    if labels.dtype == np.uint64 or labels.min() < 0 or labels.max() >= LOOKUP_LIMIT:
+        return None
+    return labels
+
+
+def _label_counts(
+    labels: np.ndarray, inside: np.ndarray, requested: Mapping[int, float]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Voxels of each requested label in the whole map and where a patch centre fits."""
+    table = _as_lookup(labels)
+    if table is not None:
+        everywhere = np.bincount(table.reshape(-1), minlength=LOOKUP_LIMIT)
+        admissible = np.bincount(inside.reshape(-1), minlength=LOOKUP_LIMIT)
+        return (
+            {k: int(everywhere[k]) if 0 <= k < LOOKUP_LIMIT else 0 for k in requested},
+            {k: int(admissible[k]) if 0 <= k < LOOKUP_LIMIT else 0 for k in requested},
+        )
+    return (
+        {k: int(np.count_nonzero(labels == k)) for k in requested},
+        {k: int(np.count_nonzero(inside == k)) for k in requested},
+    )
+
+
+def _spread(labels: np.ndarray, per_voxel: Mapping[int, float]) -> np.ndarray:
+    """A float64 map holding ``per_voxel[label]`` at each voxel of that label, else 0."""
+    table = _as_lookup(labels)
+    if table is not None:
+        lookup = np.zeros(int(table.max()) + 1, dtype=np.float64)
+        for label, value in per_voxel.items():
+            if label < len(lookup):
+                lookup[label] = value
+        return lookup[table]
+    weights = np.zeros(labels.shape, dtype=np.float64)
+    for label, value in per_voxel.items():
+        weights[labels == label] = value
+    return weights
+
+
 def renormalised_probabilities(
     probabilities: Mapping[int, float], present: Iterable[int]
 ) -> dict[int, float]:
@@ -179,11 +224,13 @@ class LabelSampler(WeightedSampler):
         return labels
 
     def _weights(self, subject: Subject) -> torch.Tensor:
-        labels = self._label_volume(subject)
+        # numpy (one thread): this runs in the Queue's loading threads, beside training.
+        labels = self._label_volume(subject).cpu().numpy()
         if self.label_probabilities is None:
-            return (labels > 0).to(torch.float64)
-        masks = {label: labels == label for label in self.label_probabilities}
-        present = [label for label, mask in masks.items() if bool(mask.any())]
+            return torch.from_numpy(np.greater(labels, 0).astype(np.float64))
+        inside = labels[admissible_slices(labels.shape, self.patch_size)]  # type: ignore[arg-type]
+        counts, inside_counts = _label_counts(labels, inside, self.label_probabilities)
+        present = [label for label in self.label_probabilities if counts[label] > 0]
         missing = [label for label in self.label_probabilities if label not in present]
         try:
             probabilities = renormalised_probabilities(self.label_probabilities, present)
@@ -191,19 +238,17 @@ class LabelSampler(WeightedSampler):
             raise ValueError(
                 f"label_probabilities names {_labels_text(missing)}, absent from label map"
                 f" {self.label_name!r}, and no other requested label with a positive"
-                f" probability is present (labels present: {torch.unique(labels).tolist()[:20]},"
+                f" probability is present (labels present: {np.unique(labels).tolist()[:20]},"
                 f" label_probabilities: {self.label_probabilities})"
             ) from None
         weighted_missing = [label for label in missing if self.label_probabilities[label] > 0]
         if weighted_missing:
             self._warn_missing(subject, weighted_missing, probabilities)
-        inside = labels[admissible_slices(tuple(labels.shape), self.patch_size)]  # type: ignore[arg-type]
-        weights = torch.zeros(labels.shape, dtype=torch.float64)
+        per_voxel: dict[int, float] = {}
         for label, probability in probabilities.items():
             if probability == 0:
                 continue
-            count = int((inside == label).sum())
-            if count == 0:
+            if inside_counts[label] == 0:
                 warnings.warn(
                     f"label {label} has no voxel where a patch of size {self.patch_size} fits;"
                     " it will not be sampled",
@@ -211,8 +256,8 @@ class LabelSampler(WeightedSampler):
                     stacklevel=4,
                 )
                 continue
-            weights[masks[label]] = probability / count
-        return weights
+            per_voxel[label] = probability / inside_counts[label]
+        return torch.from_numpy(_spread(labels, per_voxel))
 
     def _warn_missing(
         self, subject: Subject, missing: list[int], probabilities: dict[int, float]

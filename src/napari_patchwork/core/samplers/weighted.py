@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from .._validation import check_patch_fits
@@ -39,19 +40,27 @@ def check_weights(weights: torch.Tensor, name: str) -> None:
 
 
 class _CentreTable:
-    """Cumulative sums over admissible centres: O(N) once, then O(log N) per draw."""
+    """Cumulative sums over admissible centres: O(N) once, then O(log N) per draw.
 
-    def __init__(self, weights: torch.Tensor, patch_size: TypeTriplet, name: str) -> None:
-        admissible = weights[admissible_slices(tuple(weights.shape), patch_size)]  # type: ignore[arg-type]
+    Built with numpy (one thread): it runs in the Queue's loading threads, where torch's
+    intra-op threads would compete with the training loop for the same cores.
+    """
+
+    def __init__(
+        self, weights: torch.Tensor | np.ndarray, patch_size: TypeTriplet, name: str
+    ) -> None:
+        array = weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights
+        admissible = array[admissible_slices(array.shape, patch_size)]  # type: ignore[arg-type]
         self.shape = tuple(admissible.shape)
-        self.cdf = torch.cumsum(admissible.reshape(-1).to(torch.float64), 0)
-        self.total = float(self.cdf[-1])
+        cdf = np.cumsum(admissible, axis=None, dtype=np.float64)  # C order, like reshape(-1)
+        self.total = float(cdf[-1])
         if not self.total > 0:
             raise ValueError(
                 f"{name} is zero at every centre where a patch of size {patch_size} fits"
             )
-        nonzero = torch.nonzero(admissible.reshape(-1) > 0)
-        self.last = int(nonzero[-1])
+        # The last centre of positive weight: where the cumulative sum first reaches its total.
+        self.last = int(np.searchsorted(cdf, cdf[-1], side="left"))
+        self.cdf = torch.from_numpy(cdf)
         self.patch_size = patch_size
 
     def draw(self, generator: torch.Generator | None) -> PatchLocation:
