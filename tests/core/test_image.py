@@ -96,3 +96,13 @@ def test_truncated_nifti_names_the_path(nifti_file, tmp_path):
     truncated.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ValueError, match="truncated.nii"):
         ScalarImage(truncated).data
+
+
+def test_crop_is_a_copy_even_when_the_patch_is_the_whole_volume():
+    image = ScalarImage(torch.rand(1, 4, 4, 4))
+    whole = image.crop(PatchLocation((0, 0, 0), (4, 4, 4)))
+    whole.data[0, 0, 0, 0] = -1.0
+    assert image.data[0, 0, 0, 0] != -1.0 and whole.data.is_contiguous()
+    half = torch.rand(1, 4, 4, 4, dtype=torch.bfloat16)  # a dtype numpy lacks: torch copies
+    cropped = ScalarImage(half).crop(PatchLocation((1, 0, 0), (2, 4, 4)))
+    assert cropped.data.dtype == torch.bfloat16 and torch.equal(cropped.data, half[:, 1:3])
