@@ -18,6 +18,21 @@ from .image import Image, ScalarImage
 from .subject import Subject
 
 
+def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, by numpy (one thread) for CPU tensors numpy can hold.
+
+    Collation runs beside the training loop; torch's parallel copy would wait on the intra-op
+    threads the model holds (see ``image._copy_of``).
+    """
+    first = tensors[0]
+    if first.device.type == "cpu" and not any(t.requires_grad for t in tensors):
+        try:
+            return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
+        except TypeError:  # dtypes numpy lacks (bfloat16, …)
+            pass
+    return torch.stack(list(tensors))
+
+
 class ImagesBatch:
     """Images of one name stacked into a ``(B, C, I, J, K)`` tensor, one affine per element.
 
@@ -86,7 +101,7 @@ class ImagesBatch:
             if len(values) > 1:
                 raise ValueError(f"cannot batch {what} of different {attribute}s: {values}")
         return cls(
-            torch.stack(tensors),
+            _stacked(tensors),
             [image.affine.copy() for image in images],
             image_class=type(first),
         )
