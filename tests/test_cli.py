@@ -1,7 +1,10 @@
 """The command line, run in subprocesses on real NIfTI files and real model files."""
 
 import os
+import re
+import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -242,15 +245,125 @@ def test_sigint_leaves_no_output_and_input_untouched(volume, tmp_path):
     assert path.read_bytes() == before
 
 
-def test_main_job_on_the_sample(tmp_path):
-    env = dict(os.environ, TMPDIR=str(tmp_path))
-    result = cli(
-        "infer", "--sample", "--output", tmp_path / "seg.nii.gz", "--labels", cwd=tmp_path, env=env
-    )
-    assert result.returncode == 0, result.stderr
-    dice = {
+def readme_main_job() -> tuple[list[str], str]:
+    """The README's main-job command (without the program name) and the flag it suggests."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run the main job", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```bash\n(.*?)\n```", section, flags=re.DOTALL).group(1).strip()
+    suggested = re.search(r"add `(--[a-z-]+)`", section).group(1)
+    program, *arguments = shlex.split(command)
+    assert program == "napari-patchwork"
+    return arguments, suggested
+
+
+def dice_scores(stderr: str) -> dict[str, float]:
+    return {
         line.split()[1].rstrip(":"): float(line.split()[-1])
-        for line in result.stderr.splitlines()
+        for line in stderr.splitlines()
         if line.startswith("Dice")
     }
+
+
+def test_readme_main_job_then_its_labels_suggestion(tmp_path):
+    """What a new user pastes: the main job, then the same command with ``--labels``."""
+    arguments, suggested = readme_main_job()
+    assert suggested == "--labels"
+    env = dict(os.environ, TMPDIR=str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    first = cli(*arguments, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    probabilities = nib.load(str(tmp_path / "sample_segmentation.nii.gz"))
+    assert probabilities.shape == (160, 160, 160, 3)
+    assert dice_scores(first.stderr)["blob"] > 0.9
+    second = cli(*arguments, suggested, cwd=tmp_path, env=env)  # right after: no --overwrite
+    assert second.returncode == 0, second.stderr
+    labels = nib.load(str(tmp_path / "sample_labels.nii.gz"))
+    assert labels.shape == (160, 160, 160) and labels.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2}
+    dice = dice_scores(second.stderr)
     assert dice["blob"] > 0.9 and dice["tube"] > 0.7, dice
+    assert "sample_labels.nii.gz (160, 160, 160) in" in second.stderr
+    again = cli(*arguments, suggested, cwd=tmp_path, env=env)  # a third run refuses to replace
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+# ---------------------------------------------------------------- scans as scanners write them
+def oblique_las() -> np.ndarray:
+    angle = np.deg2rad(20)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([-0.9, 0.8, 1.5])
+    affine[:3, 3] = (40, -20, 10)
+    return affine
+
+
+@pytest.fixture(params=["ras-float32", "oblique-las-int16-scaled"])
+def scan(request, tmp_path):
+    """A non-cubic scan with explicit qform/sform codes that differ from nibabel's defaults."""
+    rng = np.random.default_rng(1)
+    path = tmp_path / "scan.nii.gz"
+    if request.param == "ras-float32":
+        affine = np.diag([0.7, 0.8, 1.5, 1.0])
+        affine[:3, 3] = (5, -3, 2)
+        image = nib.Nifti1Image(rng.random((20, 18, 16)).astype(np.float32), affine)
+        codes = {"qform_code": 1, "sform_code": 4}
+        axes = ("R", "A", "S")
+    else:
+        affine = oblique_las()
+        raw = rng.integers(-400, 400, (20, 18, 16)).astype(np.int16)
+        image = nib.Nifti1Image(raw, affine, dtype=np.int16)
+        image.header.set_slope_inter(0.01, 2.0)
+        codes = {"qform_code": 3, "sform_code": 1}
+        axes = ("L", "A", "S")
+    image.set_qform(affine, codes["qform_code"])
+    image.set_sform(affine, codes["sform_code"])
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, str(path))
+    written = nib.load(str(path))
+    assert nib.aff2axcodes(written.affine) == axes
+    if request.param != "ras-float32":
+        assert written.dataobj.slope == pytest.approx(0.01)  # scaled on disk
+    return path, written.get_fdata(), affine, codes
+
+
+@pytest.mark.parametrize("labels", [False, True], ids=["probabilities", "labels"])
+def test_output_keeps_the_scans_codes_affine_and_axis_order(scan, tmp_path, labels):
+    path, voxels, affine, codes = scan
+    output = tmp_path / "out.nii.gz"
+    extra = ["--labels"] if labels else []
+    args = ["infer", path, "--model", "tests.test_cli:small_net", "--output", output]
+    result = cli(*args, "--patch-size", "8", "--overlap", "4", *extra)
+    assert result.returncode == 0, result.stderr
+    written = nib.load(str(output))
+    expected_shape = (20, 18, 16) if labels else (20, 18, 16, 3)
+    assert written.shape == expected_shape
+    assert f"wrote {output} {expected_shape} in" in result.stderr  # the file's axis order
+    header = written.header
+    assert int(header["qform_code"]) == codes["qform_code"]
+    assert int(header["sform_code"]) == codes["sform_code"]
+    assert np.allclose(header.get_qform(), affine, atol=1e-5)
+    assert np.allclose(header.get_sform(), affine, atol=1e-6)
+    assert np.allclose(written.affine, affine, atol=1e-6)
+    assert header.get_xyzt_units() == ("mm", "sec")
+    logits = small_net()(torch.from_numpy(voxels).float()[None, None])[0].detach()
+    if labels:
+        assert (np.asarray(written.dataobj) == logits.argmax(0).numpy()).mean() > 0.999
+    else:
+        probabilities = np.moveaxis(written.get_fdata(), -1, 0)
+        assert np.allclose(probabilities, torch.softmax(logits, 0).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_follow_the_users_umask(volume, tmp_path, umask, mode):
+    path, _, _ = volume
+    output = tmp_path / "labels.nii.gz"
+    args = ["infer", path, "--model", "tests.test_cli:small_net", "--output", output, "--labels"]
+    result = cli(*args, "--patch-size", "8", umask=umask)
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(output.stat().st_mode) == mode
+    again = cli(*args, "--patch-size", "8", "--overwrite", umask=umask)  # a replaced file too
+    assert again.returncode == 0, again.stderr
+    assert stat.S_IMODE(output.stat().st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nii.gz", "labels.nii.gz"]
