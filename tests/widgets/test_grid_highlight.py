@@ -222,6 +222,7 @@ def test_closing_the_dock_disconnects_the_cursor(oblique_viewer, qtbot):
     camera = viewer.scene.camera
     moves = len(viewer.mouse_move_callbacks)
     zooms = len(camera.events.zoom.callbacks)
+    turns = len(camera.events.angles.callbacks)
     orders = len(viewer.dims.events.order.callbacks)
     widget = PatchGridWidget(viewer)
     widget.patch_size.value, widget.patch_overlap.value = "8", "4"
@@ -232,6 +233,7 @@ def test_closing_the_dock_disconnects_the_cursor(oblique_viewer, qtbot):
     qtbot.wait(10)
     assert len(viewer.mouse_move_callbacks) == moves
     assert len(camera.events.zoom.callbacks) == zooms
+    assert len(camera.events.angles.callbacks) == turns
     assert len(viewer.dims.events.order.callbacks) == orders
     move_cursor(viewer, viewer.layers[0].data_to_world((10, 9, 5)))
     assert CURSOR_LAYER not in viewer.layers
@@ -248,27 +250,46 @@ def line_runs(mask: np.ndarray) -> list[int]:
     return runs
 
 
-def test_lines_are_one_screen_pixel_wide_on_anisotropic_voxels(make_napari_viewer, tmp_path):
-    """0.5 × 0.5 × 3 mm voxels, the j/k plane on screen: data widths that are equal on both
-    axes would draw the lines along j six times wider than those along k."""
+def yellow_runs(viewer) -> tuple[list[int], list[int]]:
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    yellow = (shot[..., 0] > 60) & (shot[..., 1] > 60) & (shot[..., 2] < 40)
+    return line_runs(yellow), line_runs(yellow.T)
+
+
+@pytest.fixture
+def thick_slice_viewer(make_napari_viewer, tmp_path):
+    """A black 0.5 × 0.5 × 3 mm scan with its grid (only the yellow lines on screen)."""
     write_scan(tmp_path / "thick_slices.nii.gz", rotate=False)
     viewer = make_napari_viewer(show=True)
     open_scan(viewer, tmp_path / "thick_slices.nii.gz")
     widget = PatchGridWidget(viewer)
     widget.patch_size.value, widget.patch_overlap.value = "8, 8, 4", "4, 4, 2"
-    viewer.layers[OVERLAP_LAYER].visible = False  # only the yellow grid on a black scan
+    viewer.layers[OVERLAP_LAYER].visible = False
+    return viewer
+
+
+def test_lines_are_one_screen_pixel_wide_on_anisotropic_voxels(thick_slice_viewer):
+    """The j/k plane on screen: data widths equal on both axes would draw the lines along j
+    six times wider than those along k."""
+    viewer = thick_slice_viewer
     viewer.reset_view()
     for zoom in (1.0, 2.5):
         viewer.scene.camera.zoom *= zoom
-        shot = viewer.screenshot(canvas_only=True, flash=False)
-        yellow = (shot[..., 0] > 60) & (shot[..., 1] > 60) & (shot[..., 2] < 40)
-        across_rows, across_columns = line_runs(yellow), line_runs(yellow.T)
+        across_rows, across_columns = yellow_runs(viewer)
         assert len(across_rows) > 10 and len(across_columns) > 10  # both directions drawn
-        assert max(across_rows) <= 2 and max(across_columns) <= 2, (
-            zoom,
-            across_rows,
-            across_columns,
-        )
+        assert max(across_rows) <= 2 and max(across_columns) <= 2, (zoom, across_rows)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
+def test_lines_are_one_screen_pixel_wide_in_3d(thick_slice_viewer, order):
+    """3D: napari draws tubes, whose width on screen depends on the view direction."""
+    viewer = thick_slice_viewer
+    viewer.dims.ndisplay = 3
+    viewer.dims.order = order  # looking along each axis in turn
+    viewer.reset_view()
+    across_rows, across_columns = yellow_runs(viewer)
+    assert len(across_rows) > 10 and len(across_columns) > 10
+    assert max(across_rows) <= 2 and max(across_columns) <= 2, (order, across_rows)
 
 
 def test_every_field_has_a_tooltip(viewer_with_sample):

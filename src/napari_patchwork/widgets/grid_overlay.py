@@ -127,14 +127,22 @@ def _ends(vectors: np.ndarray) -> np.ndarray:
     return np.stack([vectors[:, 0], vectors[:, 0] + vectors[:, 1]], 1)
 
 
-def _line_widths(lines: np.ndarray, linear: np.ndarray, displayed: list[int], zoom: float) -> Any:
+def _line_widths(
+    lines: np.ndarray,
+    linear: np.ndarray,
+    displayed: list[int],
+    zoom: float,
+    view: Any = None,
+) -> Any:
     """Per line, the width in data units that napari draws ``LINE_PIXELS`` screen pixels wide.
 
-    napari offsets a line's edges along the other displayed *data* axes, then maps them to the
-    screen with the layer's linear transform (restricted to the displayed axes) and the
-    zoom (screen pixels per world unit). A line along data axis ``a`` is as wide on screen as
-    its offset along axis ``b`` reaches away from it: ``|M e_b ⊥ M e_a|``, so on a
-    0.5 × 3 mm plane the lines along one axis get a 6 times thinner data width than the others.
+    napari builds a line's mesh in *data* units: in 2D a band of total width ``w`` offset
+    along the other displayed data axis, in 3D a tube of radius ``w`` around it. The mesh
+    reaches the screen through the layer's linear transform ``M`` (restricted to the displayed
+    axes) and the zoom (screen pixels per world unit). Across the line on screen (unit
+    ``p``, perpendicular to the line and, in 3D, to the ``view`` direction) the mesh spans
+    ``w · |(M e_b · p, M e_c · p)|`` (twice that for a tube), so ``w`` follows from it. On a
+    0.5 × 3 mm plane the lines along one axis get a 6 times thinner width than the others.
     """
     if len(lines) == 0:
         return []
@@ -145,13 +153,18 @@ def _line_widths(lines: np.ndarray, linear: np.ndarray, displayed: list[int], zo
         if axis not in displayed:
             continue
         along = block[:, displayed.index(axis)]
-        unit = along / np.linalg.norm(along)
-        reach = [
-            np.linalg.norm(column - (column @ unit) * unit)
-            for index, column in enumerate(block.T)
-            if displayed[index] != axis
-        ]
-        widths[directions == axis] /= float(np.prod(reach)) ** (1 / len(reach))
+        along = along / np.linalg.norm(along)
+        others = [block[:, i] for i, a in enumerate(displayed) if a != axis]
+        if len(displayed) == 2:
+            across, tube = np.array([-along[1], along[0]]), 1.0
+        else:
+            toward = np.asarray((1.0, 0.0, 0.0) if view is None else view, float)
+            across, tube = np.cross(toward, along), 2.0
+            if np.linalg.norm(across) < 1e-6:  # seen end-on: a dot, any width will do
+                across = np.cross(others[0], along)
+            across = across / np.linalg.norm(across)
+        reach = float(np.sqrt(sum(float(o @ across) ** 2 for o in others)))
+        widths[directions == axis] /= tube * max(reach, 1e-12)
     return widths.tolist()
 
 
@@ -246,8 +259,10 @@ class PatchGridWidget(Container):
         for control in controls:
             control.changed.connect(self.update)
         redraw_on_slice_change(self.lifecycle, napari_viewer, self._redraw)
-        self.lifecycle.connect(napari_viewer.dims.events.order, lambda *_: self._redraw())
-        self.lifecycle.connect(_camera(napari_viewer).events.zoom, self._on_zoom)
+        self.lifecycle.connect(napari_viewer.dims.events.order, self._on_order)
+        camera = _camera(napari_viewer)
+        self.lifecycle.connect(camera.events.zoom, self._refresh_widths)
+        self.lifecycle.connect(camera.events.angles, self._refresh_widths)  # 3D: tubes
         self.lifecycle.add_mouse_callback(napari_viewer.mouse_drag_callbacks, self._on_click)
         self.lifecycle.add_mouse_callback(napari_viewer.mouse_move_callbacks, self._on_move)
         self.update()
@@ -370,7 +385,9 @@ class PatchGridWidget(Container):
         layer = self.image.value
         displayed = [a - (self.viewer.dims.ndim - layer.ndim) for a in self.viewer.dims.displayed]
         linear = data_to_world_matrix(layer)[:3, :3]
-        return _line_widths(lines, linear, displayed, float(_camera(self.viewer).zoom))
+        camera = _camera(self.viewer)
+        view = camera.view_direction if self.viewer.dims.ndisplay == 3 else None
+        return _line_widths(lines, linear, displayed, float(camera.zoom), view)
 
     def _show_lines(self, name: str, lines: np.ndarray, create: bool = True) -> None:
         """Update the Shapes layer of lines ``name`` (or add it, placed like the image).
@@ -413,8 +430,12 @@ class PatchGridWidget(Container):
                 **placement,
             )
 
-    def _on_zoom(self, *_: Any) -> None:
-        """Keep every line one screen pixel wide when the user zooms."""
+    def _on_order(self, *_: Any) -> None:
+        self._redraw()
+        self._refresh_widths()  # 3D: the same lines, seen along another axis
+
+    def _refresh_widths(self, *_: Any) -> None:
+        """Keep every line one screen pixel wide when the user zooms (or turns a 3D view)."""
         if not self._shown():
             return
         for name in (GRID_LAYER, SELECTED_LAYER, CURSOR_LAYER):
