@@ -204,7 +204,7 @@ def read_nifti(
     if data.dtype.names is not None:  # RGB24 / RGBA32: one channel per field
         data = np.stack([data[name] for name in data.dtype.names], axis=-1)
     data = data.reshape(*header.spatial_shape, header.num_channels)
-    data = np.ascontiguousarray(np.moveaxis(data, -1, 0))
+    data = np.moveaxis(data, -1, 0)  # a view: the file's (Fortran) order is kept, no copy
     return data.astype(_native(data.dtype), copy=False), header.affine
 
 
