@@ -45,12 +45,13 @@ def test_scribbles_are_sparse_and_inside_their_class(sample) -> None:
 
 def test_training_reduces_the_loss_on_the_sample(sample) -> None:
     image, strokes, _ = sample
-    trainer = Trainer((image, strokes), TrainingConfig(**FAST, iterations=30, seed=0))
+    config = TrainingConfig(**FAST, iterations=40, seed=0, augmentation=None)
+    trainer = Trainer((image, strokes), config)
     before = full_loss(trainer, image, strokes)
     steps = list(trainer.run())
     after = full_loss(trainer, image, strokes)
-    assert len(steps) == 30 and steps[-1].iteration == 30
-    assert after < 0.75 * before, (before, after)
+    assert len(steps) == 40 and steps[-1].iteration == 40
+    assert after < 0.8 * before, (before, after)
     assert all(np.isfinite(s.loss) and s.patches_per_second > 0 for s in steps)
     assert all(0 <= s.wait_fraction <= 1 for s in steps)
 
@@ -256,3 +257,16 @@ def test_bad_inputs_name_the_argument(sample, tmp_path) -> None:
     extra[0, 0, 0] = 4
     with pytest.raises(ValueError, match=r"annotations now hold classes \[1, 2, 3, 4\]"):
         trainer.set_annotations((image, extra))
+
+
+def test_the_interactive_page_runs(capsys) -> None:
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "interactive.md"
+    namespace: dict = {}
+    for block in re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.DOTALL):
+        exec(compile(block, "interactive.md", "exec"), namespace)
+    assert namespace["trainer"].iteration == 20
+    assert set(np.unique(namespace["prediction"].labels).tolist()) <= {1, 2, 3}
+    assert "% of the voxels annotated" in capsys.readouterr().out

@@ -69,8 +69,8 @@ class AugmentationConfig:
     flip_probability: float = 0.5
     bias_field: float = 0.3
     gamma: tuple[float, float] = (-0.4, 0.4)
-    scale: tuple[float, float] = (-0.4, 0.4)
-    shift: float = 0.1
+    scale: tuple[float, float] = (-0.7, 0.7)
+    shift: float = 0.2
     noise: tuple[float, float] = (0.0, 0.1)
     probability: float = 0.8
 

@@ -295,6 +295,17 @@ def _pairs(pairs: Any) -> list[tuple[Any, Any]]:
     return [(image, labels) for image, labels in pairs]
 
 
+def _reach(annotated: torch.Tensor, patch: int) -> tuple[slice, ...]:
+    """The box of a volume padded by ``patch // 2`` that patches centred on annotated voxels
+    can touch: annotated voxels span ``[low, high]``, so padded ``[low, high + patch)``."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        where = torch.nonzero(annotated.any(dim=other))[:, 0]
+        box.append(slice(int(where[0]), int(where[-1]) + patch))
+    return tuple(box)
+
+
 class _BalancedSampler:
     """A LabelSampler over the annotated classes present in each subject, equally weighted."""
 
@@ -531,14 +542,18 @@ class Trainer:
         self.images, self.annotations, self.class_values = images, annotations, values
 
     def _subjects(self) -> list[Subject]:
-        half = self.config.patch_size // 2
+        """One subject per pair: padded by half a patch (every annotated voxel can be a patch
+        centre), then cropped to where patches centred on annotated voxels can reach."""
+        patch, half = self.config.patch_size, self.config.patch_size // 2
         subjects = []
         for image, labels in zip(self.images, self.annotations):
+            box = _reach(labels[0] > 0, patch)
             padded = nn.functional.pad(image[None], (half,) * 6, mode="replicate")[0]
+            strokes = nn.functional.pad(labels, (half,) * 6)
             subjects.append(
                 Subject(
-                    image=ScalarImage(padded),
-                    annotations=LabelMap(nn.functional.pad(labels, (half,) * 6)),
+                    image=ScalarImage(padded[(slice(None), *box)].clone()),
+                    annotations=LabelMap(strokes[(slice(None), *box)].clone()),
                 )
             )
         repeats = max(1, math.ceil(4 / len(subjects)))  # several augmented copies per epoch
