@@ -386,6 +386,7 @@ def run_infer(args: argparse.Namespace) -> int:
     config = _config(args, device, source)
     _check_model_files(source, args.weights)
     model = load_model(source, weights=args.weights, device=device, trust_pickle=args.trust_pickle)
+    image.load()  # a broken file is named before the patch size is checked against it
     _flags(config.check_fits, image.spatial_shape)  # the engine checks too, with API names
     engine = TiledInference(model, config)
     start = time.perf_counter()
