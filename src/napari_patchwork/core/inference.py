@@ -410,7 +410,10 @@ class _Prefetcher:
         ]
         shape = (min(batch_size, len(plan)), gatherer.volume.shape[0], *plan.patch_size)
         pin = device.type == "cuda"
-        self.buffers = [torch.empty(shape, dtype=torch.float32, pin_memory=pin) for _ in range(2)]
+        count = 1 if device.type == "cpu" else 2  # on the CPU a batch is used before the next
+        self.buffers = [
+            torch.empty(shape, dtype=torch.float32, pin_memory=pin) for _ in range(count)
+        ]
         self.events: list[Any] = [None, None]
         self.inference_mode = torch.is_inference_mode_enabled()  # thread-local: mirror the caller's
         self.executor = (
@@ -421,7 +424,7 @@ class _Prefetcher:
 
     def _prepare(self, index: int) -> torch.Tensor:
         first, stop = self.ranges[index]
-        slot = index % 2
+        slot = index % len(self.buffers)
         if self.events[slot] is not None:
             self.events[slot].synchronize()  # the device copy from this buffer has finished
         with torch.inference_mode(self.inference_mode):

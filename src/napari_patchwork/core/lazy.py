@@ -141,7 +141,7 @@ def is_lazy_array(data: Any) -> bool:
 
 def _for_torch(array: np.ndarray) -> np.ndarray:
     """Native byte order and a dtype torch holds exactly (as in-memory images are converted)."""
-    if array.dtype.byteorder not in ("=", "|"):
+    if not array.dtype.isnative:  # zarr gives '<f4' on little-endian machines: no copy then
         array = array.astype(array.dtype.newbyteorder("="))
     if array.dtype == np.uint16:
         return array.astype(np.int32)
@@ -245,6 +245,21 @@ class LazyVolume:
             self._slab_start = lo
         offset = self._slab_start
         return cached[channels, lo - offset : hi - offset, columns, depth]
+
+    def cached_or_read(self, rows: slice, columns: slice, depth: slice) -> torch.Tensor:
+        """``[:, rows, columns, depth]`` from the cached slab when it holds them, else read.
+
+        Never replaces the slab (for reads off the first-axis order, e.g. mirrored borders).
+        """
+        cached, lo, hi = self._slab, rows.start, rows.stop
+        if (
+            cached is not None
+            and lo >= self._slab_start
+            and hi <= self._slab_start + cached.shape[1]
+        ):
+            offset = self._slab_start
+            return cached[:, lo - offset : hi - offset, columns, depth]
+        return self.read(rows, columns, depth)
 
     def release(self) -> None:
         """Drop the cached slab (e.g. at the end of a run)."""

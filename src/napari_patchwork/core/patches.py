@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -72,6 +73,7 @@ def check_constant_fits(value: float, dtype: Any, what: str) -> None:
             " use a constant in the dtype's range (e.g. 0 for label maps)"
         )
 
+
 _STATISTICS = {
     "mean": lambda v: v.float().mean(),
     "median": lambda v: v.float().median(),
@@ -102,6 +104,12 @@ class PatchGatherer:
     (``'edge'``, ``'reflect'``, ``'symmetric'``, ``'wrap'``) or fill with a constant (a number,
     ``'constant'`` with ``fill``, or a statistic of the volume).
 
+    A lazily read volume is read only where a patch lies (plus what its padding mirrors, as
+    contiguous runs: a ``'wrap'`` border never reads the rows in between). With ``cached``
+    (tiled inference, patches in rank order) patches inside the volume go through the
+    volume's slab cache; without it (random access: samplers) each patch reads only its
+    chunks.
+
     Examples
     --------
     >>> volume = torch.arange(4.0).reshape(1, 4, 1, 1)
@@ -115,8 +123,10 @@ class PatchGatherer:
         volume: torch.Tensor | LazyVolume,
         padding_mode: str | float | None = None,
         fill: float = 0.0,
+        cached: bool = True,
     ) -> None:
         self.volume = volume
+        self.cached = cached
         self.mode: str | None = None
         self.fill = float(fill)
         if isinstance(padding_mode, (int, float)) and not isinstance(padding_mode, bool):
@@ -147,7 +157,7 @@ class PatchGatherer:
         shape = self.volume.shape[1:]
         for patch, location in zip(batch, locations):
             if location.inside(shape):
-                patch.copy_(self.volume[(slice(None), *location.to_slices())])
+                patch.copy_(self._region(location.to_slices()))
             else:
                 self._gather_border(patch, location)
         return batch
@@ -162,17 +172,64 @@ class PatchGatherer:
                 target.append(slice(lo - ini, hi - ini))
                 source.append(slice(lo, hi))
             if all(t.start < t.stop for t in target):
-                patch[(slice(None), *target)].copy_(self.volume[(slice(None), *source)])
+                patch[(slice(None), *target)].copy_(self._region(tuple(source), border=True))
             return
         mapped = [
             _map_indices(torch.arange(ini, fin), size, self.mode)
             for ini, fin, size in zip(location.index_ini, location.index_fin, shape)
         ]
-        bounds = tuple(slice(int(i.min()), int(i.max()) + 1) for i in mapped)
-        region = self.volume[(slice(None), *bounds)]  # a view of a tensor; one read if lazy
-        for axis, indices in enumerate(mapped):
-            region = region.index_select(axis + 1, indices - int(indices.min()))
+        if isinstance(self.volume, torch.Tensor):
+            bounds = tuple(slice(int(i.min()), int(i.max()) + 1) for i in mapped)
+            region = self.volume[(slice(None), *bounds)]  # a view
+            offsets = [int(i.min()) for i in mapped]
+        else:
+            region, offsets = self._read_runs(mapped), [0, 0, 0]
+            mapped = [torch.searchsorted(torch.unique(i), i) for i in mapped]
+        for axis, (indices, offset) in enumerate(zip(mapped, offsets)):
+            region = region.index_select(axis + 1, indices - offset)
         patch.copy_(region)
+
+    def _region(self, index: Sequence[slice], border: bool = False) -> torch.Tensor:
+        """``volume[:, *index]``: through the slab cache only for inside patches when cached."""
+        volume = self.volume
+        if isinstance(volume, LazyVolume):
+            rows, columns, depth = index
+            if not self.cached:
+                return volume.read(rows, columns, depth)
+            if border:
+                return volume.cached_or_read(rows, columns, depth)
+        return volume[(slice(None), *index)]
+
+    def _read_runs(self, mapped: list[torch.Tensor]) -> torch.Tensor:
+        """The voxels at the sorted unique mapped indices of each axis, read run by run."""
+        uniques = [torch.unique(indices) for indices in mapped]
+        runs = [_runs(unique.tolist()) for unique in uniques]
+        region: torch.Tensor | None = None
+        for blocks in itertools.product(*runs):
+            read = self._region([slice(lo, hi) for lo, hi, _ in blocks], border=True)
+            if region is None:
+                region = torch.empty((read.shape[0], *(len(u) for u in uniques)), dtype=read.dtype)
+            at = [slice(p, p + hi - lo) for lo, hi, p in blocks]
+            region[(slice(None), *at)] = read
+        assert region is not None
+        return region
+
+
+def _runs(values: list[int]) -> list[tuple[int, int, int]]:
+    """Contiguous runs ``(start, stop, position)`` of sorted unique integers.
+
+    Examples
+    --------
+    >>> _runs([0, 1, 2, 7, 8])
+    [(0, 3, 0), (7, 9, 3)]
+    """
+    runs: list[tuple[int, int, int]] = []
+    for position, value in enumerate(values):
+        if runs and runs[-1][1] == value:
+            runs[-1] = (runs[-1][0], value + 1, runs[-1][2])
+        else:
+            runs.append((value, value + 1, position))
+    return runs
 
 
 class PaddedVolume:
@@ -200,7 +257,7 @@ class PaddedVolume:
         dtype: Any = None,
     ) -> None:
         self.source, self.border = source, tuple(int(b) for b in border)
-        self.gatherer = PatchGatherer(source, padding_mode, fill)
+        self.gatherer = PatchGatherer(source, padding_mode, fill, cached=False)
         self.shape = (source.shape[0], *(s + 2 * b for s, b in zip(source.spatial_shape, border)))
         read_dtype = source.read(slice(0, 1), slice(0, 1), slice(0, 1)).dtype
         self.dtype = source.dtype if dtype is None else np.dtype(dtype)

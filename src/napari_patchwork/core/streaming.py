@@ -91,7 +91,7 @@ def aligned_chunk_rows(starts: list[int], length: int) -> int:
 
     Examples
     --------
-    >>> aligned_chunk_rows([0, 48, 96, 144, 160], 224), aligned_chunk_rows([-8, 40, 88], 120)
+    >>> aligned_chunk_rows([0, 48, 96, 144, 160], 224), aligned_chunk_rows([-8, 40, 88, 96], 150)
     (48, 64)
     """
     inner = [s for s in starts[1:-1] if 0 < s < length]
@@ -135,7 +135,7 @@ class StreamingMerger(GridMerger):
         rows: tuple[int, int] | None = None,
         transform: Transform | None = None,
     ) -> None:
-        self._channels = channels
+        self._channels, self.sink = channels, sink
         super().__init__(plan, mode, channels, output_patch, device)
         factor = self.factor[0]
         low, high = rows if rows is not None else (0, plan.spatial_shape[0])
@@ -147,14 +147,24 @@ class StreamingMerger(GridMerger):
         self.current_row = plan.unravel(first)[0]
         self.rows_written: list[tuple[int, int]] = []  # what each write covered (measurable)
         self._plane: torch.Tensor | None = None
+        self._weight_row = torch.empty(0)
         self._inverse: list[torch.Tensor] = []
         self._normalised = self.base  # rows before this are divided by their weights
         self._finished = False
 
     def _allocate(self, channels: int, device: torch.device) -> torch.Tensor:
-        size = round(self.plan.patch_size[0] * self.factor[0])
-        rows = min(size + size // 8, self.shape[0])  # an eighth to hold rows for whole chunks
+        rows = min(self._capacity(), self.shape[0])
         return torch.zeros((channels, rows, *self.shape[1:]), dtype=torch.float32, device=device)
+
+    def _capacity(self) -> int:
+        """One patch height of rows, plus what holding rows for whole chunk bands needs (if
+        that is at most an eighth more)."""
+        axis, rows = self.axes[0], _chunk_rows(self.sink)
+        needs = [axis.size]
+        for start in axis.starts[1:]:
+            upto = max(start, 0)
+            needs.append(min(start + axis.size, axis.length) - (upto - upto % rows))
+        return max(need for need in needs if need <= axis.size + axis.size // 8)
 
     def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
         row = self.plan.unravel(rank)[0]
@@ -182,6 +192,11 @@ class StreamingMerger(GridMerger):
         self._slide(cut - self.base)
         self.base = cut
 
+    def to(self, device: torch.device) -> None:
+        """Move the buffer (the weight vectors follow at the next flush)."""
+        super().to(device)
+        self._plane = None
+
     def _normalise(self, upto: int) -> None:
         """Divide the rows ``[normalised, upto)`` by their weights, in place, row by row."""
         done = max(self._normalised, self.base)
@@ -189,7 +204,8 @@ class StreamingMerger(GridMerger):
             if self._plane is None:
                 self._inverse = self._inverse_axes()
                 self._plane = self._inverse[1][:, None] * self._inverse[2][None, :]
-            weight = torch.empty_like(self._plane)
+                self._weight_row = torch.empty_like(self._plane)
+            weight = self._weight_row
             for row in range(done, upto):  # same products as GridMerger.finalize
                 torch.mul(self._inverse[0][row], self._plane, out=weight)
                 self.values[:, row - self.base].mul_(weight)
