@@ -366,7 +366,8 @@ def _file_shape(path: Path) -> tuple[int, ...]:
     """The shape as the file's reader reports it (nibabel: ``(I, J, K[, C])``)."""
     import nibabel as nib
 
-    return tuple(int(s) for s in nib.load(str(path)).shape)
+    image: Any = nib.load(str(path))
+    return tuple(int(s) for s in image.shape)
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -420,7 +421,7 @@ def _flags(function: Any, *args: Any, **kwargs: Any) -> Any:
 def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConfig:
     patch = _size(args.patch_size, "--patch-size")
     overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in args.patch_size]
-    return _flags(
+    config: InferenceConfig = _flags(
         InferenceConfig,
         patch,
         _size(overlap, "--overlap"),
@@ -433,6 +434,7 @@ def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConf
         args.tta,
         fixed_batch=str(source).endswith(".pt2"),
     )
+    return config
 
 
 def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, output: Path) -> int:
