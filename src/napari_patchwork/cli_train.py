@@ -34,12 +34,17 @@ FLAGS = {
 }
 
 
-def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``train`` subcommand to ``subparsers`` (from ``add_subparsers``); return it."""
+def add_train_parser(subparsers: Any, **parser_options: Any) -> argparse.ArgumentParser:
+    """Add the ``train`` subcommand to ``subparsers`` (from ``add_subparsers``); return it.
+
+    ``parser_options`` go to ``add_parser`` (e.g. ``add_help=False``).
+    """
     parser = subparsers.add_parser(
         "train",
         help="train a model on painted annotations (0 = not annotated, v > 0 = class v)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        description="Train a 3D network on sparse annotations (0 = not annotated, v > 0 ="
+        " class v); the model file carries the class values for infer --labels.",
+        **parser_options,
     )
     parser.add_argument(
         "pairs", nargs="+", metavar="IMAGE ANNOTATIONS", help="NIfTI image and annotation files"

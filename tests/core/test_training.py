@@ -84,14 +84,17 @@ def test_unannotated_voxels_do_not_change_the_loss() -> None:
     )
 
 
-def test_classes_are_balanced_in_the_loss() -> None:
-    logits = torch.zeros(1, 2, 1, 1, 10)
-    logits[0, 0] = 5.0  # confident class 1 everywhere
-    many_ones = torch.tensor([1] * 9 + [2]).reshape(1, 1, 1, 1, 10)
-    loss = float(annotation_loss(logits, many_ones, torch.tensor([1, 2])))
-    wrong = float(torch.nn.functional.cross_entropy(torch.tensor([[0.0, 5.0]]), torch.tensor([0])))
-    right = float(torch.nn.functional.cross_entropy(torch.tensor([[5.0, 0.0]]), torch.tensor([0])))
-    assert loss == pytest.approx((wrong + right) / 2, rel=1e-5)
+def test_the_loss_is_the_mean_over_annotated_voxels() -> None:
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 2, 1, 1, 10, generator=generator)
+    annotations = torch.tensor([1] * 6 + [2, 0, 0, 2]).reshape(1, 1, 1, 1, 10)
+    loss = float(annotation_loss(logits, annotations, torch.tensor([1, 2])))
+    kept = annotations.flatten() > 0
+    target = (annotations.flatten()[kept] - 1).long()
+    expected = torch.nn.functional.cross_entropy(logits[0, :, 0, 0].T[kept], target)
+    assert loss == pytest.approx(float(expected), rel=1e-6)
+    nothing = torch.zeros_like(annotations)
+    assert float(annotation_loss(logits, nothing, torch.tensor([1, 2]))) == 0.0
 
 
 def test_seeded_training_is_reproducible(sample) -> None:

@@ -52,7 +52,7 @@ class AugmentationConfig:
         Range of ``log(gamma)``; contrast becomes ``low + span * t ** gamma`` with ``t`` the
         intensity rescaled to [0, 1] between the 0.5th and 99.5th percentiles.
     scale : (float, float)
-        Range of ``log`` of the multiplicative intensity scale.
+        Range of ``log`` of the multiplicative intensity scale (default: 0.6–1.65×).
     shift : float
         Largest offset added, as a fraction of the intensity span.
     noise : (float, float)
@@ -69,8 +69,8 @@ class AugmentationConfig:
     flip_probability: float = 0.5
     bias_field: float = 0.3
     gamma: tuple[float, float] = (-0.4, 0.4)
-    scale: tuple[float, float] = (-0.7, 0.7)
-    shift: float = 0.2
+    scale: tuple[float, float] = (-0.5, 0.5)
+    shift: float = 0.1
     noise: tuple[float, float] = (0.0, 0.1)
     probability: float = 0.8
 

@@ -201,10 +201,11 @@ class NormalizedNet(nn.Module):
 def annotation_loss(
     logits: torch.Tensor, annotations: torch.Tensor, class_values: torch.Tensor
 ) -> torch.Tensor:
-    """Cross-entropy over annotated voxels only, averaged per class, then over classes.
+    """Mean cross-entropy over the annotated voxels only (0 = not annotated).
 
-    Voxels with annotation 0 contribute nothing (their gradient is exactly zero); averaging
-    per class keeps a large stroke of one class from drowning a small one of another.
+    Unannotated voxels contribute nothing: their gradient is exactly zero. Class balance
+    comes from the sampler (patch centres equally often on every painted class); within a
+    batch every annotated voxel counts alike, as in ilastik's pixel classifier.
 
     Parameters
     ----------
@@ -215,6 +216,11 @@ def annotation_loss(
     class_values : torch.Tensor
         Sorted 1D int64 tensor of the ``C`` annotation values, one per channel.
 
+    Returns
+    -------
+    torch.Tensor
+        A scalar (0, with zero gradient, when nothing in the batch is annotated).
+
     Examples
     --------
     >>> logits = torch.zeros(1, 2, 2, 2, 2)
@@ -224,19 +230,12 @@ def annotation_loss(
     """
     target = annotations.reshape(logits.shape[0], *logits.shape[2:]).long()
     annotated = target > 0
-    index = torch.searchsorted(class_values.to(target.device), target).clamp(
-        max=logits.shape[1] - 1
-    )
-    index = torch.where(annotated, index, torch.zeros_like(index))
-    voxel_loss = nn.functional.cross_entropy(logits.float(), index, reduction="none")
-    terms = []
-    for channel in range(logits.shape[1]):
-        mask = annotated & (index == channel)
-        if bool(mask.any()):
-            terms.append(voxel_loss[mask].mean())
-    if not terms:
+    if not bool(annotated.any()):
         return (logits.float() * 0).sum()
-    return torch.stack(terms).mean()
+    values = class_values.to(target.device)
+    index = torch.searchsorted(values, target).clamp(max=logits.shape[1] - 1)
+    index = torch.where(annotated, index, torch.full_like(index, -100))
+    return nn.functional.cross_entropy(logits.float(), index, ignore_index=-100)
 
 
 # ---------------------------------------------------------------------- data
