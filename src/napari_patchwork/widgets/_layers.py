@@ -81,14 +81,15 @@ def grid_lines(plan: GridPlan, sliced_axis: int | None = None, position: float =
     of the boxes cutting that slice); empty if no box cuts it.
     """
     borders, low, high = [], [], []
-    for starts, patch in zip(plan.starts, plan.patch_size):
-        starts = np.asarray(starts)
+    for axis_starts, patch in zip(plan.starts, plan.patch_size):
+        starts = np.asarray(axis_starts)
         borders.append(np.union1d(starts, starts + patch) - 0.5)
         low.append(starts.min() - 0.5)
         high.append(starts.max() + patch - 0.5)
     if sliced_axis is not None:
-        starts = np.asarray(plan.starts[sliced_axis])
-        cut = (starts <= position) & (position < starts + plan.patch_size[sliced_axis])
+        cut_starts = np.asarray(plan.starts[sliced_axis])
+        size = plan.patch_size[sliced_axis]
+        cut = (cut_starts <= position) & (position < cut_starts + size)
         if not cut.any():
             return np.zeros((0, 2, 3))
     lines = []

@@ -11,7 +11,7 @@ import numpy as np
 OVERLAY = "napari_patchwork_overlay"  # metadata key marking layers our widgets draw
 
 
-def layer_choices(viewer: Any, kind: type, allow_none: bool = False) -> Any:
+def layer_choices(viewer: Any, kind: type[Any], allow_none: bool = False) -> Any:
     """A ``choices`` callable for a ComboBox listing the user's layers of one type."""
 
     def choices(_widget: Any = None) -> list[tuple[str, Any]]:
@@ -52,11 +52,15 @@ _CREATION_ONLY = {"name", "vector_style", "blending", "colormap", "visible"}
 _PLACEMENT = ("scale", "translate", "rotate", "shear", "affine")
 
 
-def _layer_class(kind: str) -> type:
+def _layer_class(kind: str) -> type[Any]:
     import napari.layers
 
-    classes = {"image": napari.layers.Image, "labels": napari.layers.Labels}
-    classes.update(vectors=napari.layers.Vectors, points=napari.layers.Points)
+    classes: dict[str, type[Any]] = {
+        "image": napari.layers.Image,
+        "labels": napari.layers.Labels,
+        "vectors": napari.layers.Vectors,
+        "points": napari.layers.Points,
+    }
     return classes[kind]
 
 
@@ -153,7 +157,7 @@ def _update_properties(layer: Any, properties: dict[str, Any]) -> None:
         if key in _CREATION_ONLY:
             continue
         current = getattr(layer, key, None)
-        if key == "affine":
+        if key == "affine" and current is not None:
             current = current.affine_matrix
         if not np.array_equal(np.asarray(current, dtype=object), np.asarray(value, dtype=object)):
             setattr(layer, key, value)
@@ -177,7 +181,7 @@ class Lifecycle:
         self._undo: list[Callable[[], None]] = []
         lifecycle = self
 
-        class Watcher(QObject):  # type: ignore[misc]
+        class Watcher(QObject):
             """Watches the widget (removed from its dock) and its windows (closed)."""
 
             watched_windows: set[int] = set()  # ids only: holding windows would leak viewers
@@ -211,7 +215,12 @@ class Lifecycle:
     def add_mouse_callback(self, callbacks: list[Any], callback: Callable[..., Any]) -> None:
         """Append to a viewer callback list (e.g. ``mouse_drag_callbacks``), removed on close."""
         callbacks.append(callback)
-        self._undo.append(lambda: callback in callbacks and callbacks.remove(callback))
+
+        def remove() -> None:
+            if callback in callbacks:
+                callbacks.remove(callback)
+
+        self._undo.append(remove)
 
     def close(self) -> None:
         """Run ``on_close`` and disconnect everything (idempotent)."""

@@ -241,7 +241,7 @@ def _exhaust(steps: Generator[Any, None, SamplingResult]) -> SamplingResult:
         try:
             next(steps)
         except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+            return stop.value
 
 
 class SamplerExplorerWidget(Container):

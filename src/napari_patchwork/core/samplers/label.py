@@ -82,7 +82,8 @@ def _spread(labels: np.ndarray, per_voxel: Mapping[int, float]) -> np.ndarray:
         for label, value in per_voxel.items():
             if label < len(lookup):
                 lookup[label] = value
-        return lookup[table]
+        spread: np.ndarray = lookup[table]
+        return spread
     weights = np.zeros(labels.shape, dtype=np.float64)
     for label, value in per_voxel.items():
         weights[labels == label] = value
@@ -228,7 +229,7 @@ class LabelSampler(WeightedSampler):
         labels = self._label_volume(subject).cpu().numpy()
         if self.label_probabilities is None:
             return torch.from_numpy(np.greater(labels, 0).astype(np.float64))
-        inside = labels[admissible_slices(labels.shape, self.patch_size)]  # type: ignore[arg-type]
+        inside = labels[admissible_slices(labels.shape, self.patch_size)]
         counts, inside_counts = _label_counts(labels, inside, self.label_probabilities)
         present = [label for label in self.label_probabilities if counts[label] > 0]
         missing = [label for label in self.label_probabilities if label not in present]

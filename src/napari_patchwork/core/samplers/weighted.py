@@ -50,7 +50,7 @@ class _CentreTable:
         self, weights: torch.Tensor | np.ndarray, patch_size: TypeTriplet, name: str
     ) -> None:
         array = weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights
-        admissible = array[admissible_slices(array.shape, patch_size)]  # type: ignore[arg-type]
+        admissible = array[admissible_slices(array.shape, patch_size)]
         self.shape = tuple(admissible.shape)
         cdf = np.cumsum(admissible, axis=None, dtype=np.float64)  # C order, like reshape(-1)
         self.total = float(cdf[-1])
