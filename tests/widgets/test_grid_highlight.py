@@ -298,3 +298,17 @@ def test_every_field_has_a_tooltip(viewer_with_sample):
         assert field.tooltip, field.label
     assert "64, 64, 32" in widget.patch_size.tooltip and "voxels" in widget.patch_size.tooltip
     assert "even" in widget.patch_overlap.tooltip
+
+
+def test_the_users_layer_stays_active_and_removing_the_image_is_safe(oblique_viewer):
+    viewer = oblique_viewer
+    image = viewer.layers[0]
+    viewer.layers.selection.active = image
+    widget = PatchGridWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "8", "4"
+    move_cursor(viewer, image.data_to_world((current_slice(viewer, image), 9, 5)))
+    widget.select_voxel((10, 9, 5))
+    assert CURSOR_LAYER in viewer.layers and viewer.layers.selection.active is image
+    viewer.layers.remove(image)
+    move_cursor(viewer, (10.0, 9.0, 5.0))  # nothing to follow any more: no error
+    assert widget.select_voxel((10, 9, 5)) == []

@@ -176,13 +176,28 @@ def _coverage(plan: GridPlan) -> SeparableVolume:
     return SeparableVolume(vectors, dtype=dtype)
 
 
-def _shared_counts(plan: GridPlan) -> list[int]:
-    """The numbers of patches that share a voxel somewhere in the grid (2, 4, 8…)."""
-    per_axis = [np.unique(c.numpy()) for c in axis_coverage(plan)]
+def _legend(coverage: SeparableVolume) -> str:
+    """What the tints mean: the numbers of patches that share a voxel somewhere (2, 4, 8…)."""
+    per_axis = [np.unique(vector) for vector in coverage.vectors]
     products = {
         int(a) * int(b) * int(c) for a in per_axis[0] for b in per_axis[1] for c in per_axis[2]
     }
-    return sorted(n for n in products if n > 1)
+    shared = sorted(n for n in products if n > 1)
+    listed = " / ".join(map(str, shared[:6])) + (" …" if len(shared) > 6 else "")
+    overlap = (
+        f"magenta ('{OVERLAP_LAYER}'): voxels in {listed} patches, brighter = more"
+        if shared
+        else f"no overlap: every voxel is in 1 patch ('{OVERLAP_LAYER}' stays dark)"
+    )
+    return f"{overlap}; cyan ('{SHARED_LAYER}'): where the patch under the cursor overlaps others"
+
+
+def _hits(plan: GridPlan, ini: Any, fin: Any) -> list[list[int]]:
+    """Per axis, the starts of the patches meeting the box ``[ini, fin)``."""
+    return [
+        [s for s in starts if s < f and s + p > i]
+        for starts, p, i, f in zip(plan.starts, plan.patch_size, ini, fin)
+    ]
 
 
 @contextmanager
@@ -254,6 +269,7 @@ class PatchGridWidget(Container):
         self.cursor_rank: int | None = None
         self.selected_ranks: list[int] = []
         self._tiles: list[list[tuple[int, int]]] = []
+        self._coverage: SeparableVolume | None = None
         self.lifecycle = Lifecycle(self)
         watch_layers(self.lifecycle, napari_viewer, self.image, on_first=self.update)
         for control in controls:
@@ -308,7 +324,7 @@ class PatchGridWidget(Container):
         self._tiles = _tiling(self.plan)
         counts = " × ".join(map(str, self.plan.counts))
         self.info.value = f"{len(self.plan)} patches ({counts})"
-        coverage = _coverage(self.plan)  # computed slice by slice as napari draws it
+        self._coverage = coverage = _coverage(self.plan)  # computed slice by slice when drawn
         with _keep_active(self.viewer):
             show_layer(
                 self.viewer,
@@ -321,13 +337,7 @@ class PatchGridWidget(Container):
                 opacity=0.35,
                 contrast_limits=(1, max(2, int(coverage.max()))),  # 1 patch: no tint
             )
-        shared = _shared_counts(self.plan)
-        listed = " / ".join(map(str, shared[:6])) + (" …" if len(shared) > 6 else "")
-        self.legend.value = (
-            f"magenta ('{OVERLAP_LAYER}'): voxels in {listed} patches, brighter = more"
-            if shared
-            else f"no overlap: every voxel is in 1 patch ('{OVERLAP_LAYER}' is empty)"
-        ) + f"; cyan ('{SHARED_LAYER}'): the zones the patch under the cursor shares"
+        self.legend.value = _legend(coverage)
         self.cursor_rank = None
         self.selected_ranks = []
         self._redraw(create=True)
@@ -370,7 +380,7 @@ class PatchGridWidget(Container):
 
     def _box_lines(self, ranks: list[int]) -> np.ndarray:
         """Outlines of these patches: rectangles in the current slice, wireframes in 3D."""
-        if not ranks or self.plan is None:
+        if not ranks or self.plan is None or not self._shown():
             return np.zeros((0, 2, 3))
         axis, position = slice_position(self.viewer, self.image.value)
         locations = [self.plan.location(rank) for rank in ranks]
@@ -396,7 +406,7 @@ class PatchGridWidget(Container):
         the lines along different axes need different data widths to look alike.
         """
         viewer, like = self.viewer, self.image.value
-        if not create and name not in viewer.layers:
+        if not self._shown() or (not create and name not in viewer.layers):
             return
         lines = np.asarray(lines, float).reshape(-1, 2, 3)
         widths = self._widths(lines)
@@ -480,7 +490,7 @@ class PatchGridWidget(Container):
 
     def _show_cursor(self) -> None:
         rank = self.cursor_rank
-        if rank is None or self.plan is None or not self._shown():
+        if rank is None or self.plan is None or self._coverage is None or not self._shown():
             self.cursor.value = CURSOR_HINT
             self._show_lines(CURSOR_LAYER, np.zeros((0, 2, 3)), create=False)
             if SHARED_LAYER in self.viewer.layers:
@@ -489,18 +499,8 @@ class PatchGridWidget(Container):
         location = self.plan.location(rank)
         ini, fin = np.array(location.index_ini), np.array(location.index_fin)
         low, high = np.maximum(ini, 0), np.minimum(fin, self.plan.spatial_shape)
-        counts = np.asarray(_coverage(self.plan)[tuple(slice(a, b) for a, b in zip(low, high))])
-        neighbours = (
-            int(
-                np.prod(
-                    [
-                        sum(1 for s in starts if s < f and s + p > i)
-                        for starts, p, i, f in zip(self.plan.starts, self.plan.patch_size, ini, fin)
-                    ]
-                )
-            )
-            - 1
-        )
+        counts = np.asarray(self._coverage[tuple(slice(a, b) for a, b in zip(low, high))])
+        neighbours = int(np.prod([len(hits) for hits in _hits(self.plan, ini, fin)])) - 1
         span = " × ".join(f"{a}–{b - 1}" for a, b in zip(ini, fin))
         self.cursor.value = f"patch #{rank}: voxels {span}; overlaps {neighbours} neighbours"
         self._show_lines(CURSOR_LAYER, self._box_lines([rank]))
@@ -526,7 +526,11 @@ class PatchGridWidget(Container):
 
     def select_voxel(self, voxel: tuple[int, ...]) -> list[int]:
         """Show (and outline) the patches containing ``voxel``; returns their ranks."""
-        if self.plan is None or not all(0 <= v < s for v, s in zip(voxel, self.plan.spatial_shape)):
+        if (
+            not self._shown()
+            or self.plan is None
+            or not all(0 <= v < s for v, s in zip(voxel, self.plan.spatial_shape))
+        ):
             self._select([])
             return []
         ranks = self.plan.ranks_at(voxel)
