@@ -1,6 +1,8 @@
 """Lazy inputs (zarr, dask, memmap) and out-of-core zarr outputs equal the in-memory results."""
 
+import itertools
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -109,7 +111,8 @@ def test_memory_stays_bounded_by_a_slab(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert 3 * 4 * np.prod(shape) > 5 * budget and peak < budget
-    assert engine.mergers[next(iter(engine.mergers))].values.shape == (2, 12 + 12 // 8, 96, 96)
+    rows = engine.mergers[next(iter(engine.mergers))].values.shape[1]
+    assert 12 <= rows <= 12 + 12 // 8  # one patch height, plus at most an eighth
     assert zarr.open_array(tmp_path / "out.zarr").shape == (2, 480, 96, 96)
 
 
@@ -172,3 +175,155 @@ def test_padded_grid_sampler_on_a_lazy_image_equals_in_memory(zarr_volume, paddi
         assert torch.equal(a.t1.data, b.t1.data)
         assert np.allclose(a.t1.affine, b.t1.affine)
     assert not lazy.t1.is_loaded
+
+
+class CountingArray:
+    """A real zarr array that counts what is read from it (calls, voxels, chunks)."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype = array, array.shape, array.dtype
+        self.calls, self.voxels, self.largest, self.chunks_read = 0, 0, 0, set()
+
+    def __getitem__(self, index):
+        data = self.array[index]
+        self.calls += 1
+        self.voxels += data.size
+        self.largest = max(self.largest, data.size)
+        ranges = []
+        for axis, size, chunk in zip(index, self.shape, self.array.chunks):
+            start, stop, _ = axis.indices(size)
+            ranges.append(range(start // chunk, (stop - 1) // chunk + 1))
+        self.chunks_read |= set(itertools.product(*ranges))
+        return data
+
+    def reset(self):
+        self.calls, self.voxels, self.largest, self.chunks_read = 0, 0, 0, set()
+
+
+def chunks_of(location, shape, chunk, mode):
+    """Chunks (channel chunk 0) holding the voxels a padded patch maps to."""
+    per_axis = []
+    for ini, fin, size in zip(location.index_ini, location.index_fin, shape):
+        mapped = np.pad(np.arange(size), size, mode=mode)[np.arange(ini, fin) + size]
+        per_axis.append(sorted({int(i) // chunk for i in mapped}))
+    return {(0, *c) for c in itertools.product(*per_axis)}
+
+
+@pytest.mark.parametrize("padding_mode", [None, "reflect", "wrap", "edge", 0.0])
+def test_padded_grid_patches_read_only_the_chunks_they_touch(tmp_path, padding_mode):
+    data = np.random.default_rng(3).random((1, 64, 64, 64)).astype(np.float32)
+    array = zarr.create_array(
+        tmp_path / "i.zarr", shape=data.shape, chunks=(1, 16, 16, 16), dtype="float32"
+    )
+    array[:] = data
+    counting = CountingArray(array)
+    subject = pw.Subject(t1=pw.ScalarImage(counting))
+    sampler = pw.GridSampler(subject, 16, 8, padding_mode)
+    eager = pw.GridSampler(
+        pw.Subject(t1=pw.ScalarImage(torch.from_numpy(data))), 16, 8, padding_mode
+    )
+    sampler[0]  # the padded view is set up at the first patch
+    mode = "wrap" if padding_mode == "wrap" else "reflect" if padding_mode == "reflect" else "edge"
+    for index in (0, 1, len(sampler) // 2, len(sampler) - 1):
+        counting.reset()
+        patch = sampler[index]
+        location = patch.patch_location
+        assert torch.equal(patch.t1.data, eager[index].t1.data)
+        assert counting.voxels <= 16**3  # never a slab: at most the patch's own voxels
+        assert counting.chunks_read <= chunks_of(location, (64, 64, 64), 16, mode)
+    assert not subject.t1.is_loaded
+
+
+def test_wrap_padding_in_inference_never_reads_the_whole_volume(tmp_path):
+    data = np.random.default_rng(4).random((1, 64, 32, 32)).astype(np.float32)
+    array = zarr.create_array(
+        tmp_path / "i.zarr", shape=data.shape, chunks=(1, 16, 16, 16), dtype="float32"
+    )
+    array[:] = data
+    counting = CountingArray(array)
+    settings = {"patch_size": 16, "patch_overlap": 8, "padding_mode": "wrap"}
+    result = pw.infer(ramp_model, counting, **settings)
+    assert torch.equal(result, pw.infer(ramp_model, torch.from_numpy(data), **settings))
+    assert counting.largest <= 16 * 32 * 32  # at most one slab of one patch height
+    assert counting.voxels <= 8 * data.size  # each voxel about patch / step times, plus borders
+
+
+def test_memmap_inputs_are_lazy_and_read_only_ones_do_not_warn(tmp_path):
+    data = np.random.default_rng(5).random((1, 24, 20, 16)).astype(np.float32)
+    np.save(tmp_path / "v.npy", data)
+    memmap = np.load(tmp_path / "v.npy", mmap_mode="r")  # read-only
+    assert isinstance(memmap, np.memmap) and not memmap.flags.writeable
+    image = pw.ScalarImage(memmap)
+    assert not image.is_loaded and "lazy memmap" in repr(image)
+    expected = pw.infer(ramp_model, torch.from_numpy(data), patch_size=8, patch_overlap=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "The given NumPy array is not writable" would fail
+        result = pw.infer(ramp_model, memmap, patch_size=8, patch_overlap=2)
+        patch = next(iter(pw.UniformSampler(pw.Subject(t1=image), 8, 1, seed=0)))
+    assert torch.equal(result, expected) and not image.is_loaded
+    patch.t1.data[:] = 0  # a copy: the file is untouched
+    assert np.array_equal(np.load(tmp_path / "v.npy"), data)
+
+
+def test_flushes_cover_whole_output_chunks(tmp_path):
+    """Default chunk rows follow the grid step (16): every write but the last band's starts
+    on a chunk boundary, so zarr never reads a chunk back."""
+    data = np.random.default_rng(6).random((1, 64, 30, 28)).astype(np.float32)
+    config = InferenceConfig(24, 8, "gaussian", 3)
+    engine = TiledInference(ramp_model, config, zarr_target(tmp_path / "out.zarr"))
+    for _ in engine.run(LazyVolume(data)):
+        pass
+    result = engine.result()
+    assert result.chunks[1] == 16
+    merger = next(iter(engine.mergers.values()))
+    assert [low for low, _ in merger.rows_written[:-1]] == [0, 16, 32]
+    assert merger.rows_written[-1][1] == 64
+    expected = pw.infer(
+        ramp_model, torch.from_numpy(data), patch_size=24, patch_overlap=8, batch_size=3
+    )
+    assert np.array_equal(result[:], expected.numpy())
+
+
+def two_heads(x):
+    """A dict model with a half-resolution head."""
+    half = torch.nn.functional.avg_pool3d(x, 2)
+    return {"full": ramp_model(x), "half": half * 3}
+
+
+def test_dict_and_downsampled_models_stream_to_a_zarr_group(zarr_volume, tmp_path):
+    array, data = zarr_volume
+    settings = {"patch_size": 12, "patch_overlap": 4, "overlap_mode": "hann"}
+    expected = pw.infer(two_heads, torch.from_numpy(data), **settings)
+    result = pw.infer(two_heads, array, output=tmp_path / "heads.zarr", **settings)
+    assert set(result) == {"full", "half"}
+    assert result["half"].shape == tuple(expected["half"].shape) == (1, 22, 15, 14)
+    for key in result:
+        assert np.array_equal(result[key][:], expected[key].numpy())
+    group = zarr.open_group(tmp_path / "heads.zarr", mode="r")
+    assert sorted(group.array_keys()) == ["full", "half"]
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_activation_on_zarr_outputs(zarr_volume, tmp_path, activation):
+    from napari_patchwork.core.postprocess import to_labels, to_probabilities
+
+    array, data = zarr_volume
+    settings = {"patch_size": 12, "patch_overlap": 4}
+    raw = pw.infer(ramp_model, torch.from_numpy(data), **settings)
+    probabilities = pw.infer(
+        ramp_model, array, output=tmp_path / "p.zarr", output_activation=activation, **settings
+    )
+    assert np.allclose(probabilities[:], to_probabilities(raw, activation).numpy(), atol=1e-6)
+    labels = pw.infer(
+        ramp_model,
+        array,
+        output=tmp_path / "l.zarr",
+        output_labels=True,
+        output_activation=activation,
+        **settings,
+    )
+    assert np.array_equal(labels[0], to_labels(raw, activation).numpy())
+    with pytest.raises(ValueError, match="activation must be one of"):
+        pw.infer(
+            ramp_model, array, output=tmp_path / "x.zarr", output_activation="relu", **settings
+        )
