@@ -311,7 +311,7 @@ class PatchGridWidget(Container):
             )
         return GridPlan(shape, patch, overlap, padded)
 
-    def update(self, *_: Any) -> None:
+    def update(self, *_: Any) -> None:  # type: ignore[override]  # not magicgui's update(mapping)
         """Re-plan the grid from the controls and redraw everything."""
         try:
             self.plan = self._plan()
