@@ -137,3 +137,73 @@ def test_zarr_label_maps(source, tmp_path, engine):
     written = zarr.open_array(output)
     assert written.dtype == np.uint8 and written.shape == (1, 50, 24, 20)
     assert np.array_equal(written[0], expected.argmax(0).numpy())
+
+
+def two_heads_net():
+    """A dict model with a half-resolution head (workers import it)."""
+
+    class TwoHeads(torch.nn.Module):
+        def forward(self, x):
+            return {"full": ramp_net()(x), "half": torch.nn.functional.avg_pool3d(x, 2) * 3}
+
+    return TwoHeads()
+
+
+def failing_net():
+    """A model that fails on the worker."""
+
+    class Failing(torch.nn.Module):
+        def forward(self, x):
+            if x.abs().sum() > 0:  # the probe (zeros) passes, real patches fail
+                raise RuntimeError("the model failed on a worker")
+            return x
+
+    return Failing()
+
+
+def test_dict_and_downsampled_models_on_dask(source, tmp_path):
+    path, data = source
+    settings = {"patch_size": 12, "patch_overlap": 4, "overlap_mode": "gaussian", "batch_size": 2}
+    result = infer_dask(
+        "tests.test_distributed:two_heads_net",
+        path,
+        tmp_path / "heads.zarr",
+        workers=2,
+        block_rows=16,
+        **settings,
+    )
+    expected = pw.infer(two_heads_net(), torch.from_numpy(data), **settings)
+    assert set(result) == {"full", "half"} and result["half"].shape == (1, 25, 12, 10)
+    for key in result:
+        assert np.array_equal(result[key][:], expected[key].numpy())
+    with pytest.raises(ValueError, match="block_rows"):
+        infer_dask(
+            "tests.test_distributed:two_heads_net",
+            path,
+            tmp_path / "odd.zarr",
+            workers=1,
+            block_rows=15,
+            **settings,
+        )
+    assert not (tmp_path / "odd.zarr").exists()
+
+
+def test_a_failing_task_leaves_no_output_and_thread_variables_are_restored(
+    source, tmp_path, monkeypatch
+):
+    import os
+
+    path, _ = source
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    with pytest.raises(RuntimeError, match="the model failed on a worker"):
+        infer_dask(
+            "tests.test_distributed:failing_net",
+            path,
+            tmp_path / "out.zarr",
+            patch_size=12,
+            workers=1,
+            block_rows=16,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]  # no partial store
+    assert os.environ["OMP_NUM_THREADS"] == "3" and "MKL_NUM_THREADS" not in os.environ
