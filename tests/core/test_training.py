@@ -226,6 +226,7 @@ def test_cuda_uses_amp(sample) -> None:
         ({"device": "toaster"}, ValueError, "device must be"),
         ({"init": ""}, TypeError, "init must be"),
         ({"amp": "yes"}, TypeError, "amp must be"),
+        ({"schedule": "linear"}, ValueError, "schedule must be one of"),
     ],
 )
 def test_bad_settings_name_the_setting(settings, error, match) -> None:
@@ -273,3 +274,17 @@ def test_the_interactive_page_runs(capsys) -> None:
     assert namespace["trainer"].iteration == 20
     assert set(np.unique(namespace["prediction"].labels).tolist()) <= {1, 2, 3}
     assert "% of the voxels annotated" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("schedule", "low", "high"), [("cosine", 0.0, 0.1), ("constant", 1.0, 1.0)]
+)
+def test_learning_rate_warms_up_then_follows_the_schedule(sample, schedule, low, high) -> None:
+    image, strokes, _ = sample
+    config = TrainingConfig(**FAST, iterations=30, schedule=schedule, augmentation=None)
+    trainer = Trainer((image, strokes), config)
+    rates = []
+    for _ in trainer.run():
+        rates.append(trainer.optimizer.param_groups[0]["lr"] / config.learning_rate)
+    assert rates[0] == pytest.approx(1 / 20)
+    assert low <= rates[-1] <= high

@@ -31,6 +31,7 @@ from .samplers.label import LabelSampler
 from .subject import Subject
 
 INITS = ("scratch", "demo")  # or a saved model file, or 'module:factory'
+SCHEDULES = ("constant", "cosine")
 Region = tuple[slice, slice, slice]
 
 
@@ -63,7 +64,11 @@ class TrainingConfig:
     width : int
         Channels of the first level of a new network.
     learning_rate : float
-        AdamW learning rate.
+        Peak AdamW learning rate.
+    schedule : {'constant', 'cosine'}
+        After 20 warm-up steps, ``'cosine'`` decays the rate to 5 % at the end of the run's
+        budget (seconds or iterations; constant for a run without one). Gradients are
+        clipped to norm 5.
     seed : int, optional
         Makes the run reproducible (initialisation, patches, augmentation).
     device : str, optional
@@ -98,6 +103,7 @@ class TrainingConfig:
     patches_per_volume: int = 16
     queue_length: int = 64
     preview_every: float = 3.0
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         _positive(self.patch_size, "patch_size")
@@ -116,6 +122,8 @@ class TrainingConfig:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
         ):
             raise ValueError(f"seed must be an int >= 0 or None, got {self.seed!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.amp is not None and not isinstance(self.amp, bool):
             raise TypeError(f"amp must be True, False or None, got {self.amp!r}")
         if self.augmentation is not None and not isinstance(self.augmentation, AugmentationConfig):
@@ -303,6 +311,18 @@ def _reach(annotated: torch.Tensor, patch: int) -> tuple[slice, ...]:
         where = torch.nonzero(annotated.any(dim=other))[:, 0]
         box.append(slice(int(where[0]), int(where[-1]) + patch))
     return tuple(box)
+
+
+def _progress(
+    done: int, iterations: int | None, elapsed: float, seconds: float | None
+) -> float | None:
+    """Fraction of the run's budget used (the larger of steps and time), None without one."""
+    fractions = []
+    if iterations is not None:
+        fractions.append(done / iterations)
+    if seconds is not None:
+        fractions.append(elapsed / seconds)
+    return max(fractions) if fractions else None
 
 
 class _BalancedSampler:
@@ -628,6 +648,8 @@ class Trainer:
                 before = time.perf_counter()
                 images, annotations = stream.next()
                 waited += time.perf_counter() - before
+                progress = _progress(done, iterations, before - start, seconds)
+                self._set_learning_rate(done, progress)
                 loss = self._step(images, annotations)
                 done += 1
                 elapsed = time.perf_counter() - start
@@ -662,11 +684,21 @@ class Trainer:
         loss = annotation_loss(logits, annotations, values)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)  # one bad batch cannot derail it
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.iteration += 1
         self.losses.append(float(loss.detach()))
         return self.losses[-1]
+
+    def _set_learning_rate(self, done: int, progress: float | None) -> None:
+        """Warm up over 20 steps, then (with a budget) cosine decay to 5 % at its end."""
+        rate = self.config.learning_rate * min(1.0, (done + 1) / 20)
+        if progress is not None and self.config.schedule == "cosine":
+            rate *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
 
     # ------------------------------------------------------------------ results
     def predict(self, image: Any = None, region: Region | None = None) -> Prediction:
