@@ -10,34 +10,12 @@ import numpy as np
 import torch
 
 from ..io.nifti import read_nifti, read_nifti_header
+from .dtypes import torch_compatible
 from .lazy import LazyVolume, is_lazy_array
 from .location import PatchLocation
 
 INTENSITY = "intensity"
 LABEL = "label"
-
-
-def _numpy_for_torch(data: np.ndarray, name: str) -> np.ndarray:
-    """``data`` in native byte order and a dtype torch holds exactly.
-
-    ``uint16``/``uint32`` widen to ``int32``/``int64``; ``uint64`` becomes ``int64`` when
-    every value fits, else it is refused (never wrapped).
-    """
-    if data.dtype.byteorder not in ("=", "|"):  # big-endian files: torch needs native order
-        data = data.astype(data.dtype.newbyteorder("="))
-    if data.dtype == np.uint16:
-        data = data.astype(np.int32)
-    elif data.dtype == np.uint32:
-        data = data.astype(np.int64)
-    elif data.dtype == np.uint64:
-        largest = int(data.max(initial=0))
-        if largest > np.iinfo(np.int64).max:
-            raise ValueError(
-                f"{name} is uint64 and holds {largest}, more than int64 can hold"
-                f" ({np.iinfo(np.int64).max}); renumber the labels first"
-            )
-        data = data.astype(np.int64)
-    return np.ascontiguousarray(data)
 
 
 def _as_tensor(data: Any, name: str) -> torch.Tensor:
@@ -46,7 +24,8 @@ def _as_tensor(data: Any, name: str) -> torch.Tensor:
     Parameters
     ----------
     data : torch.Tensor or numpy.ndarray
-        The voxels; numpy arrays of any byte order (see :func:`_numpy_for_torch`).
+        The voxels; numpy arrays of any byte order (see
+        :func:`~napari_patchwork.core.dtypes.torch_compatible`).
     name : str
         What to call ``data`` in error messages (e.g. the file it was read from).
 
@@ -58,7 +37,7 @@ def _as_tensor(data: Any, name: str) -> torch.Tensor:
     if isinstance(data, torch.Tensor):
         tensor = data
     elif isinstance(data, np.ndarray):
-        tensor = torch.from_numpy(_numpy_for_torch(data, name))
+        tensor = torch.from_numpy(torch_compatible(data, name))
     else:
         raise TypeError(f"{name} must be a torch.Tensor, a numpy array or a path, got {type(data)}")
     if tensor.ndim != 4:
