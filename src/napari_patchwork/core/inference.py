@@ -11,7 +11,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,7 +162,7 @@ class TiledInference:
     # ------------------------------------------------------------------ run
     def run(
         self, image: Any, image_name: str | None = None, previews: bool = True
-    ) -> Iterator[InferenceStep]:
+    ) -> Generator[InferenceStep, None, None]:
         """Process every patch, yielding a step after each batch; closing it cancels."""
         volume = _as_volume(image, image_name)
         config = self.config
@@ -293,7 +293,7 @@ class TiledInference:
         self, key: str, tensor: torch.Tensor, device: torch.device
     ) -> StreamingMerger:
         assert self.plan is not None and self.stream is not None
-        patch = tuple(tensor.shape[2:])
+        patch: tuple[int, int, int] = tuple(tensor.shape[2:])  # type: ignore[assignment]
         factors = [q / p for q, p in zip(patch, self.plan.patch_size)]
         shape = tuple(int(s * f + 1e-9) for s, f in zip(self.plan.spatial_shape, factors))
         starts = [math.floor(s * factors[0] + 1e-9) for s in self.plan.starts[0]]

@@ -328,7 +328,7 @@ class _ZarrOutput:
                 f"a uint8 label map holds at most 256 classes; the model has {channels}"
             )
         chunks = self.chunks or (min(chunk_rows, shape[0]), *default_chunks(shape)[1:])
-        settings = {
+        settings: dict[str, Any] = {
             "shape": (1 if self.labels else channels, *shape),
             "chunks": (1 if self.labels else channels, *chunks),
             "dtype": "uint8" if self.labels else "float32",
