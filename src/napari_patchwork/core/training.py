@@ -203,7 +203,10 @@ class NormalizedNet(nn.Module):
         self.register_buffer("std", torch.tensor(float(std)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)  # type: ignore[no-any-return]
+        mean, std = self.mean, self.std
+        assert isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor)
+        output: torch.Tensor = self.net((x - mean) / std)
+        return output
 
 
 def annotation_loss(
@@ -265,7 +268,8 @@ def _volume(value: Any, what: str, kind: type[Image]) -> torch.Tensor:
             f"{what} must be a 3D (I, J, K) or 4D (C, I, J, K) volume,"
             f" got shape {tuple(value.shape)}"
         )
-    return value
+    volume: torch.Tensor = value
+    return volume
 
 
 def _annotations(value: Any, what: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -506,6 +510,7 @@ class Trainer:
         self.amp = self.config.amp if self.config.amp is not None else self.device.type == "cuda"
         self.images: list[torch.Tensor] = []
         self.annotations: list[torch.Tensor] = []
+        self.class_values: list[int] = []
         self.set_annotations(pairs, _first=True)
         self._seed = self.config.seed if self.config.seed is not None else int(torch.seed() % 2**31)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
@@ -683,7 +688,7 @@ class Trainer:
             logits = self.model(images)
         loss = annotation_loss(logits, annotations, values)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
         self.scaler.unscale_(self.optimizer)
         nn.utils.clip_grad_norm_(self.model.parameters(), 5.0)  # one bad batch cannot derail it
         self.scaler.step(self.optimizer)
@@ -731,6 +736,7 @@ class Trainer:
             )
         finally:
             self.model.train()
+        assert isinstance(logits, torch.Tensor)  # one output: the model returns a tensor
         inner = logits[(slice(None), *(slice(half, half + b.stop - b.start) for b in box))].float()
         probabilities = torch.softmax(inner, 0)
         labels = torch.tensor(self.class_values)[probabilities.argmax(0).cpu()]

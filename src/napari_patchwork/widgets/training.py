@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
@@ -121,11 +122,13 @@ class TrainingWidget(Container):
             enabled=False,
             tooltip="Resume from the current weights with the strokes painted now.",
         )
-        self.save_file = FileEdit(label="save as", mode="w", filter="*.pt2")
+        self.save_file = FileEdit(
+            label="save as", mode=FileDialogMode.OPTIONAL_FILE, filter="*.pt2"
+        )
         self.save_button = PushButton(text="Save model", enabled=False)
         self.status = message_label("status")
         self.curve = message_label("loss")
-        self.controls = [self.image, self.annotations, self.new_button, self.init]
+        self.controls: list[Any] = [self.image, self.annotations, self.new_button, self.init]
         self.controls += [self.init_file, self.seconds, self.patch_size, self.device]
         self.extend(
             [
