@@ -1,10 +1,16 @@
-"""Out-of-core tiled inference: peak memory of a zarr-to-zarr run on a volume larger than a
-memory budget, and the dask engine with 1 vs 2 worker processes.
+"""Out-of-core tiled inference: peak memory of zarr-to-zarr runs, counted in slabs.
 
-    python benchmarks/bench_large.py [--rows 1024] [--side 256]
+    python benchmarks/bench_large.py [--rows 512] [--sides 1024 256] [--patch 64 128 128]
+                                     [--overlap 16] [--model identity|demo] [--dask]
 
-Each measurement runs in a fresh child process; peak RSS is the child's ``ru_maxrss``, taken
-against the same child's RSS right after importing torch (the fixed cost of any run).
+A *slab* is one patch height of rows of the full cross-section in float32
+(``patch[0] × J × K × 4`` bytes): the input slab of a one-channel image, and the output rows
+of a one-channel model. The figure is the peak RSS above the RSS after the imports, divided
+by the slab. Each run is a fresh child process; its peak is ``VmHWM`` (``ru_maxrss`` is kept
+across ``exec`` on Linux, so a child would inherit the parent's peak). Every volume runs with
+glibc's defaults and with ``MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144`` (which stops
+glibc from keeping the buffers zarr's decoding threads free). ``--dask`` adds 1 vs 2 dask
+workers on a small volume.
 """
 
 from __future__ import annotations
@@ -12,44 +18,51 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 
 CHILD = r"""
-import json, resource, sys, time
-import torch
-from napari_patchwork.core.config import InferenceConfig
-from napari_patchwork.core.inference import TiledInference
-from napari_patchwork.core.lazy import LazyVolume, open_zarr
-from napari_patchwork.core.streaming import zarr_target
+import json, sys, time
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+
+import torch, zarr
+import napari_patchwork as pw
 from napari_patchwork.models import demo_model
+
 settings = json.loads(sys.argv[1])
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
 if settings["engine"] == "local":
     torch.set_num_threads(settings["threads"])
-    engine = TiledInference(demo_model(), InferenceConfig(64, 16, "gaussian", 2),
-                            zarr_target(settings["output"]))
-    for _ in engine.run(LazyVolume(open_zarr(settings["input"]))):
-        pass
-    engine.result()
+    model = demo_model() if settings["model"] == "demo" else (lambda x: x * 2.0)
+    array = zarr.open_array(settings["input"], mode="r")
+    baseline, start = status("VmRSS"), time.perf_counter()
+    pw.infer(model, array, patch_size=settings["patch"], patch_overlap=settings["overlap"],
+             batch_size=2, output=settings["output"], output_chunks=settings["chunks"])
 else:
     from napari_patchwork.distributed import infer_dask
-    infer_dask("demo", settings["input"], settings["output"], patch_size=64, patch_overlap=16,
-               batch_size=2, workers=settings["workers"], block_rows=64)
+    baseline, start = status("VmRSS"), time.perf_counter()
+    infer_dask("demo", settings["input"], settings["output"], patch_size=settings["patch"],
+               patch_overlap=settings["overlap"], batch_size=2, workers=settings["workers"],
+               block_rows=64)
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_mib": peak / 1024, "baseline_mib": baseline / 1024}))
+print(json.dumps({"seconds": seconds, "peak": status("VmHWM"), "baseline": baseline}))
 """
+
+TUNED = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "262144"}
 
 
 def make_volume(path: str, rows: int, side: int) -> None:
+    """A ``1 × rows × side²`` float32 zarr, 64³ chunks, written band by band."""
     import numpy as np
     import zarr
 
     array = zarr.create_array(
-        path, shape=(1, rows, side, side), chunks=(1, 64, side, side), dtype="float32"
+        path, shape=(1, rows, side, side), chunks=(1, 64, 64, 64), dtype="float32"
     )
     generator = np.random.default_rng(0)
     for start in range(0, rows, 64):
@@ -57,60 +70,96 @@ def make_volume(path: str, rows: int, side: int) -> None:
         array[:, start:stop] = generator.random((1, stop - start, side, side), np.float32)
 
 
-def run(settings: dict) -> dict:
+def run(settings: dict, environment: dict[str, str] | None = None) -> dict:
+    """One measurement in a fresh child process."""
+    shutil.rmtree(settings["output"], ignore_errors=True)
     result = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(settings)],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **(environment or {})},
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def measure_memory(args: argparse.Namespace, folder: str) -> None:
+    print(
+        f"patch {tuple(args.patch)}, overlap {args.overlap}, model {args.model}, batch 2,"
+        f" {os.cpu_count()} cores; slabs = peak RSS above the imports ÷ slab\n"
+    )
+    print(
+        "| volume | output chunks | input MiB | slab MiB | seconds | above imports MiB"
+        " (glibc default) | slabs (glibc default) | slabs (arena max 2, mmap 256 KiB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for side in args.sides:
+        source = os.path.join(folder, f"in{side}.zarr")
+        make_volume(source, args.rows, side)
+        slab = args.patch[0] * side * side * 4
+        for chunks in (None, [64, 64, 64]):
+            settings = {
+                "engine": "local",
+                "input": source,
+                "output": os.path.join(folder, "out.zarr"),
+                "threads": os.cpu_count(),
+                "model": args.model,
+                "patch": args.patch,
+                "overlap": args.overlap,
+                "chunks": chunks,
+            }
+            default, tuned = run(settings), run(settings, TUNED)
+            above = default["peak"] - default["baseline"]
+            tuned_above = tuned["peak"] - tuned["baseline"]
+            print(
+                f"| 1×{args.rows}×{side}² | {'grid step' if chunks is None else '64³'} |"
+                f" {4 * args.rows * side**2 / 2**20:.0f} | {slab / 2**20:.0f} |"
+                f" {default['seconds']:.1f} | {above / 2**20:.0f} | **{above / slab:.2f}** |"
+                f" **{tuned_above / slab:.2f}** |",
+                flush=True,
+            )
+        shutil.rmtree(source, ignore_errors=True)
+
+
+def measure_dask(args: argparse.Namespace, folder: str) -> None:
+    small = os.path.join(folder, "small.zarr")
+    side = min(args.sides) // 2
+    make_volume(small, args.dask_rows, side)
+    times = {}
+    for workers in (1, 2):
+        settings = {
+            "engine": "dask",
+            "input": small,
+            "output": os.path.join(folder, f"d{workers}.zarr"),
+            "workers": workers,
+            "patch": args.patch,
+            "overlap": args.overlap,
+        }
+        times[workers] = run(settings)["seconds"]
+    print(
+        f"\ndask LocalCluster on 1×{args.dask_rows}×{side}²: 1 worker {times[1]:.1f} s,"
+        f" 2 workers {times[2]:.1f} s, speed-up {times[1] / times[2]:.2f}×"
+        f" (cluster start-up included; {os.cpu_count()} cores)"
+    )
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--side", type=int, default=192)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--sides", type=int, nargs="+", default=[1024, 256])
+    parser.add_argument("--patch", type=int, nargs=3, default=[64, 128, 128])
+    parser.add_argument("--overlap", type=int, default=16)
+    parser.add_argument("--model", choices=["identity", "demo"], default="identity")
+    parser.add_argument("--dask", action="store_true")
     parser.add_argument("--dask-rows", type=int, default=192)
     args = parser.parse_args()
     folder = tempfile.mkdtemp()
-    print(
-        "| volume | input MiB | output MiB | seconds | peak RSS MiB | above torch import MiB |"
-        " (input + output) ÷ peak RSS |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for rows in args.rows:
-        big = os.path.join(folder, f"big{rows}.zarr")
-        make_volume(big, rows, args.side)
-        volume_mib = 4 * rows * args.side**2 / 2**20
-        local = run(
-            {
-                "engine": "local",
-                "input": big,
-                "output": os.path.join(folder, f"o{rows}.zarr"),
-                "threads": os.cpu_count(),
-            }
-        )
-        above = local["peak_mib"] - local["baseline_mib"]
-        print(
-            f"| 1×{rows}×{args.side}² | {volume_mib:.0f} | {3 * volume_mib:.0f} |"
-            f" {local['seconds']:.1f} | {local['peak_mib']:.0f} | {above:.0f} |"
-            f" {4 * volume_mib / local['peak_mib']:.2f} |",
-            flush=True,
-        )
-    small = os.path.join(folder, "small.zarr")
-    make_volume(small, args.dask_rows, args.side // 2)
-    times = {}
-    for workers in (1, 2):
-        out = os.path.join(folder, f"d{workers}.zarr")
-        times[workers] = run({"engine": "dask", "input": small, "output": out, "workers": workers})[
-            "seconds"
-        ]
-    print(
-        f"dask LocalCluster on 1×{args.dask_rows}×{args.side // 2}²: 1 worker"
-        f" {times[1]:.1f} s, 2 workers {times[2]:.1f} s, speed-up {times[1] / times[2]:.2f}×"
-        f" (cluster start-up included; {os.cpu_count()} cores)"
-    )
+    try:
+        measure_memory(args, folder)
+        if args.dask:
+            measure_dask(args, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
