@@ -47,3 +47,17 @@ def test_voxel_budget_is_checked_before_reading(tmp_path):
     small = write_nifti(tmp_path / "small.nii", np.zeros((4, 4, 4)))
     with pytest.raises(ValueError, match="max_voxels"):
         read_nifti(small, max_voxels=10)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        path = tmp_path / "out.nii.gz"
+        write_nifti(path, np.zeros((1, 2, 2, 2), np.float32), np.eye(4))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode

@@ -289,6 +289,9 @@ def write_nifti(
     os.close(handle)
     try:
         nib.save(image, temp)
+        mask = os.umask(0o077)  # read the user's umask (the only way), then restore it
+        os.umask(mask)
+        os.chmod(temp, 0o666 & ~mask)  # mkstemp made it 0600: files follow the umask
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
