@@ -250,7 +250,9 @@ def _demo() -> int:
     try:
         from .widgets.demo import run_demo
     except ImportError:
-        raise ValueError("the demo needs napari: pip install -e '.[napari]' in the napari-patchwork checkout") from None
+        raise ValueError(
+            "the demo needs napari: pip install -e '.[napari]' in the napari-patchwork checkout"
+        ) from None
     return run_demo()
 
 
