@@ -49,6 +49,7 @@ def test_train_shows_a_prediction_and_saves_the_painted_values(widget, qtbot, tm
     assert set(np.unique(prediction.data).tolist()) <= {1, 2, 3}  # the whole volume at the end
     np.testing.assert_allclose(prediction.scale, SCALE)
     assert "stopped after" in widget.status.value
+    assert "painted voxels reproduced: " in widget.status.value
     assert widget.curve.value.strip()[0] in "▁▂▃▄▅▆▇█"
     widget.save_file.value = tmp_path / "cells"
     path = widget.save()

@@ -151,11 +151,16 @@ class Prediction:
         ``(I, J, K)`` annotation values (the classes' own values, e.g. 1 and 2).
     probabilities : numpy.ndarray
         ``(C, I, J, K)`` float32 softmax, channel ``c`` for ``class_values[c]``.
+    painted_agreement : float or None
+        Fraction of the painted voxels in the region that the prediction gives their painted
+        class (predictions of the first training image only; None where nothing is painted).
+        A training score, not a test score: strokes are what the model learns from.
     """
 
     region: Region
     labels: np.ndarray
     probabilities: np.ndarray
+    painted_agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -644,6 +649,7 @@ class Trainer:
         )
         stream = _BatchStream(patches, self.config.batch_size, generator, ahead=64)
         start, waited, done, last_preview = time.perf_counter(), 0.0, 0, time.perf_counter()
+        preview_gap = self.config.preview_every
         try:
             while not self._stop.is_set():
                 if iterations is not None and done >= iterations:
@@ -659,13 +665,13 @@ class Trainer:
                 done += 1
                 elapsed = time.perf_counter() - start
                 result = None
-                if (
-                    preview is not None
-                    and time.perf_counter() - last_preview >= self.config.preview_every
-                ):
+                if preview is not None and time.perf_counter() - last_preview >= preview_gap:
                     region = preview() if callable(preview) else preview
+                    began = time.perf_counter()
                     result = None if region is None else self.predict(region=region)
                     last_preview = time.perf_counter()
+                    # previews take at most a fifth of the time, however large the region
+                    preview_gap = max(self.config.preview_every, 4 * (last_preview - began))
                 yield TrainingStep(
                     self.iteration,
                     loss,
@@ -741,7 +747,17 @@ class Trainer:
         probabilities = torch.softmax(inner, 0)
         labels = torch.tensor(self.class_values)[probabilities.argmax(0).cpu()]
         dtype = np.uint8 if max(self.class_values) < 256 else np.int32
-        return Prediction(box, labels.numpy().astype(dtype), probabilities.cpu().numpy())  # type: ignore[arg-type]
+        agreement = None
+        if image is None:
+            painted = self.annotations[0][0][box]
+            if bool((painted > 0).any()):
+                agreement = float((labels[painted > 0] == painted[painted > 0]).float().mean())
+        return Prediction(
+            box,  # type: ignore[arg-type]
+            labels.numpy().astype(dtype),
+            probabilities.cpu().numpy(),
+            agreement,
+        )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the model (``torch.export`` archive) with its class values and settings."""

@@ -159,6 +159,7 @@ class TrainingWidget(Container):
         self._region: tuple[slice, slice, slice] | None = None
         self._layer: Any = None
         self._stop_requested = False
+        self._agreement: float | None = None
 
     # ------------------------------------------------------------------ controls
     @property
@@ -235,6 +236,7 @@ class TrainingWidget(Container):
             return None
         self._image_layer = self.image.value
         self._stop_requested = False
+        self._agreement = None
         self._track_view()
         self.status.value = "preparing…" if fresh else "continuing…"
         handlers = {"yielded": self._on_step, "errored": self._error, "finished": self._done}
@@ -299,6 +301,7 @@ class TrainingWidget(Container):
         if isinstance(update, _Finished):
             if update.prediction is not None:
                 self._show(update.prediction)
+                self._agreement = update.prediction.painted_agreement
             return
         self.last_step = update
         assert self.trainer is not None
@@ -311,6 +314,9 @@ class TrainingWidget(Container):
         )
         if update.preview is not None:
             self._show(update.preview)
+            self._agreement = update.preview.painted_agreement
+        if self._agreement is not None:
+            self.status.value += f" · painted voxels in view reproduced: {self._agreement:.0%}"
         self.refresh_seconds.append(time.perf_counter() - start)
 
     def _show(self, prediction: Prediction) -> None:
@@ -332,9 +338,11 @@ class TrainingWidget(Container):
         self.worker = None
         self._set_running(False)
         if self.trainer is not None and self.trainer.iteration and not self._failed_now():
+            agreement = self._agreement
+            score = "" if agreement is None else f" · painted voxels reproduced: {agreement:.0%}"
             self.status.value = (
-                f"stopped after {self.trainer.iteration} iterations · paint corrections and "
-                "press Continue, or Save model"
+                f"stopped after {self.trainer.iteration} iterations{score} · paint corrections"
+                " and press Continue, or Save model"
             )
 
     def _failed_now(self) -> bool:
