@@ -12,7 +12,7 @@ import imageio.v3 as iio
 import napari
 from qtpy.QtWidgets import QApplication
 
-from napari_patchwork.io.napari_io import sample_layers
+from napari_patchwork.napari_contributions import sample_layers
 from napari_patchwork.widgets import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"

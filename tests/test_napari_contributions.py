@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_patchwork.io.napari_io import (
+from napari_patchwork.napari_contributions import (
     NiftiWriteError,
     get_reader,
     read_layers,

@@ -1,4 +1,7 @@
-"""napari reader, writers and sample data: pure functions on layer-data tuples (no napari import).
+"""The napari plugin's reader, writers and sample data (see ``napari.yaml``).
+
+Pure functions on layer-data tuples: napari itself is not imported, so they are tested and
+used without a viewer. They sit above ``io`` (file formats) and beside the widgets.
 
 Axis order: napari's axes are the NIfTI voxel axes ``(i, j, k)``; ``scale`` is the voxel
 spacing and ``translate`` the world position of voxel ``(0, 0, 0)`` from the affine (a full
@@ -20,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .nifti import is_nifti_path, read_nifti, read_nifti_header, write_nifti
-from .zarr_io import is_zarr_path, layer_data_from_zarr
+from .io.nifti import is_nifti_path, read_nifti, read_nifti_header, write_nifti
+from .io.zarr_io import is_zarr_path, layer_data_from_zarr
 
 LayerData = tuple[Any, dict[str, Any], str]
 LABEL_HINTS = ("label", "seg", "mask", "annot")
@@ -326,7 +329,7 @@ def write_labels_command(path: str, data: Any, meta: dict[str, Any]) -> list[str
 
 def sample_layers() -> list[LayerData]:
     """npe2 sample data: the synthetic volume, its labels and its probability map."""
-    from ..data import SAMPLE_SPACING, make_sample
+    from .sample import SAMPLE_SPACING, make_sample
 
     volume = make_sample()
     placement = {"scale": SAMPLE_SPACING}

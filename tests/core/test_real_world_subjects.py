@@ -113,8 +113,13 @@ def test_queue_with_a_subject_lacking_a_class_runs_a_full_epoch(tmp_path):
     ]
     sampler = pw.LabelSampler(None, 2, "seg", {0: 0.2, 1: 0.4, 2: 0.4}, seed=0)
     queue = pw.Queue(
-        subjects, max_length=12, patches_per_volume=6, patch_sampler=sampler,
-        num_workers=0, shuffle_subjects=False, shuffle_patches=False,
+        subjects,
+        max_length=12,
+        patches_per_volume=6,
+        patch_sampler=sampler,
+        num_workers=0,
+        shuffle_subjects=False,
+        shuffle_patches=False,
     )
     with pytest.warns(UserWarning, match="no voxel of label 2") as record:
         patches = list(queue)
@@ -205,8 +210,9 @@ def test_negative_constant_with_uint8_label_map_is_refused_alike(tmp_path, lazy)
     else:
         label_map = pw.LabelMap(torch.from_numpy(labels)[None])
     subject = pw.Subject(ct=pw.ScalarImage(ct), seg=label_map)
-    with pytest.raises(ValueError, match="padding constant -1000 does not fit label map 'seg'"
-                       " of dtype uint8"):
+    with pytest.raises(
+        ValueError, match="padding constant -1000 does not fit label map 'seg' of dtype uint8"
+    ):
         pw.GridSampler(subject, 4, 2, padding_mode=-1000)
     with pytest.raises(ValueError, match="-1000 does not fit label map 'seg'"):
         pw.GridSampler(subject, 4, 2, padding_mode="constant", fill=-1000)

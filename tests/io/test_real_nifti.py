@@ -9,8 +9,8 @@ import pytest
 from nibabel.testing import data_path
 
 from napari_patchwork.core.image import LabelMap, ScalarImage
-from napari_patchwork.io.napari_io import read_layers, write_image, write_labels
 from napari_patchwork.io.nifti import read_nifti, read_nifti_header, write_nifti
+from napari_patchwork.napari_contributions import read_layers, write_image, write_labels
 
 # napari warns when a layer with a rotated or sheared affine is sliced; not our concern here
 pytestmark = pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_patchwork.io.napari_io import get_reader
+from napari_patchwork.napari_contributions import get_reader
 
 zarr = pytest.importorskip("zarr")
 

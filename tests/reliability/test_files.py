@@ -21,8 +21,8 @@ import pytest
 
 from napari_patchwork.cli import main
 from napari_patchwork.core.image import ScalarImage
-from napari_patchwork.io.napari_io import get_reader
 from napari_patchwork.io.nifti import read_nifti
+from napari_patchwork.napari_contributions import get_reader
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,9 @@ import torch
 import napari_patchwork as pw
 from napari_patchwork.cli import main
 from napari_patchwork.io import load_model
-from napari_patchwork.io.napari_io import read_layers, write_image
 from napari_patchwork.io.nifti import read_nifti, write_nifti
 from napari_patchwork.models import TinyUNet3D
+from napari_patchwork.napari_contributions import read_layers, write_image
 
 MARKER = Path("/tmp") / "napari-patchwork-pickle-payload-ran"
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import napari_patchwork as pw
-from napari_patchwork.io.napari_io import read_layers
+from napari_patchwork.napari_contributions import read_layers
 from napari_patchwork.widgets import PatchGridWidget
 from napari_patchwork.widgets._layers import boxes_to_vectors
 from napari_patchwork.widgets.grid_overlay import (

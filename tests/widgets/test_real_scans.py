@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_patchwork.io.napari_io import read_layers
+from napari_patchwork.napari_contributions import read_layers
 from napari_patchwork.widgets import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
 from napari_patchwork.widgets._napari import data_to_world_matrix
 

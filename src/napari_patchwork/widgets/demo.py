@@ -7,7 +7,7 @@ import napari
 
 def run_demo() -> int:
     """Open a viewer with the sample volume and the plugin's widgets (needs the [napari] extra)."""
-    from ..io.napari_io import sample_layers
+    from ..napari_contributions import sample_layers
     from . import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
 
     viewer = napari.Viewer(title="napari-patchwork demo")

@@ -29,8 +29,8 @@ from ..core.postprocess import to_labels, to_probabilities
 from ..core.streaming import StreamTarget, zarr_target
 from ..core.types import OVERLAP_MODES
 from ..io.models import load_model
-from ..io.napari_io import read_zarr_layers
 from ..io.zarr_io import is_zarr_path
+from ..napari_contributions import read_zarr_layers
 from ._napari import (
     Lifecycle,
     class_legend,
