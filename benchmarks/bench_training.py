@@ -15,6 +15,7 @@ synthetic sample, and the EPI brain volume that ships with nibabel's tests
 intensities (background / darker tissue / brighter tissue).
 
     python benchmarks/bench_training.py [--seconds 240] [--volumes synthetic real] [--json out]
+    xvfb-run -a python benchmarks/bench_training.py --volumes synthetic --seconds 5 --widget 60
 """
 
 from __future__ import annotations
@@ -138,6 +139,57 @@ def run_volume(image: np.ndarray, truth: np.ndarray, name: str, args: argparse.N
     return row
 
 
+def widget_heartbeat(seconds: float, size: int) -> dict[str, float]:
+    """The GUI thread's longest stall while the widget trains and previews the visible slice.
+
+    A 5 ms QTimer on the GUI thread records the gaps between its beats (the worst freeze a
+    user can feel), as ``bench_widgets.py`` does for tiled inference. Needs a display
+    (``xvfb-run -a``).
+    """
+    import napari  # noqa: TID251 (this measurement needs a real viewer)
+    from qtpy.QtCore import QTimer  # noqa: TID251
+    from qtpy.QtWidgets import QApplication  # noqa: TID251
+
+    from napari_patchwork.widgets.training import TrainingWidget
+
+    image, truth, _ = synthetic(size)
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(image, name="image")
+    viewer.add_labels(scribbles_from_labels(truth, seed=0).astype(np.int32), name="strokes")
+    viewer.dims.ndisplay = 2
+    widget = TrainingWidget(viewer)
+    widget.annotations.value = viewer.layers["strokes"]
+    widget.seconds.value, widget.device.value = seconds, "cpu"
+    gaps, last = [], [time.perf_counter()]
+
+    def beat() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(beat)
+    start = time.perf_counter()
+    widget.train()  # the click: the prediction layer is created here ...
+    QApplication.processEvents()  # ... and drawn for the first time
+    click = time.perf_counter() - start
+    last[0] = time.perf_counter()
+    timer.start(5)
+    while widget.running:
+        QApplication.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    viewer.close()
+    handler = widget.refresh_seconds
+    return {
+        "steps": len(handler),
+        "click (layer created, drawn) ms": 1000 * click,
+        "handler max ms": 1000 * max(handler),
+        "heartbeat max gap ms": 1000 * max(gaps),
+        "heartbeat p99 gap ms": 1000 * float(np.percentile(gaps, 99)),
+    }
+
+
 def table(rows: list[dict]) -> str:
     def number(row: dict, key: str, fmt: str = "{:.3f}") -> str:
         return fmt.format(row[key]) if key in row else "n/a"
@@ -167,6 +219,14 @@ def main() -> None:
     parser.add_argument("--disks", type=int, default=3, help="disks per class and slice")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument(
+        "--widget",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="also train this long in the napari widget and report GUI heartbeat gaps"
+        " (needs a display: xvfb-run -a)",
+    )
     args = parser.parse_args()
     volumes = {"synthetic": lambda: synthetic(args.size), "real": real_epi}
     rows = []
@@ -175,6 +235,10 @@ def main() -> None:
         rows.append(run_volume(image, truth, name, args))
         print(f"done: {name}", file=sys.stderr, flush=True)
     print(table(rows))
+    if args.widget > 0:
+        result = widget_heartbeat(args.widget, args.size)
+        print("widget training, 2D: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items()))
+        rows.append({"widget": result})
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
 

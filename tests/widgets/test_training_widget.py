@@ -100,6 +100,7 @@ def test_one_class_painted_is_refused_in_the_status(widget, qtbot) -> None:
     widget.train()
     wait(qtbot, widget)
     assert "at least two classes" in widget.status.value
+    assert "image training prediction" not in widget.viewer.layers  # a failed start adds none
 
 
 def test_sparkline_follows_the_loss() -> None:

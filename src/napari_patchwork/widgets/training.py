@@ -160,6 +160,7 @@ class TrainingWidget(Container):
         self._layer: Any = None
         self._stop_requested = False
         self._agreement: float | None = None
+        self._added_layer = False
 
     # ------------------------------------------------------------------ controls
     @property
@@ -236,8 +237,9 @@ class TrainingWidget(Container):
             return None
         self._image_layer = self.image.value
         self._stop_requested = False
-        self._agreement = None
+        self._agreement, self.last_step = None, None
         self._track_view()
+        self._added_layer = self._prediction_layer()  # layer creation costs most at the click
         self.status.value = "preparing…" if fresh else "continuing…"
         handlers = {"yielded": self._on_step, "errored": self._error, "finished": self._done}
         self.worker = create_worker(
@@ -319,18 +321,29 @@ class TrainingWidget(Container):
             self.status.value += f" · painted voxels in view reproduced: {self._agreement:.0%}"
         self.refresh_seconds.append(time.perf_counter() - start)
 
-    def _show(self, prediction: Prediction) -> None:
+    def _prediction_layer(self) -> bool:
+        """The live prediction layer, added (placed like the image) at the click if missing.
+
+        Returns whether it was added now, so a run that fails before its first step can
+        take it away again.
+        """
         image = self._image_layer
-        name = f"{image.name} training prediction"
         shape = tuple(image.data.shape)
         layer = self._layer
-        if layer is None or layer not in self.viewer.layers or layer.data.shape != shape:
-            data = np.zeros(shape, prediction.labels.dtype)
-            layer = self._layer = show_layer(
-                self.viewer, name, "labels", data, like=image, overlay=False, opacity=0.5
-            )
-        layer.data[prediction.region] = prediction.labels
-        layer.refresh()
+        if layer is not None and layer in self.viewer.layers and layer.data.shape == shape:
+            return False
+        name = f"{image.name} training prediction"
+        data = np.zeros(shape, np.int32)
+        self._layer = show_layer(
+            self.viewer, name, "labels", data, like=image, overlay=False, opacity=0.5
+        )
+        return True
+
+    def _show(self, prediction: Prediction) -> None:
+        if self._layer is None or self._layer not in self.viewer.layers:
+            self._prediction_layer()
+        self._layer.data[prediction.region] = prediction.labels
+        self._layer.refresh()
 
     def _done(self) -> None:
         if self.lifecycle.closed:
@@ -369,6 +382,10 @@ class TrainingWidget(Container):
     def _error(self, error: BaseException) -> None:
         if self.lifecycle.closed:
             return
+        added, self._added_layer = self._added_layer, False
+        if added and self.running and self.last_step is None and self._layer in self.viewer.layers:
+            self.viewer.layers.remove(self._layer)  # a failed start leaves no empty layer
+            self._layer = None
         error = in_widget_words(error, WIDGET_WORDS)
         self.status.value = f"⚠ {error}"
         show_error(f"Training failed: {error}")
