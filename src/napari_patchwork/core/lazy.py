@@ -212,9 +212,10 @@ class LazyVolume:
         array = self._fetch(full)
         if not self.channels_first:
             array = array[None]
-        if isinstance(self.array, np.ndarray):  # a memmap: copy out of the mapping
-            array = np.array(array, copy=True)
-        array = np.ascontiguousarray(_for_torch(array))
+        array = _for_torch(array)
+        if isinstance(self.array, np.ndarray) and np.may_share_memory(array, self.array):
+            array = np.array(array, copy=True)  # a memmap: copy out of the (read-only) mapping
+        array = np.ascontiguousarray(array)
         self.rows_read += array.shape[1]
         self.voxels_read += array.size
         return torch.from_numpy(array)
