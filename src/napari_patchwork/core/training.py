@@ -516,6 +516,7 @@ class Trainer:
         self.images: list[torch.Tensor] = []
         self.annotations: list[torch.Tensor] = []
         self.class_values: list[int] = []
+        self._channels_last = False
         self.set_annotations(pairs, _first=True)
         self._seed = self.config.seed if self.config.seed is not None else int(torch.seed() % 2**31)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
@@ -604,6 +605,12 @@ class Trainer:
             )
         model = model.to(self.device)
         _check_output(model, channels, classes, config, self.device)
+        if self.device.type == "cpu":  # oneDNN's 3D convolutions run about twice as fast so
+            try:
+                model = model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+                self._channels_last = True
+            except RuntimeError:  # parameters that are not 5D (a user's model)
+                pass
         return model.train()
 
     # ------------------------------------------------------------------ training
@@ -687,6 +694,8 @@ class Trainer:
 
     def _step(self, images: torch.Tensor, annotations: torch.Tensor) -> float:
         images = images.to(self.device, non_blocking=True).float()
+        if self._channels_last:
+            images = images.contiguous(memory_format=torch.channels_last_3d)
         annotations = annotations.to(self.device, non_blocking=True)
         values = torch.tensor(self.class_values, dtype=torch.int64, device=self.device)
         dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16

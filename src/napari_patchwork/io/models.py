@@ -263,7 +263,10 @@ def _export(model: torch.nn.Module, example: torch.Tensor) -> Any:
 def _cpu_copy(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
-    return copy.deepcopy(model).cpu().eval()
+    duplicate = copy.deepcopy(model).cpu().eval()
+    for tensor in [*duplicate.parameters(), *duplicate.buffers()]:  # plain strides to export
+        tensor.data = tensor.data.contiguous()
+    return duplicate
 
 
 def check_class_values(values: Any, name: str) -> list[int]:
