@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -518,7 +519,8 @@ class Trainer:
         self.class_values: list[int] = []
         self._channels_last = False
         self.set_annotations(pairs, _first=True)
-        self._seed = self.config.seed if self.config.seed is not None else int(torch.seed() % 2**31)
+        seed = self.config.seed
+        self._seed = seed if seed is not None else secrets.randbits(31)  # global RNG untouched
         with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
             torch.manual_seed(self._seed)
             self.model = self._initial_model()
