@@ -122,7 +122,7 @@ def test_help_shows_defaults(tmp_path):
         "(default: 64)",
         "(default: gaussian)",
         "(default: 4)",
-        "(default: softmax)",
+        "(default: softmax for NIfTI outputs; zarr outputs stay raw unless given)",
         "(default: a quarter of the patch)",
         "(default: the best available)",
         "(default: local)",

@@ -157,8 +157,9 @@ def _infer_arguments(infer: argparse.ArgumentParser, strict: bool) -> None:
         infer,
         "--activation",
         choices=["softmax", "sigmoid", "none"],
-        default="softmax",
-        help="turns the model's outputs into probabilities",
+        default=None,
+        help="turns the model's outputs into probabilities (default: softmax for NIfTI"
+        " outputs; zarr outputs stay raw unless given)",
     )
     _add(
         infer,
@@ -397,7 +398,7 @@ def run_infer(args: argparse.Namespace) -> int:
     output = engine.result()
     if isinstance(output, dict):
         raise ValueError(f"the model returned several outputs {sorted(output)}; the CLI writes one")
-    result = _activate(output.float().cpu(), args.activation, args.labels)
+    result = _activate(output.float().cpu(), args.activation or "softmax", args.labels)
     _write_nifti(output_path, result, image.affine, nifti, args.overwrite)
     seconds = time.perf_counter() - start
     print(
@@ -475,24 +476,41 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
             amp=config.amp,
             tta=config.tta,
             labels=args.labels,
+            activation=args.activation,
         )
     else:
         model = load_model(
             source, weights=args.weights, device=device, trust_pickle=args.trust_pickle
         )
         volume = LazyVolume(open_zarr(input_path, args.level))
-        target = zarr_target(output, overwrite=args.overwrite, labels=args.labels)
+        target = zarr_target(
+            output, overwrite=args.overwrite, labels=args.labels, activation=args.activation
+        )
         engine = TiledInference(model, config, target)
         _consume(engine.run(volume, previews=False), input_path.name)
         result = engine.result()
     seconds = time.perf_counter() - start
     print(  # zarr arrays are stored channels first: (C, I, J, K) is the file's order
-        f"wrote {output} {tuple(result.shape)} in {seconds:.1f} s ({args.engine})", file=sys.stderr
+        f"wrote {output} {_shapes(result)} in {seconds:.1f} s ({args.engine})", file=sys.stderr
     )
     return 0
 
 
+def _shapes(result: Any) -> Any:
+    if isinstance(result, dict):
+        return {key: tuple(array.shape) for key, array in result.items()}
+    return tuple(result.shape)
+
+
 def _consume(steps: Any, name: str) -> None:
+    try:
+        _show(steps, name)
+    except BaseException:  # Ctrl-C between batches: remove the partial zarr store now
+        steps.close()
+        raise
+
+
+def _show(steps: Any, name: str) -> None:
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover

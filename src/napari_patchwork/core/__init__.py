@@ -12,6 +12,7 @@ from .config import InferenceConfig
 from .grid import GridPlan, crop_intervals, grid_locations, grid_starts
 from .image import Image, LabelMap, ScalarImage
 from .inference import InferenceStep, TiledInference, infer, iter_infer
+from .lazy import CorruptChunkError
 from .loader import SubjectsLoader
 from .location import PatchLocation
 from .merger import GridMerger
@@ -28,6 +29,7 @@ from .samplers import (
 from .subject import Subject
 
 __all__ = [
+    "CorruptChunkError",
     "GridMerger",
     "GridPlan",
     "GridSampler",
