@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import torch
 
 from .core.config import InferenceConfig
+from .core.devices import default_device
 from .core.types import OVERLAP_MODES
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -42,15 +43,6 @@ _INFER_USAGE = (
     "%(prog)s INPUT --model SOURCE --output OUT [options]\n"
     "       %(prog)s --sample [--output OUT] [options]"
 )
-
-
-def default_device() -> str:
-    """``'cuda'`` if available, else ``'mps'`` if available, else ``'cpu'``."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
 
 
 def _size(values: list[int], flag: str) -> int | tuple[int, ...]:

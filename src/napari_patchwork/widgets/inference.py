@@ -24,6 +24,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from ..core.config import InferenceConfig
+from ..core.devices import available_devices
 from ..core.inference import InferenceStep, TiledInference
 from ..core.postprocess import to_labels, to_probabilities
 from ..core.streaming import StreamTarget, zarr_target
@@ -56,16 +57,6 @@ WIDGET_WORDS = {  # the core's argument names, as this widget labels them
     "batch_size": "batch size",
     "padding_mode": "padding",
 }
-
-
-def available_devices() -> list[str]:
-    """Devices this machine can run on, best first."""
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices.insert(0, "cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.insert(0, "mps")
-    return devices
 
 
 def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
