@@ -7,7 +7,12 @@ import pytest
 
 from napari_patchwork.core.training import scribbles_from_labels
 from napari_patchwork.io.models import model_class_values
-from napari_patchwork.widgets.training import SAVED_MODELS, TrainingWidget, sparkline
+from napari_patchwork.widgets.training import (
+    SAVE_CALLBACKS,
+    SAVED_MODELS,
+    TrainingWidget,
+    sparkline,
+)
 
 SCALE = (0.5, 0.5, 0.8)
 
@@ -52,7 +57,13 @@ def test_train_shows_a_prediction_and_saves_the_painted_values(widget, qtbot, tm
     assert "painted voxels reproduced: " in widget.status.value
     assert widget.curve.value.strip()[0] in "▁▂▃▄▅▆▇█"
     widget.save_file.value = tmp_path / "cells"
-    path = widget.save()
+    saved = []
+    SAVE_CALLBACKS.append(lambda name, where: saved.append((name, where)))
+    try:
+        path = widget.save()
+    finally:
+        SAVE_CALLBACKS.pop()
+    assert saved == [("cells", tmp_path / "cells.pt2")]
     assert path == tmp_path / "cells.pt2" and model_class_values(path) == [1, 2, 3]
     assert SAVED_MODELS["cells"] == path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ WIDGET_WORDS = {
 SPARK = "▁▂▃▄▅▆▇█"
 #: Models saved by this widget in this session, newest last (name -> path), for other widgets.
 SAVED_MODELS: dict[str, Path] = {}
+#: Called with (name, path) after each save (the Tiled inference widget refreshes its choices).
+SAVE_CALLBACKS: list[Callable[[str, Path], Any]] = []
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -375,6 +378,8 @@ class TrainingWidget(Container):
             self._error(error)
             return None
         SAVED_MODELS[written.stem] = written
+        for callback in list(SAVE_CALLBACKS):
+            callback(written.stem, written)
         self.status.value = f"saved {written} (classes {self.trainer.class_values})"
         show_info(f"Model saved: {written}")
         return written
