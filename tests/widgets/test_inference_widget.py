@@ -221,3 +221,16 @@ def test_class_legend_and_colour_bars_follow_the_outputs(viewer_with_sample, qtb
     assert colour in widget.legend.value  # the legend shows the layer's own class colour
     probability = viewer.layers["image probability class 1"]
     assert probability.colorbar.visible
+
+
+def test_region_with_zarr_output_is_refused_with_the_reason(viewer_with_sample, tmp_path):
+    viewer = viewer_with_sample
+    shapes = viewer.add_shapes([[[0, 0], [0, 10], [10, 10], [10, 0]]], ndim=2, name="roi")
+    widget = TiledInferenceWidget(viewer)
+    widget.roi.value = shapes
+    widget.zarr_output.value = str(tmp_path / "out.zarr")
+    before = len(viewer.layers)
+    assert widget.run() is None
+    assert "region (shapes) and zarr output" in widget.status.value
+    assert "offset" in widget.status.value
+    assert len(viewer.layers) == before and not (tmp_path / "out.zarr").exists()

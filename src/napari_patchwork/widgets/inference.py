@@ -391,7 +391,11 @@ class TiledInferenceWidget(Container):
         if Path(path).exists():
             raise ValueError(f"zarr output exists: '{path}' (choose a new path)")
         if self.roi.value is not None:
-            raise ValueError("a region (shapes) and a zarr output cannot be combined yet")
+            raise ValueError(
+                "region (shapes) and zarr output cannot be combined: the zarr output covers the"
+                " whole image (a region's prediction would need its offset inside the store);"
+                " clear one of the two, or run the region without a zarr output"
+            )
         return zarr_target(path)
 
     def _steps(  # noqa: PLR0913
