@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -28,9 +28,30 @@ def _check_device(value: Any, name: str) -> torch.device | None:
         raise ValueError(f"{name}={value!r} is not a valid device: {error}") from None
 
 
-@dataclass(frozen=True)
+class InferenceSettings(TypedDict, total=False):
+    """The fields of :class:`InferenceConfig` as keyword arguments (``**settings`` of
+    :func:`~napari_patchwork.infer` and :func:`~napari_patchwork.iter_infer`).
+
+    A test keeps these keys equal to the dataclass's fields.
+    """
+
+    patch_size: TypeSize
+    patch_overlap: TypeSize
+    overlap_mode: str
+    batch_size: int
+    device: str | torch.device | None
+    aggregate_device: str | torch.device | None
+    amp: bool
+    padding_mode: str | float | None
+    tta: bool
+    fixed_batch: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class InferenceConfig:
     """Settings of a tiled-inference run; the CLI, the widget and the API all build one.
+
+    Every argument is keyword-only: the settings are named where they are set.
 
     Parameters
     ----------
@@ -93,6 +114,35 @@ class InferenceConfig:
         object.__setattr__(
             self, "aggregate_device", _check_device(self.aggregate_device, "aggregate_device")
         )
+
+    @classmethod
+    def resolve(cls, config: InferenceConfig | None = None, **settings: Any) -> InferenceConfig:
+        """``config``, or a new config from ``settings`` (one of the two, never both).
+
+        Raises
+        ------
+        TypeError
+            For a setting that is not a field (named), for ``config`` given with settings,
+            or for a ``config`` that is not an ``InferenceConfig``.
+
+        Examples
+        --------
+        >>> InferenceConfig.resolve(patch_size=8, tta=True).tta
+        True
+        >>> InferenceConfig.resolve(InferenceConfig(patch_size=8)).patch_size
+        (8, 8, 8)
+        """
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(settings) - names)
+        if unknown:
+            raise TypeError(f"unexpected arguments: {unknown}; the settings are {sorted(names)}")
+        if config is None:
+            return cls(**settings)
+        if not isinstance(config, cls):
+            raise TypeError(f"config must be an InferenceConfig, got {type(config)}")
+        if settings:
+            raise TypeError(f"pass config or settings, not both: got config and {sorted(settings)}")
+        return config
 
     @property
     def patch(self) -> TypeTriplet:

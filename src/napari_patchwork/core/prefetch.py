@@ -1,0 +1,103 @@
+"""``Prefetcher``: gathers the next batch (and copies it to the device) while the model runs.
+
+On an accelerator a worker thread gathers batch n + 1 into a second (pinned) buffer while the
+model runs on batch n; on the CPU batches are gathered in the calling thread, one buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+
+from .grid import GridPlan
+from .patches import PatchGatherer
+
+
+class Prefetcher:
+    """Gathers batch n + 1 (and copies it to the device) while the model runs on batch n.
+
+    Parameters
+    ----------
+    gatherer : PatchGatherer
+        Cuts the patches out of the volume.
+    plan : GridPlan
+        The grid, in rank order.
+    batch_size : int
+        Patches per batch.
+    device : torch.device
+        Where the batches go.
+    ranks : range, optional
+        The ranks to gather (default: the whole grid).
+
+    Examples
+    --------
+    >>> plan = GridPlan((4, 4, 4), (2, 2, 2))
+    >>> gatherer = PatchGatherer(torch.rand(1, 4, 4, 4))
+    >>> with Prefetcher(gatherer, plan, 3, torch.device("cpu")) as batches:
+    ...     [(first, stop, tuple(batch.shape)) for first, stop, batch in batches][-1]
+    (6, 8, (2, 1, 2, 2, 2))
+    """
+
+    def __init__(
+        self,
+        gatherer: PatchGatherer,
+        plan: GridPlan,
+        batch_size: int,
+        device: torch.device,
+        ranks: range | None = None,
+    ) -> None:
+        self.gatherer, self.plan, self.device = gatherer, plan, device
+        ranks = range(len(plan)) if ranks is None else ranks
+        self.ranges = [
+            (f, min(f + batch_size, ranks.stop)) for f in range(ranks.start, ranks.stop, batch_size)
+        ]
+        shape = (min(batch_size, len(plan)), gatherer.volume.shape[0], *plan.patch_size)
+        pin = device.type == "cuda"
+        count = 1 if device.type == "cpu" else 2  # on the CPU a batch is used before the next
+        self.buffers = [
+            torch.empty(shape, dtype=torch.float32, pin_memory=pin) for _ in range(count)
+        ]
+        self.events: list[Any] = [None, None]
+        self.inference_mode = torch.is_inference_mode_enabled()  # thread-local: mirror the caller's
+        self.executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="patchwork-prefetch")
+            if device.type != "cpu"
+            else None
+        )
+
+    def _prepare(self, index: int) -> torch.Tensor:
+        first, stop = self.ranges[index]
+        slot = index % len(self.buffers)
+        if self.events[slot] is not None:
+            self.events[slot].synchronize()  # the device copy from this buffer has finished
+        with torch.inference_mode(self.inference_mode):
+            batch = self.gatherer.gather(self.plan.locations(first, stop), out=self.buffers[slot])
+        if self.device.type == "cpu":
+            return batch
+        moved = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self.events[slot] = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self.events[slot].record()
+        return moved
+
+    def __enter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        return self._batches()
+
+    def _batches(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        if self.executor is None:  # CPU: a second thread only fights the model's OpenMP threads
+            for index, (first, stop) in enumerate(self.ranges):
+                yield first, stop, self._prepare(index)
+            return
+        future = self.executor.submit(self._prepare, 0)
+        for index, (first, stop) in enumerate(self.ranges):
+            batch = future.result()
+            if index + 1 < len(self.ranges):
+                future = self.executor.submit(self._prepare, index + 1)
+            yield first, stop, batch
+
+    def __exit__(self, *_: Any) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
