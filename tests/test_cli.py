@@ -367,3 +367,58 @@ def test_outputs_follow_the_users_umask(volume, tmp_path, umask, mode):
     assert again.returncode == 0, again.stderr
     assert stat.S_IMODE(output.stat().st_mode) == mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["input.nii.gz", "labels.nii.gz"]
+
+
+def test_train_then_infer_labels_writes_the_painted_values(tmp_path):
+    """The README workflow of issue 15: paint 1 / 2 in a file, train, infer --labels."""
+    from napari_patchwork.cli import main
+    from napari_patchwork.core.training import scribbles_from_labels
+    from napari_patchwork.sample import make_sample
+
+    sample = make_sample((32, 32, 32), seed=4)
+    objects = (sample.labels > 0).astype(np.int16)
+    painted = scribbles_from_labels(objects, seed=0)  # paints 1 = background, 2 = objects
+    assert set(np.unique(painted).tolist()) == {0, 1, 2}
+    image, annotations = tmp_path / "image.nii.gz", tmp_path / "paint.nii.gz"
+    nib.save(nib.Nifti1Image(sample.image, np.eye(4)), image)
+    nib.save(nib.Nifti1Image(np.asarray(painted, np.int16), np.eye(4)), annotations)
+    model, segmentation = tmp_path / "model.pt2", tmp_path / "seg.nii.gz"
+    common = ["--patch-size", "16", "--device", "cpu"]
+    assert (
+        main(
+            [
+                "train",
+                str(image),
+                str(annotations),
+                "--output",
+                str(model),
+                "--iterations",
+                "3",
+                "--seed",
+                "0",
+                "--quiet",
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "infer",
+                str(image),
+                "--model",
+                str(model),
+                "--output",
+                str(segmentation),
+                "--labels",
+                "--patch-size",
+                "16",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    values = set(np.unique(np.asarray(nib.load(segmentation).dataobj)).tolist())
+    assert values <= {1, 2} and values, values  # the painted values, never 0

@@ -31,6 +31,7 @@ def test_every_command_imports():
         "Patch grid",
         "Sampler explorer",
         "Tiled inference",
+        "Train from annotations",
     }
 
 

@@ -172,7 +172,7 @@ def _build(strict: bool) -> tuple[argparse.ArgumentParser, argparse.ArgumentPars
     kind = argparse.ArgumentParser if strict else _RaisingParser
     parser = kind(prog="napari-patchwork", description="Patch-based 3D inference.", add_help=strict)
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", help="infer or demo"
+        dest="command", required=True, metavar="COMMAND", help="infer, train or demo"
     )
     infer = commands.add_parser(
         "infer",
@@ -182,6 +182,9 @@ def _build(strict: bool) -> tuple[argparse.ArgumentParser, argparse.ArgumentPars
         add_help=strict,
     )
     _infer_arguments(infer, strict)
+    from .cli_train import add_train_parser
+
+    add_train_parser(commands, add_help=strict)
     commands.add_parser(
         "demo",
         help="open napari with the sample data and the three widgets docked",
@@ -322,13 +325,19 @@ def _check_model_files(source: str, weights: Path | None) -> None:
         raise FileNotFoundError(f"--weights '{weights}': weights file does not exist")
 
 
-def _activate(output: torch.Tensor, activation: str, labels: bool) -> torch.Tensor:
+def _activate(
+    output: torch.Tensor, activation: str, labels: bool, class_values: list[int] | None = None
+) -> torch.Tensor:
     from .core.postprocess import to_labels, to_probabilities
+    from .io.models import apply_class_values
 
     if not labels:
         return to_probabilities(output, activation)
+    indices = to_labels(output, activation)
+    if class_values is not None:  # a model trained here: write the painted values back
+        return apply_class_values(indices, class_values)[None]
     dtype = torch.uint8 if output.shape[0] <= 256 else torch.int32  # never wraps a class
-    return to_labels(output, activation).to(dtype)[None]
+    return indices.to(dtype)[None]
 
 
 def _umask() -> int:
@@ -390,7 +399,10 @@ def run_infer(args: argparse.Namespace) -> int:
     output = engine.result()
     if isinstance(output, dict):
         raise ValueError(f"the model returned several outputs {sorted(output)}; the CLI writes one")
-    result = _activate(output.float().cpu(), args.activation or "softmax", args.labels)
+    from .io.models import model_class_values
+
+    values = model_class_values(source) if args.labels else None
+    result = _activate(output.float().cpu(), args.activation or "softmax", args.labels, values)
     _write_nifti(output_path, result, image.affine, nifti, args.overwrite)
     seconds = time.perf_counter() - start
     print(
@@ -540,6 +552,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = parse_args(argv)
     try:
+        if args.command == "train":
+            from .cli_train import run_train
+
+            return run_train(args)
         return _demo() if args.command == "demo" else run_infer(args)
     except KeyboardInterrupt:
         print("napari-patchwork: interrupted; no output was written", file=sys.stderr)

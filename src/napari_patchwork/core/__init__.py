@@ -5,6 +5,7 @@ test enforces it).
 """
 
 from .aggregator import PatchAggregator
+from .augmentation import AugmentationConfig, RandomAugmentation, simulate_scanner
 from .batch import ImagesBatch, SubjectsBatch
 from .blending import blending_window
 from .collate import collate_subjects
@@ -27,8 +28,19 @@ from .samplers import (
     WeightedSampler,
 )
 from .subject import Subject
+from .training import (
+    Prediction,
+    Trainer,
+    TrainingConfig,
+    TrainingStep,
+    annotation_loss,
+    iter_train,
+    scribbles_from_labels,
+    train,
+)
 
 __all__ = [
+    "AugmentationConfig",
     "CorruptChunkError",
     "GridMerger",
     "GridPlan",
@@ -43,15 +55,21 @@ __all__ = [
     "PatchGatherer",
     "PatchLocation",
     "PatchSampler",
+    "Prediction",
     "Queue",
+    "RandomAugmentation",
     "RandomSampler",
     "ScalarImage",
     "Subject",
     "SubjectsBatch",
     "SubjectsLoader",
     "TiledInference",
+    "Trainer",
+    "TrainingConfig",
+    "TrainingStep",
     "UniformSampler",
     "WeightedSampler",
+    "annotation_loss",
     "blending_window",
     "collate_subjects",
     "crop_intervals",
@@ -59,4 +77,8 @@ __all__ = [
     "grid_starts",
     "infer",
     "iter_infer",
+    "iter_train",
+    "scribbles_from_labels",
+    "simulate_scanner",
+    "train",
 ]

@@ -3,5 +3,6 @@
 from .grid_overlay import PatchGridWidget
 from .inference import TiledInferenceWidget
 from .sampler_explorer import SamplerExplorerWidget
+from .training import TrainingWidget
 
-__all__ = ["PatchGridWidget", "SamplerExplorerWidget", "TiledInferenceWidget"]
+__all__ = ["PatchGridWidget", "SamplerExplorerWidget", "TiledInferenceWidget", "TrainingWidget"]

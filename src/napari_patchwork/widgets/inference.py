@@ -29,7 +29,7 @@ from ..core.inference import InferenceStep, TiledInference
 from ..core.postprocess import to_labels, to_probabilities
 from ..core.streaming import StreamTarget, zarr_target
 from ..core.types import OVERLAP_MODES
-from ..io.models import load_model
+from ..io.models import apply_class_values, load_model, model_class_values
 from ..io.zarr_io import is_zarr_path
 from ..napari_contributions import read_zarr_layers
 from ._napari import (
@@ -85,9 +85,16 @@ class StepUpdate:
     labels: np.ndarray | None
     probabilities: np.ndarray | None
     classes: int = 0  # label values 0..classes-1 (a single output channel: 0/1)
+    class_values: tuple[int, ...] | None = None  # a trained model's painted values, by channel
 
     @classmethod
-    def of(cls, step: InferenceStep, labels: bool, probabilities: bool) -> StepUpdate:
+    def of(
+        cls,
+        step: InferenceStep,
+        labels: bool,
+        probabilities: bool,
+        class_values: list[int] | None = None,
+    ) -> StepUpdate:
         """Post-process ``step``'s logits into the arrays the output layers show."""
         output = step.output
         region = step.region
@@ -95,12 +102,16 @@ class StepUpdate:
             return cls(step, None, None, None)
         if not isinstance(output, torch.Tensor):  # dict models: show the first output
             output, region = next(iter(output.values())), next(iter(region.values()))
+        indices = to_labels(output) if labels else None
+        if indices is not None and class_values is not None:
+            indices = apply_class_values(indices, class_values)
         return cls(
             step,
             region,
-            to_labels(output).numpy() if labels else None,
+            indices.numpy() if indices is not None else None,
             to_probabilities(output).numpy() if probabilities else None,
             max(int(output.shape[0]), 2),
+            None if class_values is None else tuple(class_values),
         )
 
 
@@ -127,7 +138,7 @@ class TiledInferenceWidget(Container):
         )
         self.source = ComboBox(
             label="model",
-            choices=MODEL_SOURCES,
+            choices=self._source_choices,
             value="demo",
             tooltip="demo: the bundled 3D U-Net (2 classes); file: a TorchScript/.pt2 file; "
             "module:factory: a Python function that builds the network.",
@@ -258,6 +269,9 @@ class TiledInferenceWidget(Container):
         )
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
         watch_layers(self.lifecycle, napari_viewer, self.image, self.roi)
+        from .training import SAVE_CALLBACKS  # a model saved by training becomes a choice
+
+        self.lifecycle.add_mouse_callback(SAVE_CALLBACKS, lambda *_: self.source.reset_choices())
         self.source.changed.connect(self._show_source_fields)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -279,7 +293,17 @@ class TiledInferenceWidget(Container):
         self.model_file.visible = self.trust.visible = self.source.value == "file"
         self.factory.visible = self.weights.visible = self.source.value == "module:factory"
 
+    def _source_choices(self, *_: Any) -> list[str]:
+        """demo, file, module:factory, then the models saved by "Train from annotations"."""
+        from .training import SAVED_MODELS
+
+        return [*MODEL_SOURCES, *(f"trained: {name}" for name in SAVED_MODELS)]
+
     def _model_source(self) -> str:
+        if str(self.source.value).startswith("trained: "):
+            from .training import SAVED_MODELS
+
+            return str(SAVED_MODELS[str(self.source.value).removeprefix("trained: ")])
         if self.source.value == "file":
             path = Path(str(self.model_file.value))
             if not str(self.model_file.value).strip() or path.is_dir():
@@ -409,9 +433,10 @@ class TiledInferenceWidget(Container):
         want_labels, want_probabilities = options.pop("outputs")
         try:
             model = load_model(source, device=config.device, **options)
+            values = model_class_values(source)  # None unless trained by "Train from annotations"
             engine = TiledInference(model, config, stream)
             for step in engine.run(region):  # post-processing here, off the GUI thread
-                yield StepUpdate.of(step, want_labels, want_probabilities)
+                yield StepUpdate.of(step, want_labels, want_probabilities, values)
         except RuntimeError as error:
             # superqt drops RuntimeErrors raised in workers (no errored/finished signal), which
             # would leave the widget running forever: hand them over as another type.
@@ -443,7 +468,8 @@ class TiledInferenceWidget(Container):
             name = f"{image.name} prediction"
             data = self._reusable(name, shape, np.int32)
             self._label_layer = show_layer(self.viewer, name, "labels", data, opacity=0.6, **placed)
-            self.legend.value = class_legend(self._label_layer, range(1, update.classes))
+            shown = update.class_values or range(1, update.classes)
+            self.legend.value = class_legend(self._label_layer, shown)
             self.legend.visible = True
         if update.probabilities is not None:
             channels = update.probabilities.shape[0]
