@@ -56,7 +56,7 @@ def test_two_workers_equal_one_process_exactly(source, tmp_path, mode):
 
 def test_a_task_error_reaches_the_caller(source, tmp_path):
     path, _ = source
-    with pytest.raises(Exception, match="model"):
+    with pytest.raises(ValueError, match="has no callable 'no_such_factory'"):
         infer_dask(
             "tests.test_distributed:no_such_factory",
             path,

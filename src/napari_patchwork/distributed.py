@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from .core.config import InferenceConfig
 from .core.inference import TiledInference
-from .core.lazy import LazyVolume, open_zarr
-from .core.streaming import default_chunks, partial_path, replace_with, zarr_target
+from .core.lazy import LazyVolume
+from .core.streaming import StreamTarget, store_target, zarr_target
+from .io.zarr_io import ZarrOutput, open_zarr
 
 _MODELS: dict[str, Any] = {}  # per worker process: model source -> loaded model
 
@@ -70,7 +69,8 @@ def plan_blocks(rows: int, block_rows: int) -> list[tuple[int, int]]:
 
 def _probe(model: Any, volume: LazyVolume, config: InferenceConfig) -> dict[str | None, Any]:
     """The model's outputs on one patch: ``{None: tensor}`` or its dict."""
-    probe = torch.zeros((1, volume.shape[0], *config.patch))
+    count = config.batch_size if config.fixed_batch else 1
+    probe = torch.zeros((count, volume.shape[0], *config.patch))
     with torch.no_grad():
         out = model(probe)
     if isinstance(out, torch.Tensor):
@@ -80,21 +80,18 @@ def _probe(model: Any, volume: LazyVolume, config: InferenceConfig) -> dict[str 
     raise TypeError(f"the model must return a tensor or a dict of tensors, got {type(out)}")
 
 
-def _create_output(
+def _create_outputs(
     outputs: dict[str | None, Any],
     volume: LazyVolume,
     config: InferenceConfig,
-    partial: Path,
+    target: StreamTarget,
     block_rows: int,
-    labels: bool,
 ) -> None:
-    """Create the zarr output (one array, or a group of one array per output) at ``partial``.
+    """Create every output of the run (one array, or a group of one array per output).
 
     Each output's chunk rows are ``block_rows`` times its scale, so that no two tasks write
     the same chunk.
     """
-    import zarr
-
     for name, out in outputs.items():
         scale = [q / p for q, p in zip(out.shape[2:], config.patch)]
         rows = block_rows * scale[0]
@@ -106,14 +103,8 @@ def _create_output(
                 f" that is a multiple of {round(1 / scale[0]) if scale[0] < 1 else 1}"
             )
         spatial = tuple(int(s * f + 1e-9) for s, f in zip(volume.spatial_shape, scale))
-        shape = (1 if labels else int(out.shape[1]), *spatial)
-        chunks = (shape[0], min(round(rows), spatial[0]), *default_chunks(shape)[1:])
-        dtype = "uint8" if labels else "float32"
-        if name is None:
-            zarr.create_array(str(partial), shape=shape, chunks=chunks, dtype=dtype, overwrite=True)
-        else:
-            group = zarr.open_group(str(partial), mode="a")
-            group.create_array(name, shape=shape, chunks=chunks, dtype=dtype)
+        shape = (spatial[0], spatial[1], spatial[2])
+        target.create(int(out.shape[1]), shape, name, round(rows))
 
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -177,43 +168,42 @@ def _run_blocks(
                 cluster.close()
 
 
+_SETTINGS = frozenset(f.name for f in fields(InferenceConfig))
+
+
 def infer_dask(
     model_source: str,
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
     *,
-    patch_size: Any,
-    patch_overlap: Any = 0,
-    overlap_mode: str = "gaussian",
-    batch_size: int = 4,
-    padding_mode: str | float | None = None,
     level: int = 0,
     workers: int = 2,
     scheduler: str | None = None,
     block_rows: int = 64,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
-    amp: bool = False,
-    tta: bool = False,
-    labels: bool = False,
-    activation: str | None = None,
+    output_labels: bool = False,
+    output_activation: str | None = None,
+    **settings: Any,
 ) -> Any:
     """Tiled inference of a zarr volume on a dask cluster, into a new zarr array.
 
-    The output is written under ``.<name>.partial-<pid>`` beside ``output_path`` and renamed
-    when every block is done; an error in any task, or Ctrl-C, removes it.
+    Takes the settings of :func:`napari_patchwork.infer` by the same names (the fields of
+    :class:`~napari_patchwork.core.config.InferenceConfig`), plus the engine's own. The output
+    is written under ``.<name>.partial-<pid>`` beside ``output_path`` and renamed when every
+    block is done; an error in any task, or Ctrl-C, removes it.
 
     Parameters
     ----------
     model_source : str
         What :func:`napari_patchwork.io.load_model` takes (``'demo'``, a TorchScript or
-        ``.pt2`` file, ``'module:factory'``): each worker loads it once. A model may return
-        a dict (the output is then a zarr group, one array per key) and outputs scaled from
-        the patch (``block_rows`` times the scale must be whole rows).
+        ``.pt2`` file, ``'module:factory'``): each worker loads it once (on ``device``). A
+        model may return a dict (the output is then a zarr group, one array per key) and
+        outputs scaled from the patch (``block_rows`` times the scale must be whole rows).
     input_path, output_path : path
         A zarr array or OME-Zarr image (``level`` picks the scale), and where to write.
-    patch_size, patch_overlap, overlap_mode, batch_size, padding_mode, amp, tta
-        As for :func:`napari_patchwork.infer`.
+    level : int
+        The OME-Zarr scale to read (0: the finest).
     workers : int
         Worker processes of the ``LocalCluster`` started when ``scheduler`` is None.
     scheduler : str, optional
@@ -221,18 +211,30 @@ def infer_dask(
         both paths.
     block_rows : int
         Rows per task (and the output's chunk rows along the first axis).
-    labels : bool
-        Write a uint8 label map (argmax, or logit > 0) instead of raw float32 outputs.
-    activation : {'softmax', 'sigmoid', 'none'}, optional
-        As ``output_activation`` of :func:`napari_patchwork.infer`.
+    overwrite : bool
+        Replace an existing ``output_path`` once the new output is complete.
+    progress : callable, optional
+        ``progress(done, total)`` after each finished block.
+    output_labels, output_activation
+        As for :func:`napari_patchwork.infer` (``labels`` and ``activation`` are accepted
+        as older names of the two).
+    **settings
+        ``patch_size`` (required), ``patch_overlap``, ``overlap_mode``, ``batch_size``,
+        ``device``, ``aggregate_device``, ``amp``, ``padding_mode``, ``tta``,
+        ``fixed_batch``: see :class:`~napari_patchwork.core.config.InferenceConfig`.
 
     Returns
     -------
     zarr.Array or dict of zarr.Array
-        The output, ``(C, I, J, K)`` float32 (uint8 with ``labels``), by key for dict models.
+        The output, ``(C, I, J, K)`` float32 (uint8 with ``output_labels``), by key for dict
+        models.
 
     Raises
     ------
+    TypeError
+        For a setting ``InferenceConfig`` does not have.
+    ValueError
+        For a bad setting, ``workers`` or ``block_rows``, or an existing output.
     CorruptChunkError
         A chunk of the input cannot be read (names the store and chunk).
 
@@ -245,50 +247,48 @@ def infer_dask(
     >>> result = infer_dask("demo", f"{folder}/in.zarr", f"{folder}/out.zarr", patch_size=16,
     ...                     patch_overlap=4, workers=1, block_rows=16)  # doctest: +SKIP
     """
+    labels, activation = settings.pop("labels", None), settings.pop("activation", None)
+    output_labels = output_labels if labels is None else labels  # the older names
+    output_activation = output_activation if activation is None else activation
+    unknown = sorted(set(settings) - _SETTINGS)
+    if unknown:
+        raise TypeError(
+            f"infer_dask got unexpected arguments {unknown}; the inference settings are"
+            f" {sorted(_SETTINGS)}"
+        )
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
         raise ValueError(f"block_rows must be a positive int, got {block_rows!r}")
-    config = InferenceConfig(
-        patch_size,
-        patch_overlap,
-        overlap_mode,
-        batch_size,
-        amp=amp,
-        padding_mode=padding_mode,
-        tta=tta,
-    )
-    zarr_target(output_path, overwrite=overwrite, activation=activation)  # checks both
+    if not isinstance(output_labels, bool):
+        raise TypeError(f"output_labels must be True or False, got {output_labels!r}")
+    if "patch_size" not in settings:
+        raise TypeError("infer_dask needs patch_size=")
+    config = InferenceConfig(**settings)
+    store = ZarrOutput(output_path, overwrite=overwrite, labels=output_labels)
+    target = store_target(store, labels=output_labels, activation=output_activation)
     volume = LazyVolume(open_zarr(input_path, level))
     config.check_fits(volume.spatial_shape)  # before starting a cluster
     outputs = _probe(_model(str(model_source), None), volume, config)
-    partial = partial_path(output_path)
     try:
-        _create_output(outputs, volume, config, partial, block_rows, labels)
+        _create_outputs(outputs, volume, config, target, block_rows)
         job = BlockJob(
             str(model_source),
             str(input_path),
             level,
-            str(partial),
+            str(store.partial),
             config.to_dict(),
-            labels,
-            activation,
+            output_labels,
+            output_activation,
         )
         blocks = plan_blocks(volume.spatial_shape[0], block_rows)
         _run_blocks(job, blocks, scheduler, workers, progress)
-        replace_with(partial, Path(output_path), overwrite)
+        assert target.commit is not None
+        result = target.commit(list(outputs))
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        store.discard()
         raise
-    return _open_result(Path(output_path), list(outputs))
-
-
-def _open_result(path: Path, names: list[str | None]) -> Any:
-    import zarr
-
-    if names == [None]:
-        return zarr.open_array(str(path), mode="r")
-    return {name: zarr.open_array(str(path / str(name)), mode="r") for name in names}
+    return result[None] if list(result) == [None] else result
 
 
 __all__ = ["BlockJob", "infer_dask", "plan_blocks", "run_block"]

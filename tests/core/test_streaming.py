@@ -11,7 +11,8 @@ import torch
 import napari_patchwork as pw
 from napari_patchwork.core.config import InferenceConfig
 from napari_patchwork.core.inference import TiledInference
-from napari_patchwork.core.lazy import LazyVolume, multiscale_paths, open_zarr
+from napari_patchwork.core.lazy import LazyVolume
+from napari_patchwork.io.zarr_io import multiscale_paths, open_zarr
 from napari_patchwork.core.streaming import zarr_target
 
 zarr = pytest.importorskip("zarr")
@@ -53,7 +54,7 @@ def test_zarr_in_zarr_out_equals_in_memory_bit_for_bit(zarr_volume, tmp_path, mo
 @pytest.mark.parametrize("mode", ["crop", "gaussian"])
 def test_blocks_of_rows_put_together_equal_one_run(zarr_volume, tmp_path, mode):
     array, data = zarr_volume
-    config = InferenceConfig(12, 4, mode, 2)
+    config = InferenceConfig(patch_size=12, patch_overlap=4, overlap_mode=mode, batch_size=2)
     expected = pw.infer(
         ramp_model,
         torch.from_numpy(data),
@@ -100,7 +101,7 @@ def test_memory_stays_bounded_by_a_slab(tmp_path):
     for start in range(0, shape[1], 16):
         source[:, start : start + 16] = np.random.default_rng(start).random((1, 16, 96, 96))
     budget = 10 * 2**20
-    config = InferenceConfig(12, 2, "hann", 4)
+    config = InferenceConfig(patch_size=12, patch_overlap=2, overlap_mode="hann", batch_size=4)
     engine = TiledInference(
         ramp_model, config, zarr_target(tmp_path / "out.zarr", chunks=(16, 96, 96))
     )
@@ -269,7 +270,7 @@ def test_flushes_cover_whole_output_chunks(tmp_path):
     """Default chunk rows follow the grid step (16): every write but the last band's starts
     on a chunk boundary, so zarr never reads a chunk back."""
     data = np.random.default_rng(6).random((1, 64, 30, 28)).astype(np.float32)
-    config = InferenceConfig(24, 8, "gaussian", 3)
+    config = InferenceConfig(patch_size=24, patch_overlap=8, overlap_mode="gaussian", batch_size=3)
     engine = TiledInference(ramp_model, config, zarr_target(tmp_path / "out.zarr"))
     for _ in engine.run(LazyVolume(data)):
         pass

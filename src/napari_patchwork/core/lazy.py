@@ -7,119 +7,35 @@ storage about ``patch / step`` times, not once per patch that contains it. Rando
 samplers) reads only the region asked for (:meth:`LazyVolume.read`).
 
 A chunk that cannot be decoded raises :class:`CorruptChunkError`, naming the store and the
-chunk, instead of the codec's own message.
+chunk, instead of the codec's own message (the diagnosis, which knows zarr, lives in
+:mod:`napari_patchwork.io.zarr_io`; the error is importable from here too).
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import os
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+# CorruptChunkError and open_zarr live in io.zarr_io; importable from here as before
+from ..io.zarr_io import CorruptChunkError, corrupt_chunk_error, open_zarr, store_name
+from .dtypes import torch_compatible
 
-class CorruptChunkError(ValueError):
-    """A chunk of a lazily read input cannot be read or decoded (truncated, garbage…).
 
-    Parameters
-    ----------
-    store : str
-        The input store (path or URL), as the user named it.
-    chunk : tuple of int
-        The chunk's index in the array's chunk grid.
-    key : str, optional
-        The chunk's key in the store (``'c/0/1/0/1'``).
-    reason : str
-        What the decoder said.
+class SliceableArray(Protocol):
+    """What the core reads lazily: ``shape``, ``dtype`` and numpy-style slicing.
 
-    Examples
-    --------
-    >>> error = CorruptChunkError("in.zarr", (0, 1, 0, 1), "c/0/1/0/1", "Zstd decompression error")
-    >>> print(error)
-    corrupt chunk (0, 1, 0, 1) ('c/0/1/0/1') of input 'in.zarr': Zstd decompression error
+    A zarr or dask array, a numpy memmap, an h5py dataset… all have them.
     """
 
-    def __init__(self, store: str, chunk: tuple[int, ...], key: str | None, reason: str) -> None:
-        self.store, self.chunk, self.key, self.reason = store, tuple(chunk), key, reason
-        where = f" ({key!r})" if key else ""
-        super().__init__(f"corrupt chunk {self.chunk}{where} of input {store!r}: {reason}")
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable: dask sends it from worker processes
-        return (type(self), (self.store, self.chunk, self.key, self.reason))
+    @property
+    def dtype(self) -> Any: ...
 
-
-class _ZarrTaskNoise(logging.Filter):
-    """Drops asyncio's "Task was destroyed but it is pending" for zarr's abandoned reads.
-
-    When one chunk of a read fails, zarr abandons the other chunk tasks of that read; asyncio
-    logs each one when it is collected. The failure itself is reported once, by us.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("Task was destroyed but it is pending" in message and "zarr" in message)
-
-
-_NOISE_FILTER = _ZarrTaskNoise()
-
-
-def _quiet_zarr_task_noise() -> None:
-    logger = logging.getLogger("asyncio")
-    if _NOISE_FILTER not in logger.filters:
-        logger.addFilter(_NOISE_FILTER)
-
-
-def store_name(array: Any) -> str | None:
-    """The path (or URL) of the store behind a zarr array, None for other arrays.
-
-    Examples
-    --------
-    >>> store_name(np.zeros(3)) is None
-    True
-    """
-    store_path = getattr(array, "store_path", None)
-    if store_path is None:
-        return None
-    root = getattr(getattr(store_path, "store", None), "root", None)
-    inner = str(getattr(store_path, "path", "") or "")
-    if root is not None:
-        return os.path.join(str(root), inner) if inner else str(root)
-    return str(store_path)
-
-
-def _chunk_key(array: Any, chunk: tuple[int, ...]) -> str | None:
-    encode = getattr(getattr(array, "metadata", None), "encode_chunk_key", None)
-    try:
-        return str(encode(chunk)) if encode is not None else None
-    except Exception:  # pragma: no cover - metadata of another zarr version
-        return None
-
-
-def find_corrupt_chunk(array: Any, index: tuple[slice, ...]) -> tuple[int, ...] | None:
-    """The first chunk of the zarr ``array`` under ``index`` that fails to read, or None.
-
-    Reads the chunks one at a time (the diagnosis of a failed read, not the normal path).
-    """
-    chunks = getattr(array, "chunks", None)
-    if chunks is None:
-        return None
-    shape = tuple(int(s) for s in array.shape)
-    ranges = []
-    for axis, size, chunk in zip(index, shape, chunks):
-        start, stop, _ = axis.indices(size)
-        ranges.append(range(start // chunk, max(stop - 1, start) // chunk + 1))
-    for position in itertools.product(*ranges):
-        region = tuple(
-            slice(p * c, min((p + 1) * c, s)) for p, c, s in zip(position, chunks, shape)
-        )
-        try:
-            array[region]
-        except Exception:
-            return tuple(position)
-    return None
+    def __getitem__(self, index: Any) -> Any: ...
 
 
 def is_lazy_array(data: Any) -> bool:
@@ -137,19 +53,6 @@ def is_lazy_array(data: Any) -> bool:
     if isinstance(data, (torch.Tensor, np.ndarray)):
         return False
     return all(hasattr(data, name) for name in ("shape", "dtype", "__getitem__"))
-
-
-def _for_torch(array: np.ndarray) -> np.ndarray:
-    """Native byte order and a dtype torch holds exactly (as in-memory images are converted)."""
-    if not array.dtype.isnative:  # zarr gives '<f4' on little-endian machines: no copy then
-        array = array.astype(array.dtype.newbyteorder("="))
-    if array.dtype == np.uint16:
-        return array.astype(np.int32)
-    if array.dtype in (np.uint32, np.uint64):
-        if array.dtype == np.uint64 and int(array.max(initial=0)) > np.iinfo(np.int64).max:
-            raise ValueError("a uint64 input holds values above the int64 range; renumber first")
-        return array.astype(np.int64)
-    return array
 
 
 class LazyVolume:
@@ -182,7 +85,7 @@ class LazyVolume:
     (63.0, 49)
     """
 
-    def __init__(self, array: Any, slab_rows: int = 64) -> None:
+    def __init__(self, array: SliceableArray, slab_rows: int = 64) -> None:
         shape = tuple(int(s) for s in array.shape)
         if len(shape) not in (3, 4):
             raise ValueError(f"array must be 3D (I, J, K) or 4D (C, I, J, K), got shape {shape}")
@@ -191,13 +94,14 @@ class LazyVolume:
         if np.dtype(array.dtype).kind not in "biuf":
             raise TypeError(f"array must hold real numbers, got dtype {array.dtype}")
         self.array = array
+        store = store_name(array)
+        self._name = "the input" if store is None else f"input '{store}'"
         self.channels_first = len(shape) == 4
         self.shape = shape if self.channels_first else (1, *shape)
         self.dtype = np.dtype(array.dtype)
         self.slab_rows = max(1, int(slab_rows))
         self._slab: torch.Tensor | None = None
         self._slab_start = 0
-        self.rows_read = 0  # rows read from storage (what the slab cache saves is measurable)
         self.voxels_read = 0  # voxels (all channels) read from storage
 
     @property
@@ -212,11 +116,10 @@ class LazyVolume:
         array = self._fetch(full)
         if not self.channels_first:
             array = array[None]
-        array = _for_torch(array)
+        array = torch_compatible(array, self._name)
         if isinstance(self.array, np.ndarray) and np.may_share_memory(array, self.array):
             array = np.array(array, copy=True)  # a memmap: copy out of the (read-only) mapping
         array = np.ascontiguousarray(array)
-        self.rows_read += array.shape[1]
         self.voxels_read += array.size
         return torch.from_numpy(array)
 
@@ -224,15 +127,10 @@ class LazyVolume:
         try:
             return np.asarray(self.array[index])
         except Exception as error:
-            store = store_name(self.array)
-            if store is None:
+            corrupt = corrupt_chunk_error(self.array, index, error)
+            if corrupt is None:
                 raise
-            _quiet_zarr_task_noise()
-            chunk = find_corrupt_chunk(self.array, index)
-            if chunk is None:
-                raise
-            reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-            raise CorruptChunkError(store, chunk, _chunk_key(self.array, chunk), reason) from None
+            raise corrupt from None
 
     def __getitem__(self, index: tuple[slice, ...]) -> torch.Tensor:
         channels, rows, columns, depth = index
@@ -274,36 +172,4 @@ class LazyVolume:
         return f"LazyVolume({type(self.array).__name__}, shape={self.shape}, dtype={self.dtype})"
 
 
-def open_zarr(path: str | os.PathLike[str], level: int = 0) -> Any:
-    """Open a zarr array, or level ``level`` of an OME-Zarr multiscale image, for reading.
-
-    Requires the optional ``zarr`` package (``pip install napari-patchwork[zarr]``).
-    """
-    try:
-        import zarr
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "reading zarr needs 'zarr': pip install napari-patchwork[zarr]"
-        ) from error
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"zarr path does not exist: '{path}'")
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as error:
-        raise ValueError(f"cannot open zarr store '{path}': {error}") from error
-    if hasattr(node, "shape"):
-        return node
-    datasets = multiscale_paths(dict(node.attrs))
-    if not datasets:
-        raise ValueError(f"zarr group '{path}' is not an OME-Zarr image (no 'multiscales')")
-    if not 0 <= level < len(datasets):
-        raise ValueError(f"level must be in [0, {len(datasets) - 1}] for '{path}', got {level}")
-    return node[datasets[level]]
-
-
-def multiscale_paths(attributes: dict[str, Any]) -> list[str]:
-    """Dataset paths of an OME-Zarr image, finest first (versions 0.4 and 0.5)."""
-    multiscales = attributes.get("multiscales") or attributes.get("ome", {}).get("multiscales")
-    if not multiscales:
-        return []
-    return [str(dataset["path"]) for dataset in multiscales[0].get("datasets", [])]
+__all__ = ["CorruptChunkError", "LazyVolume", "SliceableArray", "is_lazy_array", "open_zarr"]

@@ -8,9 +8,11 @@ rows until their band is complete (by default the output's chunk rows follow the
 so every write but possibly the last is whole chunks and zarr never reads a chunk back). The
 buffer holds one patch height of rows plus an eighth, whatever the volume.
 
-A zarr output is written under a temporary name beside the target
-(``.out.zarr.partial-<pid>``) and renamed when the run completes; a failed or cancelled run
-removes it, so nothing at the output path is ever half-written.
+The merger writes to any :class:`RowSink` (``sink[:, rows] = array``) that an
+:class:`OutputStore` creates; this module does not know zarr. :func:`zarr_target` streams to
+:class:`napari_patchwork.io.zarr_io.ZarrOutput`, which writes under a temporary name beside
+the target (``.out.zarr.partial-<pid>``) and renames the store when the run completes; a
+failed or cancelled run removes it, so nothing at the output path is ever half-written.
 
 A run can also cover a block of rows only (a ``dask`` task): it runs exactly the patches that
 touch the block, in the same order and with the same weights as a whole-volume run, and
@@ -21,15 +23,14 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ..io.zarr_io import ZarrOutput
 from ._validation import to_triplet
 from .grid import GridPlan
 from .merger import GridMerger
@@ -37,6 +38,34 @@ from .postprocess import ACTIVATIONS, to_labels, to_probabilities
 from .types import TypeTriplet
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class RowSink(Protocol):
+    """What a streamed output is written to: ``sink[:, rows] = numpy_array``.
+
+    A zarr array, a numpy memmap or array… An optional ``chunks`` (or ``shards``) tuple
+    tells the merger which row bands to write whole.
+    """
+
+    def __setitem__(self, index: Any, value: np.ndarray) -> None: ...
+
+
+class OutputStore(Protocol):
+    """Creates the sinks of one streamed run, and finishes or removes them.
+
+    :class:`napari_patchwork.io.zarr_io.ZarrOutput` is the zarr implementation.
+    """
+
+    def create(
+        self, channels: int, shape: tuple[int, int, int], name: str | None, chunk_rows: int
+    ) -> Any:
+        """The sink (a :class:`RowSink`) of output ``name``: ``(channels, *shape)``."""
+
+    def commit(self, names: Sequence[str | None]) -> dict[str | None, Any]:
+        """Called once every row is written: the finished outputs by name."""
+
+    def discard(self) -> None:
+        """Called when the run fails or is cancelled."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +164,7 @@ class StreamingMerger(GridMerger):
         rows: tuple[int, int] | None = None,
         transform: Transform | None = None,
     ) -> None:
-        self._channels, self.sink = channels, sink
+        self.sink = sink
         super().__init__(plan, mode, channels, output_patch, device)
         factor = self.factor[0]
         low, high = rows if rows is not None else (0, plan.spatial_shape[0])
@@ -275,87 +304,9 @@ def _transform_of(labels: bool, activation: str | None) -> Transform | None:
     return None
 
 
-def partial_path(path: str | os.PathLike[str]) -> Path:
-    """Where a zarr output is written until complete: ``.name.partial-<pid>`` beside it.
-
-    Examples
-    --------
-    >>> partial_path("/data/out.zarr").name.startswith(".out.zarr.partial-")
-    True
-    """
-    target = Path(path)
-    return target.parent / f".{target.name}.partial-{os.getpid()}"
-
-
-def replace_with(partial: Path, target: Path, overwrite: bool) -> None:
-    """Rename the complete ``partial`` store to ``target`` (replacing it if ``overwrite``)."""
-    if target.exists() and not overwrite:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ValueError(f"output exists: '{target}' (pass overwrite=True to replace it)")
-    old = target.parent / f".{target.name}.replaced-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(partial, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-class _ZarrOutput:
-    """The zarr store of one run: created under its partial name, renamed when complete."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        rows: tuple[int, int] | None,
-        chunks: tuple[int, int, int] | None,
-        overwrite: bool,
-        labels: bool,
-    ) -> None:
-        self.path, self.rows, self.overwrite, self.labels = Path(path), rows, overwrite, labels
-        self.chunks = to_triplet(chunks, "output_chunks") if chunks else None
-        self.partial = partial_path(path)
-        if rows is None and self.path.exists() and not overwrite:
-            raise ValueError(f"output exists: '{self.path}' (pass overwrite=True to replace it)")
-
-    def create(
-        self, channels: int, shape: tuple[int, int, int], name: str | None, chunk_rows: int
-    ) -> Any:
-        import zarr
-
-        if self.rows is not None:  # a block of a run whose store already exists
-            return zarr.open_array(self._node(self.path, name), mode="r+")
-        if self.labels and channels > 256:
-            raise ValueError(
-                f"a uint8 label map holds at most 256 classes; the model has {channels}"
-            )
-        chunks = self.chunks or (min(chunk_rows, shape[0]), *default_chunks(shape)[1:])
-        settings: dict[str, Any] = {
-            "shape": (1 if self.labels else channels, *shape),
-            "chunks": (1 if self.labels else channels, *chunks),
-            "dtype": "uint8" if self.labels else "float32",
-        }
-        if name is None:
-            return zarr.create_array(str(self.partial), overwrite=True, **settings)
-        group = zarr.open_group(str(self.partial), mode="a")
-        try:
-            return group.create_array(name, **settings)
-        except (ValueError, TypeError) as error:
-            message = f"the model's output {name!r} cannot name a zarr array: {error}"
-            raise ValueError(message) from None
-
-    def commit(self, names: list[str | None]) -> dict[str | None, Any]:
-        import zarr
-
-        if self.rows is None:
-            replace_with(self.partial, self.path, self.overwrite)
-        return {name: zarr.open_array(self._node(self.path, name), mode="r") for name in names}
-
-    @staticmethod
-    def _node(root: Path, name: str | None) -> str:
-        return str(root if name is None else root / name)
-
-    def discard(self) -> None:
-        if self.rows is None:
-            shutil.rmtree(self.partial, ignore_errors=True)
+def _check_activation(activation: str | None) -> None:
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
 
 
 def zarr_target(
@@ -391,14 +342,62 @@ def zarr_target(
     ValueError
         If ``path`` exists and ``overwrite`` is False.
     """
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS} or None, got {activation!r}")
-    store = _ZarrOutput(path, rows, chunks, overwrite, labels)
-    return StreamTarget(
-        store.create, rows, _transform_of(labels, activation), store.commit, store.discard
+    _check_activation(activation)  # before the store checks its path
+    return store_target(
+        ZarrOutput(
+            path,
+            existing=rows is not None,
+            chunks=to_triplet(chunks, "output_chunks") if chunks else None,
+            overwrite=overwrite,
+            labels=labels,
+        ),
+        rows,
+        labels,
+        activation,
     )
 
 
-def default_chunks(shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """64³ chunks (or the whole axis when shorter)."""
-    return tuple(min(64, s) for s in shape[-3:])  # type: ignore[return-value]
+def store_target(
+    store: OutputStore,
+    rows: tuple[int, int] | None = None,
+    labels: bool = False,
+    activation: str | None = None,
+) -> StreamTarget:
+    """A :class:`StreamTarget` writing into the sinks ``store`` creates.
+
+    Parameters
+    ----------
+    store : OutputStore
+        Creates the sinks, then commits (or discards) them.
+    rows : tuple of 2 int, optional
+        Only these input rows (a block of a larger run).
+    labels : bool
+        Write one-channel uint8 label maps (argmax, or logit > 0) instead of raw outputs
+        (``store`` must create uint8 one-channel sinks then).
+    activation : {'softmax', 'sigmoid', 'none'}, optional
+        Write probabilities instead of raw outputs; with ``labels``, the one-channel
+        threshold (see :func:`labels_of_slab`).
+
+    Raises
+    ------
+    ValueError
+        If ``activation`` is not one of the activations.
+
+    Examples
+    --------
+    >>> class Memory:
+    ...     def create(self, channels, shape, name, chunk_rows):
+    ...         self.array = np.zeros((channels, *shape), np.float32)
+    ...         return self.array
+    ...     def commit(self, names):
+    ...         return {name: self.array for name in names}
+    ...     def discard(self):
+    ...         pass
+    >>> target = store_target(Memory(), activation="sigmoid")
+    >>> target.create(1, (2, 2, 2), None, 2).shape
+    (1, 2, 2, 2)
+    """
+    _check_activation(activation)
+    return StreamTarget(
+        store.create, rows, _transform_of(labels, activation), store.commit, store.discard
+    )
