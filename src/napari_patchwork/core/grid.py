@@ -10,8 +10,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+from ._validation import _is_int, check_overlap, check_patch_fits, to_triplet
 from .location import PatchLocation
-from .types import TypeTriplet
+from .types import TypeSize, TypeTriplet
 
 
 def grid_starts(size: int, patch: int, overlap: int, padded: bool = False) -> list[int]:
@@ -89,10 +90,18 @@ class GridPlan:
 
     Parameters
     ----------
-    spatial_shape, patch_size, patch_overlap : tuple of 3 int
-        Volume, patch and overlap sizes (already validated).
+    spatial_shape : sequence of 3 int
+        Volume size.
+    patch_size, patch_overlap : int or tuple of 3 int
+        Patch size, and the overlap of neighbouring patches (even, smaller than the patch).
     padded : bool
         Whether the grid is planned on the volume padded by ``overlap // 2``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For a bad argument (named, with its value): e.g. an odd overlap, or a patch larger
+        than the (padded) volume.
 
     Examples
     --------
@@ -104,18 +113,25 @@ class GridPlan:
     def __init__(
         self,
         spatial_shape: Sequence[int],
-        patch_size: TypeTriplet,
-        patch_overlap: TypeTriplet = (0, 0, 0),
+        patch_size: TypeSize,
+        patch_overlap: TypeSize = (0, 0, 0),
         padded: bool = False,
     ) -> None:
-        self.spatial_shape = tuple(int(s) for s in spatial_shape)
-        self.patch_size = patch_size
-        self.patch_overlap = patch_overlap
+        if _is_int(spatial_shape):
+            raise TypeError(f"spatial_shape must be a sequence of 3 ints, got {spatial_shape!r}")
+        shape = to_triplet(spatial_shape, "spatial_shape")
+        patch = to_triplet(patch_size, "patch_size")
+        overlap = to_triplet(patch_overlap, "patch_overlap", minimum=0)
+        check_overlap(patch, overlap)
+        if not isinstance(padded, bool):
+            raise TypeError(f"padded must be True or False, got {padded!r}")
+        border = [o // 2 if padded else 0 for o in overlap]
+        check_patch_fits(patch, [s + 2 * b for s, b in zip(shape, border)])
+        self.spatial_shape: TypeTriplet = shape
+        self.patch_size: TypeTriplet = patch
+        self.patch_overlap: TypeTriplet = overlap
         self.padded = padded
-        self.starts = [
-            grid_starts(s, p, o, padded)
-            for s, p, o in zip(spatial_shape, patch_size, patch_overlap)
-        ]
+        self.starts = [grid_starts(s, p, o, padded) for s, p, o in zip(shape, patch, overlap)]
         self.counts = tuple(len(starts) for starts in self.starts)
 
     def __len__(self) -> int:

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._validation import check_padding_mode
 from .lazy import LazyVolume
 from .location import PatchLocation
 
 
 def _numpy_dtype(dtype: Any) -> np.dtype[Any]:
     if isinstance(dtype, torch.dtype):
-        return torch.empty(0, dtype=dtype).numpy().dtype
-    return np.dtype(dtype)
+        dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    kind: np.dtype[Any] = np.dtype(dtype)
+    return kind
+
+
+def _triplet(values: Sequence[int]) -> tuple[int, int, int]:
+    a, b, c = values
+    return (int(a), int(b), int(c))
 
 
 def constant_fits(value: float, dtype: Any) -> bool:
@@ -74,12 +81,21 @@ def check_constant_fits(value: float, dtype: Any, what: str) -> None:
         )
 
 
-_STATISTICS = {
-    "mean": lambda v: v.float().mean(),
-    "median": lambda v: v.float().median(),
-    "minimum": lambda v: v.min(),
-    "maximum": lambda v: v.max(),
+_STATISTICS: dict[str, Callable[[np.ndarray[Any, Any]], Any]] = {
+    "mean": np.mean,
+    "median": np.median,
+    "minimum": np.min,
+    "maximum": np.max,
 }
+
+
+def _statistic(volume: torch.Tensor, mode: str) -> float:
+    """``np.mean``/``np.median``/``np.min``/``np.max`` of the whole volume (as ``np.pad``)."""
+    try:
+        array = volume.detach().cpu().numpy()
+    except TypeError:  # a dtype numpy lacks (bfloat16)
+        array = volume.detach().cpu().float().numpy()
+    return float(_STATISTICS[mode](array))
 
 
 def _map_indices(indices: torch.Tensor, size: int, mode: str) -> torch.Tensor:
@@ -98,6 +114,24 @@ def _map_indices(indices: torch.Tensor, size: int, mode: str) -> torch.Tensor:
 
 class PatchGatherer:
     """Copies patches of a ``(C, I, J, K)`` volume into batch buffers, padding at borders.
+
+    The one padding implementation of the package: :func:`pad_volume` (and through it
+    ``GridSampler``'s padding) gathers the padded volume as one patch; the values are those
+    of ``np.pad`` in every mode.
+
+    Parameters
+    ----------
+    volume : torch.Tensor or LazyVolume
+        ``(C, I, J, K)`` voxels.
+    padding_mode : str or float, optional
+        None or ``'constant'`` (fill with ``fill``), a number (fill with it), ``'edge'``,
+        ``'reflect'``, ``'symmetric'``, ``'wrap'`` (as ``np.pad``), or ``'mean'``,
+        ``'median'``, ``'minimum'``, ``'maximum'`` (fill with that statistic of the whole
+        volume, which must then be in memory).
+    fill : float
+        The constant of ``'constant'`` (and of None, for patches crossing the border).
+    cached : bool
+        Read patches inside a lazily read volume through its slab cache.
 
     Patches inside the volume are plain slice copies (with dtype conversion on the fly, so an
     integer volume is never copied whole); patches crossing the border gather mapped indices
@@ -125,19 +159,27 @@ class PatchGatherer:
         fill: float = 0.0,
         cached: bool = True,
     ) -> None:
+        if not isinstance(volume, (torch.Tensor, LazyVolume)):
+            raise TypeError(f"volume must be a torch.Tensor or a LazyVolume, got {type(volume)}")
+        if len(volume.shape) != 4:
+            raise ValueError(f"volume must be (C, I, J, K), got shape {tuple(volume.shape)}")
+        check_padding_mode(padding_mode)
+        if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
+            raise TypeError(f"fill must be a number, got {fill!r}")
         self.volume = volume
         self.cached = cached
         self.mode: str | None = None
         self.fill = float(fill)
+        self.statistic = padding_mode in _STATISTICS
         if isinstance(padding_mode, (int, float)) and not isinstance(padding_mode, bool):
             self.fill = float(padding_mode)
-        elif padding_mode in _STATISTICS:
+        elif self.statistic:
             if not isinstance(volume, torch.Tensor):
                 raise ValueError(
                     f"padding_mode={padding_mode!r} needs the whole volume in memory;"
                     " for lazily read volumes use a number, 'constant' or a numpy pad mode"
                 )
-            self.fill = float(_STATISTICS[str(padding_mode)](volume))
+            self.fill = _statistic(volume, str(padding_mode))
         elif padding_mode is not None and padding_mode != "constant":
             self.mode = str(padding_mode)
 
@@ -152,7 +194,7 @@ class PatchGatherer:
         if out is None:
             out = torch.empty((len(locations), self.volume.shape[0], *size), dtype=dtype)
         batch = out[: len(locations)]
-        if self.mode is None:  # a constant is written into the patches: it must fit
+        if self.mode is None and not self.statistic:  # a constant written in must fit
             check_constant_fits(self.fill, batch.dtype, "the patches")
         shape = self.volume.shape[1:]
         for patch, location in zip(batch, locations):
@@ -232,6 +274,37 @@ def _runs(values: list[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
+def pad_volume(
+    volume: torch.Tensor,
+    border: Sequence[int],
+    padding_mode: str | float,
+    fill: float = 0.0,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``volume`` ``(C, I, J, K)`` padded by ``border`` voxels on each side of each axis.
+
+    The values of ``np.pad(volume, ((0, 0), *((b, b) for b in border)), mode)`` for the numpy
+    modes; a number (or ``'constant'`` with ``fill``) pads with that constant, which must fit
+    ``dtype`` (default: the volume's); a statistic mode pads with ``np.mean`` … ``np.max`` of
+    the volume, cast to ``dtype`` as numpy casts. Gathered by :class:`PatchGatherer`.
+
+    Examples
+    --------
+    >>> pad_volume(torch.arange(3).reshape(1, 3, 1, 1), (2, 0, 0), "reflect").ravel().tolist()
+    [2, 1, 0, 1, 2, 1, 0]
+    """
+    if not isinstance(volume, torch.Tensor):
+        raise TypeError(f"volume must be a torch.Tensor, got {type(volume)}")
+    if len(border) != 3 or any(isinstance(b, bool) or int(b) != b or b < 0 for b in border):
+        raise ValueError(f"border must be 3 ints >= 0, got {border!r}")
+    gatherer = PatchGatherer(volume, padding_mode, fill)
+    location = PatchLocation(
+        _triplet([-int(b) for b in border]),
+        _triplet([s + 2 * int(b) for s, b in zip(volume.shape[1:], border)]),
+    )
+    return gatherer.gather([location], dtype=volume.dtype if dtype is None else dtype)[0]
+
+
 class PaddedVolume:
     """A lazily read volume seen through padding: ``(C, I + 2b, J + 2b, K + 2b)``, read on demand.
 
@@ -269,7 +342,8 @@ class PaddedVolume:
         channels, *spatial = index
         ranges = [range(*axis.indices(size)) for axis, size in zip(spatial, self.shape[1:])]
         location = PatchLocation(
-            [r.start - b for r, b in zip(ranges, self.border)], [len(r) for r in ranges]
+            _triplet([r.start - b for r, b in zip(ranges, self.border)]),
+            _triplet([len(r) for r in ranges]),
         )
         patch = self.gatherer.gather([location], dtype=self._torch_dtype)[0]
         return patch[channels].numpy()

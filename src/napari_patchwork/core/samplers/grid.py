@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +13,13 @@ from .._validation import check_overlap, check_padding_mode, check_patch_fits, t
 from ..grid import grid_locations
 from ..image import LABEL, Image
 from ..location import PatchLocation
-from ..patches import PaddedVolume, check_constant_fits, constant_fits, dtype_holding
+from ..patches import (
+    PaddedVolume,
+    check_constant_fits,
+    constant_fits,
+    dtype_holding,
+    pad_volume,
+)
 from ..subject import Subject
 from ..types import TypeSize
 from .base import PatchSampler, _check_subject
@@ -22,7 +29,7 @@ _STAT_MODES = {"mean", "median", "minimum", "maximum"}
 
 def _padding_dtype(
     image: Image, mode: str | float | None, fill: float, name: str
-) -> tuple[float | None, np.dtype | None]:  # type: ignore[type-arg]
+) -> tuple[float | None, np.dtype[Any] | None]:
     """The padding constant (None for other modes) and the dtype to promote to (None: keep).
 
     Raises ``ValueError`` for a constant that does not fit a label map's dtype.
@@ -72,23 +79,13 @@ def pad_image(
     """
     affine = image.affine.copy()
     affine[:3, 3] = (image.affine @ np.array([*(-b for b in border), 1.0]))[:3]
-    constant, dtype = _padding_dtype(image, mode, fill, name)
+    _, dtype = _padding_dtype(image, mode, fill, name)
     if image.lazy_volume is not None and mode not in _STAT_MODES:  # stays lazy
         padded_view = PaddedVolume(image.lazy_volume, border, mode, fill, dtype=dtype)
-        return type(image)(padded_view, affine=affine)
-    data = image.data
-    widths = ((0, 0), *((b, b) for b in border))
-    array = data.numpy()
-    if dtype is not None:
-        array = array.astype(dtype)
-    if constant is not None:
-        padded = np.pad(array, widths, mode="constant", constant_values=constant)
-    elif mode in _STAT_MODES:
-        stat = {"mean": np.mean, "median": np.median, "minimum": np.min, "maximum": np.max}[mode]
-        padded = np.pad(array, widths, mode="constant", constant_values=stat(array))
-    else:
-        padded = np.pad(array, widths, mode=mode)  # type: ignore[call-overload]
-    return type(image)(tensor=torch.from_numpy(padded), affine=affine)
+        return type(image)(padded_view, affine=affine)  # type: ignore[arg-type]  # lazy
+    torch_dtype = None if dtype is None else torch.from_numpy(np.empty(0, dtype)).dtype
+    padded = pad_volume(image.data, border, mode, fill, dtype=torch_dtype)
+    return type(image)(tensor=padded, affine=affine)
 
 
 class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
@@ -165,7 +162,8 @@ class GridSampler(PatchSampler, Dataset):  # type: ignore[type-arg]
             raise IndexError(f"index {index} out of range for {len(self)} patches")
         location = self.locations[index]
         source = self._source()
-        shifted = PatchLocation([i + b for i, b in zip(location.index, self.border)], location.size)
+        i, j, k = (i + b for i, b in zip(location.index, self.border))
+        shifted = PatchLocation((i, j, k), location.size)
         patch = source.crop(shifted)
         patch["patch_location"] = location
         return patch
