@@ -1,0 +1,145 @@
+"""GridMerger against a brute-force sum of windows placed over every patch."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from napari_patchwork.core.blending import blending_window
+from napari_patchwork.core.grid import GridPlan, crop_intervals
+from napari_patchwork.core.merger import GridMerger
+
+MODES = ["crop", "average", "hann", "gaussian"]
+CPU = torch.device("cpu")
+
+
+def placed(plan, rank, factor, shape):
+    """Output-space (target, source) slices of a patch, cropped to the output volume."""
+    target, source = [], []
+    for axis, start in enumerate(plan.location(rank).index_ini):
+        start = math.floor(start * factor + 1e-9)
+        size = round(plan.patch_size[axis] * factor)
+        lo, hi = max(start, 0), min(start + size, shape[axis])
+        target.append(slice(lo, hi))
+        source.append(slice(lo - start, hi - start))
+    return tuple(target), tuple(source)
+
+
+def brute_force(plan, mode, outputs, factor, done=None):
+    """Sum of window * output and of windows, voxel by voxel over the first ``done`` patches."""
+    channels, *output_patch = outputs.shape[1:]
+    shape = tuple(int(s * factor) for s in plan.spatial_shape)
+    window_mode = "average" if mode == "crop" else mode
+    window = blending_window(window_mode, tuple(output_patch), torch.float64)[0]
+    values = torch.zeros((channels, *shape), dtype=torch.float64)
+    weights = torch.zeros(shape, dtype=torch.float64)
+    for rank in range(len(plan) if done is None else done):
+        target, source = placed(plan, rank, factor, shape)
+        values[(slice(None), *target)] += window[source] * outputs[rank][(slice(None), *source)]
+        weights[target] += window[source]
+    return values, weights
+
+
+def crop_reference(plan, outputs, factor):
+    """Each voxel from the one patch that owns it (crop_intervals), scaled to the output."""
+    shape = tuple(int(s * factor) for s in plan.spatial_shape)
+    expected = torch.zeros((outputs.shape[1], *shape), dtype=torch.float64)
+    owned = [
+        crop_intervals(size, patch, overlap, plan.padded)
+        for size, patch, overlap in zip(plan.spatial_shape, plan.patch_size, plan.patch_overlap)
+    ]
+    for rank in range(len(plan)):
+        location = plan.location(rank)
+        target, source = [], []
+        for axis, start in enumerate(location.index_ini):
+            lo, hi = owned[axis][start]
+            lo, hi = (math.floor(v * factor + 1e-9) for v in (lo, hi))
+            begin = math.floor(start * factor + 1e-9)
+            target.append(slice(lo, hi))
+            source.append(slice(lo - begin, hi - begin))
+        expected[(slice(None), *target)] = outputs[rank][(slice(None), *source)].double()
+    return expected
+
+
+def merged(plan, mode, outputs, batch=3):
+    merger = GridMerger(plan, mode, outputs.shape[1], tuple(outputs.shape[2:]), CPU)
+    for first in range(0, len(plan), batch):
+        merger.add(outputs[first : first + batch], first)
+    return merger
+
+
+@st.composite
+def grids(draw):
+    factor = draw(st.sampled_from([0.5, 1.0, 2.0]))
+    patch = tuple(2 * draw(st.integers(1, 4)) for _ in range(3))
+    overlap = tuple(2 * draw(st.integers(0, p // 2 - 1)) for p in patch)
+    padded = draw(st.booleans())
+    shape = tuple(
+        draw(st.integers(max(p - (o if padded else 0), 1), p + 9)) for p, o in zip(patch, overlap)
+    )
+    if factor == 0.5:  # the starts of a downsampled output must fall on output voxels
+        overlap = tuple(o - o % 4 for o in overlap)
+        shape = tuple(s + s % 2 for s in shape)
+        patch = tuple(p + p % 4 for p in patch)
+        shape = tuple(max(s, p) for s, p in zip(shape, patch))
+        padded = False
+    return GridPlan(shape, patch, overlap, padded), factor
+
+
+@settings(max_examples=40, deadline=None)
+@given(grid=grids(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**16))
+def test_output_equals_the_brute_force_blend(grid, mode, seed):
+    plan, factor = grid
+    output_patch = tuple(round(p * factor) for p in plan.patch_size)
+    generator = torch.Generator().manual_seed(seed)
+    outputs = torch.rand((len(plan), 2, *output_patch), generator=generator)
+    result = merged(plan, mode, outputs).finalize()
+    if mode == "crop":
+        expected = crop_reference(plan, outputs, factor)
+    else:
+        values, weights = brute_force(plan, mode, outputs, factor)
+        assert (weights > 0).all()  # the grid covers every voxel
+        expected = values / weights
+    assert result.shape == expected.shape
+    torch.testing.assert_close(result.double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(grid=grids(), mode=st.sampled_from(["average", "hann", "gaussian"]), data=st.data())
+def test_weights_of_the_first_patches_equal_the_brute_force_sum(grid, mode, data):
+    plan, factor = grid
+    output_patch = tuple(round(p * factor) for p in plan.patch_size)
+    outputs = torch.rand((len(plan), 1, *output_patch))
+    done = data.draw(st.integers(0, len(plan)))
+    merger = merged(plan, mode, outputs[:done]) if done else merged(plan, mode, outputs[:0])
+    values, weights = brute_force(plan, mode, outputs, factor, done)
+    everything = (slice(None),) * 3
+    torch.testing.assert_close(
+        merger.weights(done, everything).double(), weights, atol=1e-5, rtol=1e-5
+    )
+    partial = merger.normalized(done, everything).double()
+    expected = torch.where(weights > 0, values / weights.clamp(min=1e-30), 0)
+    torch.testing.assert_close(partial, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_constant_output_stays_constant(mode):
+    plan = GridPlan((11, 9, 7), (6, 4, 4), (2, 2, 0), padded=True)
+    outputs = torch.full((len(plan), 1, 6, 4, 4), 3.0)
+    assert torch.allclose(merged(plan, mode, outputs).finalize(), torch.tensor(3.0))
+
+
+def test_a_retried_batch_is_not_added_twice():
+    plan = GridPlan((8, 8, 8), (4, 4, 4), (2, 2, 2))
+    outputs = torch.rand(len(plan), 1, 4, 4, 4)
+    merger = merged(plan, "hann", outputs)
+    merger.add(outputs[:4], 0)  # ranks already merged are skipped
+    torch.testing.assert_close(merger.finalize(), merged(plan, "hann", outputs).finalize())
+
+
+def test_region_is_the_touched_box():
+    plan = GridPlan((10, 8, 8), (4, 4, 4), (2, 0, 0), padded=True)
+    merger = GridMerger(plan, "average", 1, (8, 8, 8), CPU)  # upsampled twice
+    assert merger.region(0) == (slice(0, 6), slice(0, 8), slice(0, 8))  # starts at -1: -2 out
