@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from napari_patchwork.core.config import InferenceConfig
+from napari_patchwork.core.config import InferenceConfig, InferenceSettings
 
 
 def test_sizes_become_triplets_and_devices_torch_devices():
@@ -40,3 +40,25 @@ def test_check_fits_counts_the_padding():
     InferenceConfig(patch_size=8, patch_overlap=4, padding_mode="edge").check_fits((6, 6, 6))
     with pytest.raises(ValueError):
         InferenceConfig(patch_size=8, patch_overlap=4).check_fits((6, 6, 6))
+
+
+def test_settings_are_keyword_only():
+    with pytest.raises(TypeError, match="positional"):
+        InferenceConfig(8, 2)  # type: ignore[misc]
+
+
+def test_the_keyword_settings_are_the_fields():
+    names = {field.name for field in dataclasses.fields(InferenceConfig)}
+    assert set(InferenceSettings.__annotations__) == names
+
+
+def test_resolve_takes_a_config_or_settings_not_both():
+    config = InferenceConfig(patch_size=8)
+    assert InferenceConfig.resolve(config) is config
+    assert InferenceConfig.resolve(patch_size=8, fixed_batch=True).fixed_batch is True
+    with pytest.raises(TypeError, match="not both.*'tta'"):
+        InferenceConfig.resolve(config, tta=True)
+    with pytest.raises(TypeError, match=r"unexpected arguments: \['patch'\]"):
+        InferenceConfig.resolve(patch=8)
+    with pytest.raises(TypeError, match="config must be an InferenceConfig"):
+        InferenceConfig.resolve({"patch_size": 8})  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from napari_patchwork import crop_intervals, grid_locations, grid_starts
+from napari_patchwork import GridPlan, crop_intervals, grid_locations, grid_starts
 
 
 @pytest.mark.parametrize(
@@ -32,3 +33,38 @@ def test_crop_intervals_partition_the_axis(size, patch, overlap, padded):
     intervals = sorted(crop_intervals(size, patch, overlap, padded).values())
     covered = [voxel for lo, hi in intervals for voxel in range(lo, hi)]
     assert covered == list(range(size))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "words"),
+    [
+        ({"patch_overlap": 3}, ValueError, "patch_overlap must be even"),
+        ({"patch_overlap": (2, 1, 0)}, ValueError, r"patch_overlap must be even.*\(2, 1, 0\)"),
+        ({"patch_overlap": 8}, ValueError, "smaller than patch_size"),
+        ({"patch_size": 0}, ValueError, "patch_size must be positive"),
+        ({"patch_size": 4.0}, TypeError, "patch_size"),
+        ({"patch_size": 12}, ValueError, r"patch_size \(12, 12, 12\) is larger than the volume"),
+        ({"spatial_shape": (8, 8)}, ValueError, "spatial_shape must be an int or 3 ints"),
+        ({"spatial_shape": 8}, TypeError, "spatial_shape must be a sequence of 3 ints, got 8"),
+        ({"spatial_shape": (8, 0, 8)}, ValueError, "spatial_shape must be positive"),
+        ({"padded": "yes"}, TypeError, "padded must be True or False, got 'yes'"),
+    ],
+)
+def test_grid_plan_refuses_bad_arguments_by_name(arguments, error, words):
+    values = {"spatial_shape": (8, 8, 8), "patch_size": 4, "patch_overlap": 2, "padded": False}
+    values.update(arguments)
+    with pytest.raises(error, match=words):
+        GridPlan(**values)
+
+
+def test_grid_plan_counts_the_padding_when_the_patch_is_larger_than_the_volume():
+    plan = GridPlan((5, 6, 6), 6, 2, padded=True)  # padded by 1 on each side: 7 >= 6
+    assert plan.counts == (2, 2, 2) and plan.location(0).index == (-1, -1, -1)
+    with pytest.raises(ValueError, match="larger than the volume"):
+        GridPlan((5, 6, 6), 6, 2, padded=False)
+
+
+def test_grid_plan_takes_sizes_as_the_api_does():
+    plan = GridPlan(np.array([10, 8, 8]), 4, (2, 0, 0))
+    assert plan.spatial_shape == (10, 8, 8) and plan.patch_size == (4, 4, 4)
+    assert plan.patch_overlap == (2, 0, 0) and len(plan) == 16
