@@ -207,3 +207,49 @@ def test_a_failing_task_leaves_no_output_and_thread_variables_are_restored(
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]  # no partial store
     assert os.environ["OMP_NUM_THREADS"] == "3" and "MKL_NUM_THREADS" not in os.environ
+
+
+def test_infer_dask_takes_the_setting_names_of_infer(source, tmp_path):
+    path, data = source
+    settings = {
+        "patch_size": 12,
+        "patch_overlap": 4,
+        "overlap_mode": "hann",
+        "batch_size": 3,
+        "padding_mode": "reflect",
+        "device": "cpu",
+    }
+    labels = infer_dask(
+        "tests.test_distributed:ramp_net",
+        path,
+        tmp_path / "labels.zarr",
+        workers=1,
+        block_rows=16,
+        output_labels=True,
+        output_activation="sigmoid",
+        **settings,
+    )
+    local = pw.infer(
+        ramp_net(),
+        zarr.open_array(path),
+        output=tmp_path / "local.zarr",
+        output_labels=True,
+        output_activation="sigmoid",
+        **settings,
+    )
+    assert labels.dtype == np.uint8 and labels.chunks[1] == 16
+    assert np.array_equal(labels[:], local[:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr", "labels.zarr", "local.zarr"]
+
+
+def test_infer_dask_refuses_unknown_settings_before_starting(source, tmp_path):
+    path, _ = source
+    with pytest.raises(TypeError, match=r"unexpected arguments \['patch_sise'\]"):
+        infer_dask("demo", path, tmp_path / "o.zarr", patch_sise=12)
+    with pytest.raises(ValueError, match="patch_overlap must be even"):
+        infer_dask("demo", path, tmp_path / "o.zarr", patch_size=12, patch_overlap=3)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        infer_dask("demo", path, tmp_path / "o.zarr", patch_size=12, output_activation="relu")
+    with pytest.raises(TypeError, match="needs patch_size"):
+        infer_dask("demo", path, tmp_path / "o.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]

@@ -12,8 +12,8 @@ import napari_patchwork as pw
 from napari_patchwork.core.config import InferenceConfig
 from napari_patchwork.core.inference import TiledInference
 from napari_patchwork.core.lazy import LazyVolume
-from napari_patchwork.io.zarr_io import multiscale_paths, open_zarr
 from napari_patchwork.core.streaming import zarr_target
+from napari_patchwork.io.zarr_io import multiscale_paths, open_zarr
 
 zarr = pytest.importorskip("zarr")
 
@@ -328,3 +328,82 @@ def test_activation_on_zarr_outputs(zarr_volume, tmp_path, activation):
         pw.infer(
             ramp_model, array, output=tmp_path / "x.zarr", output_activation="relu", **settings
         )
+
+
+class MemmapStore:
+    """An ``OutputStore`` that is not zarr: one ``.npy`` memmap per output (the core only
+    assigns rows to what ``create`` returns)."""
+
+    def __init__(self, folder):
+        self.folder, self.created, self.discarded = folder, {}, False
+
+    def create(self, channels, shape, name, chunk_rows):
+        path = self.folder / f"{name or 'out'}.npy"
+        sink = np.lib.format.open_memmap(path, "w+", np.float32, (channels, *shape))
+        self.created[name] = path
+        return sink
+
+    def commit(self, names):
+        return {name: np.load(self.created[name], mmap_mode="r") for name in names}
+
+    def discard(self):
+        self.discarded = True
+        for path in self.created.values():
+            path.unlink()
+
+
+def test_streaming_writes_to_any_row_sink_not_only_zarr(zarr_volume, tmp_path):
+    from napari_patchwork.core.streaming import store_target
+
+    array, data = zarr_volume
+    config = InferenceConfig(patch_size=12, patch_overlap=4, overlap_mode="gaussian")
+    store = MemmapStore(tmp_path)
+    engine = TiledInference(ramp_model, config, store_target(store))
+    for _ in engine.run(LazyVolume(array)):
+        pass
+    result = engine.result()
+    assert isinstance(result, np.memmap)
+    expected = pw.infer(ramp_model, torch.from_numpy(data), patch_size=12, patch_overlap=4)
+    assert np.array_equal(np.asarray(result), expected.numpy())
+
+    failing = MemmapStore(tmp_path / "failed")
+    failing.folder.mkdir()
+
+    calls = []
+
+    def breaks_at_the_third_batch(x):
+        calls.append(len(x))
+        if len(calls) == 3:
+            raise RuntimeError("model broke")
+        return ramp_model(x)
+
+    engine = TiledInference(breaks_at_the_third_batch, config, store_target(failing))
+    with pytest.raises(RuntimeError, match="model broke"):
+        for _ in engine.run(LazyVolume(array)):
+            pass
+    assert failing.created and failing.discarded and not list(failing.folder.iterdir())
+
+
+def test_lazy_reads_give_the_dtypes_in_memory_images_get(tmp_path):
+    """uint16 widens to int32, big-endian becomes native, uint64 beyond int64 is refused."""
+    values = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    wide = zarr.create_array(tmp_path / "u16.zarr", shape=values.shape, dtype="uint16")
+    wide[:] = values + 65000
+    volume = LazyVolume(wide)
+    read = volume[:, 0:4, :, :]
+    assert read.dtype == torch.int32 and read.is_contiguous()
+    assert torch.equal(read[0], torch.from_numpy((values + 65000).astype(np.int32)))
+    in_memory = pw.ScalarImage(values.astype(np.uint16)[None])  # what a numpy array becomes
+    assert in_memory.data.dtype == read.dtype
+
+    np.save(tmp_path / "big.npy", values.astype(">f4"))
+    big = np.load(tmp_path / "big.npy", mmap_mode="r")
+    patch = LazyVolume(big).read(slice(1, 3), slice(0, 5), slice(2, 4))
+    assert patch.dtype == torch.float32 and torch.equal(
+        patch[0], torch.from_numpy(values[1:3, :, 2:4].astype(np.float32))
+    )
+
+    huge = zarr.create_array(tmp_path / "u64.zarr", shape=(2, 2, 2), dtype="uint64")
+    huge[:] = 2**63 + 1
+    with pytest.raises(ValueError, match=r"u64\.zarr' is uint64 and holds 9223372036854775809"):
+        LazyVolume(huge).load()

@@ -70,3 +70,42 @@ def test_bad_zarr_is_a_clear_error(tmp_path):
     zarr.open_group(tmp_path / "group.zarr", mode="w")
     with pytest.raises(ValueError, match="not an OME-Zarr image"):
         get_reader(str(tmp_path / "group.zarr"))(str(tmp_path / "group.zarr"))
+
+
+def test_zarr_output_is_written_under_a_partial_name_and_renamed(tmp_path):
+    from napari_patchwork.io.zarr_io import ZarrOutput
+
+    target = tmp_path / "out.zarr"
+    store = ZarrOutput(target, attributes={"model": "demo"})
+    array = store.create(3, (40, 70, 20), None, chunk_rows=16)
+    assert not target.exists() and store.partial.exists()
+    assert store.partial.name.startswith(".out.zarr.partial-")
+    assert array.chunks == (3, 16, 64, 20) and array.dtype == np.float32
+    array[:, :16] = 1.0
+    result = store.commit([None])[None]
+    assert target.exists() and not store.partial.exists()
+    assert dict(result.attrs) == {"model": "demo"} and float(result[0, 0, 0, 0]) == 1.0
+    with pytest.raises(ValueError, match="output exists: .*out.zarr"):
+        ZarrOutput(target)
+
+
+def test_zarr_output_groups_labels_chunks_and_discard(tmp_path):
+    from napari_patchwork.io.zarr_io import ZarrOutput
+
+    store = ZarrOutput(tmp_path / "heads.zarr", labels=True, chunks=(8, 8, 8))
+    full = store.create(4, (16, 16, 16), "full", chunk_rows=64)
+    assert full.shape == (1, 16, 16, 16) and full.dtype == np.uint8 and full.chunks == (1, 8, 8, 8)
+    with pytest.raises(ValueError, match="at most 256 classes; the model has 300"):
+        store.create(300, (16, 16, 16), "many", chunk_rows=8)
+    with pytest.raises(ValueError, match="the model's output 'a/../b' cannot name a zarr array"):
+        store.create(1, (16, 16, 16), "a/../b", chunk_rows=8)
+    store.discard()
+    assert list(tmp_path.iterdir()) == []
+
+    ZarrOutput(tmp_path / "run.zarr").create(2, (8, 8, 8), None, 8)
+    partial = tmp_path / next(p.name for p in tmp_path.iterdir())
+    block = ZarrOutput(partial, existing=True)  # a dask task writes into the run's store
+    block.create(2, (8, 8, 8), None, 8)[:, 0:4] = 2.0
+    assert float(block.commit([None])[None][1, 3, 0, 0]) == 2.0
+    block.discard()
+    assert partial.exists()  # only the run that created it removes it
