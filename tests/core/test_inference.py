@@ -295,3 +295,111 @@ def test_model_exception_propagates():
 def test_not_callable_model():
     with pytest.raises(TypeError, match="model must be callable"):
         pw.infer("model.pt", torch.rand(1, 8, 8, 8), patch_size=4)
+
+
+# ---------------------------------------------------------------- one signature
+
+
+def test_infer_and_iter_infer_take_the_same_arguments():
+    import inspect
+
+    def parameters(function):
+        return [
+            (p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()
+        ]
+
+    assert parameters(pw.infer) == parameters(pw.iter_infer)
+
+
+def test_fixed_batch_calls_the_model_with_full_batches_in_both():
+    sizes = []
+
+    def model(x):
+        sizes.append(x.shape[0])
+        return 2 * x
+
+    volume = torch.rand(1, 12, 12, 8)  # 3 x 3 x 2 = 18 patches: the last batch of 4 has 2
+    output = pw.infer(model, volume, patch_size=4, batch_size=4, fixed_batch=True)
+    assert set(sizes) == {4} and torch.allclose(output, 2 * volume)
+    sizes.clear()
+    steps = list(pw.iter_infer(model, volume, patch_size=4, batch_size=4, fixed_batch=True))
+    assert set(sizes) == {4} and steps[-1].done == 18
+
+
+def test_a_config_or_its_fields_not_both():
+    volume = torch.rand(1, 10, 10, 10)
+    config = pw.InferenceConfig(patch_size=6, patch_overlap=2, overlap_mode="hann")
+    by_config = pw.infer(ramp_model, volume, config=config)
+    by_fields = pw.infer(ramp_model, volume, patch_size=6, patch_overlap=2, overlap_mode="hann")
+    assert torch.equal(by_config, by_fields)
+    with pytest.raises(TypeError, match="not both"):
+        pw.infer(ramp_model, volume, config=config, batch_size=2)
+    with pytest.raises(TypeError, match="not both"):
+        pw.iter_infer(ramp_model, volume, config=config, batch_size=2)
+
+
+@pytest.mark.parametrize("function", [pw.infer, pw.iter_infer])
+def test_bad_arguments_raise_at_the_call_naming_them(function):
+    volume = torch.rand(1, 8, 8, 8)
+    with pytest.raises(TypeError, match=r"unexpected arguments: \['patch'\]"):
+        function(lambda x: x, volume, patch=4)
+    with pytest.raises(ValueError, match="patch_overlap must be even"):
+        function(lambda x: x, volume, patch_size=4, patch_overlap=1)
+    with pytest.raises(ValueError, match="overwrite, output_labels need output="):
+        function(lambda x: x, volume, patch_size=4, overwrite=True, output_labels=True)
+    with pytest.raises(TypeError, match="progress must be True or False, got 'yes'"):
+        function(lambda x: x, volume, patch_size=4, progress="yes")
+
+
+def test_iter_infer_returns_the_result_when_exhausted():
+    volume = torch.rand(1, 10, 10, 10)
+    expected = pw.infer(ramp_model, volume, patch_size=6, patch_overlap=2)
+
+    def run():
+        result = yield from pw.iter_infer(ramp_model, volume, patch_size=6, patch_overlap=2)
+        yield result
+
+    *steps, result = run()
+    assert [step.done for step in steps] == list(range(4, 9, 4))
+    assert torch.allclose(result, expected)
+
+
+@pytest.mark.parametrize("function", [pw.infer, pw.iter_infer])
+def test_progress_shows_a_bar_in_both(function, capsys):
+    volume = torch.rand(1, 8, 8, 8)
+    result = function(lambda x: x, volume, patch_size=4, batch_size=2, progress=True)
+    if function is pw.iter_infer:
+        steps = list(result)
+        assert steps[-1].done == 8
+    assert "8/8" in capsys.readouterr().err
+
+
+def test_iter_infer_streams_to_zarr_and_returns_the_array(tmp_path):
+    pytest.importorskip("zarr")
+    volume = torch.rand(1, 16, 12, 12)
+    path = tmp_path / "out.zarr"
+    steps = pw.iter_infer(
+        ramp_model, volume, patch_size=8, patch_overlap=4, output=path, output_chunks=(4, 6, 6)
+    )
+    done = []
+    while True:
+        try:
+            done.append(next(steps).done)
+        except StopIteration as stop:
+            array = stop.value
+            break
+    assert done[-1] == len(pw.GridPlan((16, 12, 12), 8, 4)) and path.exists()
+    expected = pw.infer(ramp_model, volume, patch_size=8, patch_overlap=4)
+    assert array.shape == (1, 16, 12, 12) and tuple(array.chunks[1:]) == (4, 6, 6)
+    assert np.allclose(array[:], expected.numpy(), atol=1e-5)
+
+
+def test_closing_a_streamed_iter_infer_removes_the_partial_store(tmp_path):
+    pytest.importorskip("zarr")
+    volume = torch.rand(1, 16, 12, 12)
+    steps = pw.iter_infer(
+        ramp_model, volume, patch_size=8, batch_size=1, output=tmp_path / "o.zarr"
+    )
+    next(steps)
+    steps.close()
+    assert list(tmp_path.iterdir()) == []
