@@ -65,7 +65,7 @@ class LazyVolume:
 
     Parameters
     ----------
-    array : array-like
+    array : SliceableArray
         ``(I, J, K)`` or ``(C, I, J, K)``: a zarr or dask array, a numpy memmap, an h5py
         dataset… Anything with ``shape``, ``dtype`` and slicing.
     slab_rows : int
@@ -81,8 +81,8 @@ class LazyVolume:
     >>> volume = LazyVolume(np.arange(64.0).reshape(4, 4, 4))
     >>> volume.shape, volume[:, 1:2, 0:1, 0:2].tolist()
     ((1, 4, 4, 4), [[[[16.0, 17.0]]]])
-    >>> volume.read(slice(3, 4), slice(3, 4), slice(3, 4)).item(), volume.voxels_read
-    (63.0, 49)
+    >>> volume.read(slice(3, 4), slice(3, 4), slice(3, 4)).item()
+    63.0
     """
 
     def __init__(self, array: SliceableArray, slab_rows: int = 64) -> None:
@@ -102,7 +102,6 @@ class LazyVolume:
         self.slab_rows = max(1, int(slab_rows))
         self._slab: torch.Tensor | None = None
         self._slab_start = 0
-        self.voxels_read = 0  # voxels (all channels) read from storage
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -120,7 +119,6 @@ class LazyVolume:
         if isinstance(self.array, np.ndarray) and np.may_share_memory(array, self.array):
             array = np.array(array, copy=True)  # a memmap: copy out of the (read-only) mapping
         array = np.ascontiguousarray(array)
-        self.voxels_read += array.size
         return torch.from_numpy(array)
 
     def _fetch(self, index: tuple[slice, ...]) -> np.ndarray:
