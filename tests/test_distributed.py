@@ -253,3 +253,22 @@ def test_infer_dask_refuses_unknown_settings_before_starting(source, tmp_path):
     with pytest.raises(TypeError, match="needs patch_size"):
         infer_dask("demo", path, tmp_path / "o.zarr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]
+
+
+def test_a_local_cluster_starts_while_another_holds_port_8787(source, tmp_path):
+    """distributed's default HTTP port may belong to another cluster (a notebook's): no
+    "Port 8787 is already in use" warning, which the test settings turn into an error."""
+    import socket
+
+    path, data = source
+    holder = socket.socket()
+    try:
+        holder.bind(("0.0.0.0", 8787))
+        holder.listen()
+    except OSError:  # held already, by someone else: the situation under test
+        pass
+    try:
+        result = infer_dask("demo", path, tmp_path / "o.zarr", patch_size=12, workers=1)
+    finally:
+        holder.close()
+    assert result.shape[1:] == data.shape[1:]

@@ -136,7 +136,10 @@ def _start_cluster(workers: int) -> Any:
             n_workers=workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            # no dashboard; the scheduler's HTTP routes on a free local port, not 8787 (which
+            # another cluster may hold: distributed would warn and move)
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
             silence_logs=logging.CRITICAL,  # a task's error reaches the caller once, not logged
         )
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import napari_patchwork as pw
-from napari_patchwork.core.lazy import CorruptChunkError
 from napari_patchwork.core.streaming import zarr_target
+from napari_patchwork.io.zarr_io import CorruptChunkError
 
 zarr = pytest.importorskip("zarr")
 
@@ -65,7 +65,7 @@ def test_no_asyncio_task_noise_on_a_corrupt_chunk(tmp_path):
         f"""
         import gc, zarr
         import napari_patchwork as pw
-        from napari_patchwork.core.lazy import CorruptChunkError
+        from napari_patchwork.io import CorruptChunkError
         array = zarr.open_array({str(tmp_path / "in.zarr")!r}, mode="r")
         try:
             pw.infer(lambda x: x, array, patch_size=32, output={str(tmp_path / "o.zarr")!r})
@@ -81,8 +81,14 @@ def test_no_asyncio_task_noise_on_a_corrupt_chunk(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-def test_the_error_survives_pickling():
+def test_the_error_survives_pickling_and_keeps_its_old_paths():
     import pickle
+
+    import napari_patchwork.core
+    import napari_patchwork.core.lazy
+
+    assert napari_patchwork.core.CorruptChunkError is CorruptChunkError
+    assert napari_patchwork.core.lazy.CorruptChunkError is CorruptChunkError
 
     error = CorruptChunkError("in.zarr", (0, 2), "c/0/2", "bad")
     again = pickle.loads(pickle.dumps(error))
