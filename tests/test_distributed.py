@@ -223,11 +223,11 @@ def test_infer_dask_takes_the_setting_names_of_infer(source, tmp_path):
         "tests.test_distributed:ramp_net",
         path,
         tmp_path / "labels.zarr",
+        config=pw.InferenceConfig(**settings),  # or the same names as keywords
         workers=1,
         block_rows=16,
         output_labels=True,
         output_activation="sigmoid",
-        **settings,
     )
     local = pw.infer(
         ramp_net(),
@@ -244,14 +244,17 @@ def test_infer_dask_takes_the_setting_names_of_infer(source, tmp_path):
 
 def test_infer_dask_refuses_unknown_settings_before_starting(source, tmp_path):
     path, _ = source
-    with pytest.raises(TypeError, match=r"unexpected arguments \['patch_sise'\]"):
+    with pytest.raises(TypeError, match=r"unexpected arguments: \['patch_sise'\]"):
         infer_dask("demo", path, tmp_path / "o.zarr", patch_sise=12)
     with pytest.raises(ValueError, match="patch_overlap must be even"):
         infer_dask("demo", path, tmp_path / "o.zarr", patch_size=12, patch_overlap=3)
     with pytest.raises(ValueError, match="activation must be one of"):
         infer_dask("demo", path, tmp_path / "o.zarr", patch_size=12, output_activation="relu")
-    with pytest.raises(TypeError, match="needs patch_size"):
+    with pytest.raises(TypeError, match="patch_size"):
         infer_dask("demo", path, tmp_path / "o.zarr")
+    config = pw.InferenceConfig(patch_size=12)
+    with pytest.raises(TypeError, match="pass config or settings, not both"):
+        infer_dask("demo", path, tmp_path / "o.zarr", config=config, tta=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]
 
 

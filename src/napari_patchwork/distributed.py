@@ -15,12 +15,12 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Unpack
 
 import torch
 
-from .core.config import InferenceConfig
+from .core.config import InferenceConfig, InferenceSettings
 from .core.inference import TiledInference
 from .core.lazy import LazyVolume
 from .core.streaming import StreamTarget, store_target, zarr_target
@@ -171,14 +171,12 @@ def _run_blocks(
                 cluster.close()
 
 
-_SETTINGS = frozenset(f.name for f in fields(InferenceConfig))
-
-
 def infer_dask(
     model_source: str,
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
     *,
+    config: InferenceConfig | None = None,
     level: int = 0,
     workers: int = 2,
     scheduler: str | None = None,
@@ -187,12 +185,15 @@ def infer_dask(
     progress: Callable[[int, int], None] | None = None,
     output_labels: bool = False,
     output_activation: str | None = None,
-    **settings: Any,
+    labels: bool | None = None,
+    activation: str | None = None,
+    **settings: Unpack[InferenceSettings],
 ) -> Any:
     """Tiled inference of a zarr volume on a dask cluster, into a new zarr array.
 
     Takes the settings of :func:`napari_patchwork.infer` by the same names (the fields of
-    :class:`~napari_patchwork.core.config.InferenceConfig`), plus the engine's own. The output
+    :class:`~napari_patchwork.core.config.InferenceConfig`, or ``config=``), plus the
+    engine's own. The output
     is written under ``.<name>.partial-<pid>`` beside ``output_path`` and renamed when every
     block is done; an error in any task, or Ctrl-C, removes it.
 
@@ -205,6 +206,8 @@ def infer_dask(
         outputs scaled from the patch (``block_rows`` times the scale must be whole rows).
     input_path, output_path : path
         A zarr array or OME-Zarr image (``level`` picks the scale), and where to write.
+    config : InferenceConfig, optional
+        All the settings at once (then no ``**settings``).
     level : int
         The OME-Zarr scale to read (0: the finest).
     workers : int
@@ -219,8 +222,9 @@ def infer_dask(
     progress : callable, optional
         ``progress(done, total)`` after each finished block.
     output_labels, output_activation
-        As for :func:`napari_patchwork.infer` (``labels`` and ``activation`` are accepted
-        as older names of the two).
+        As for :func:`napari_patchwork.infer`.
+    labels, activation
+        Older names of ``output_labels`` and ``output_activation`` (still accepted).
     **settings
         ``patch_size`` (required), ``patch_overlap``, ``overlap_mode``, ``batch_size``,
         ``device``, ``aggregate_device``, ``amp``, ``padding_mode``, ``tta``,
@@ -235,7 +239,7 @@ def infer_dask(
     Raises
     ------
     TypeError
-        For a setting ``InferenceConfig`` does not have.
+        For a setting ``InferenceConfig`` does not have, or ``config`` with settings.
     ValueError
         For a bad setting, ``workers`` or ``block_rows``, or an existing output.
     CorruptChunkError
@@ -250,24 +254,17 @@ def infer_dask(
     >>> result = infer_dask("demo", f"{folder}/in.zarr", f"{folder}/out.zarr", patch_size=16,
     ...                     patch_overlap=4, workers=1, block_rows=16)  # doctest: +SKIP
     """
-    labels, activation = settings.pop("labels", None), settings.pop("activation", None)
-    output_labels = output_labels if labels is None else labels  # the older names
-    output_activation = output_activation if activation is None else activation
-    unknown = sorted(set(settings) - _SETTINGS)
-    if unknown:
-        raise TypeError(
-            f"infer_dask got unexpected arguments {unknown}; the inference settings are"
-            f" {sorted(_SETTINGS)}"
-        )
+    if labels is not None:
+        output_labels = labels
+    if activation is not None:
+        output_activation = activation
+    config = InferenceConfig.resolve(config, **settings)  # names an unknown setting
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
         raise ValueError(f"block_rows must be a positive int, got {block_rows!r}")
     if not isinstance(output_labels, bool):
         raise TypeError(f"output_labels must be True or False, got {output_labels!r}")
-    if "patch_size" not in settings:
-        raise TypeError("infer_dask needs patch_size=")
-    config = InferenceConfig(**settings)
     store = ZarrOutput(output_path, overwrite=overwrite, labels=output_labels)
     target = store_target(store, labels=output_labels, activation=output_activation)
     volume = LazyVolume(open_zarr(input_path, level))
