@@ -13,7 +13,7 @@ chunk, instead of the codec's own message (the diagnosis, which knows zarr, live
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class SliceableArray(Protocol):
     def __getitem__(self, index: Any) -> Any: ...
 
 
-def is_lazy_array(data: Any) -> bool:
+def is_lazy_array(data: Any) -> TypeGuard[SliceableArray]:
     """Whether ``data`` is an array-like to read lazily (not a tensor, not an in-memory array).
 
     A ``numpy.memmap`` is lazy: it is read patch by patch, never whole.
