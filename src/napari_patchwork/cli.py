@@ -430,15 +430,14 @@ def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConf
     overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in args.patch_size]
     config: InferenceConfig = _flags(
         InferenceConfig,
-        patch,
-        _size(overlap, "--overlap"),
-        args.mode,
-        args.batch_size,
-        device,
-        None,
-        args.amp,
-        args.padding_mode,
-        args.tta,
+        patch_size=patch,
+        patch_overlap=_size(overlap, "--overlap"),
+        overlap_mode=args.mode,
+        batch_size=args.batch_size,
+        device=device,
+        amp=args.amp,
+        padding_mode=args.padding_mode,
+        tta=args.tta,
         fixed_batch=str(source).endswith(".pt2"),
     )
     return config
@@ -515,20 +514,11 @@ def _consume(steps: Any, name: str) -> None:
 
 
 def _show(steps: Any, name: str) -> None:
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
+    from .core.progress import ProgressBar
+
+    with ProgressBar(name) as bar:
         for step in steps:
-            print(f"\r{name}: {step.done}/{step.total} patches", end="", file=sys.stderr)
-        print(file=sys.stderr)
-        return
-    bar = None
-    for step in steps:
-        if bar is None:
-            bar = tqdm(total=step.total, unit="patch", desc=name)
-        bar.update(step.done - bar.n)
-    if bar is not None:
-        bar.close()
+            bar.update(step.done, step.total)
 
 
 def _report_sample_quality(result: torch.Tensor, labels: bool) -> None:

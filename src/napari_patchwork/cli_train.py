@@ -49,22 +49,30 @@ def add_train_parser(subparsers: Any, **parser_options: Any) -> argparse.Argumen
     parser.add_argument(
         "pairs", nargs="+", metavar="IMAGE ANNOTATIONS", help="NIfTI image and annotation files"
     )
-    parser.add_argument("--output", "-o", type=Path, required=True, help="model file (.pt2)")
-    parser.add_argument("--seconds", type=float, default=None, help="time budget")
-    parser.add_argument("--iterations", type=int, default=None, help="optimisation steps")
-    parser.add_argument(
-        "--init", default="scratch", help="scratch, demo, a trained model file or module:factory"
+    add = parser.add_argument
+    add("--output", "-o", type=Path, required=True, help="model file (.pt2)")
+    add(
+        "--seconds",
+        type=float,
+        default=None,
+        help=f"time budget in seconds (default: {DEFAULT_SECONDS:g} unless --iterations)",
     )
-    parser.add_argument("--weights", default=None, help="state dict for a module:factory --init")
-    parser.add_argument("--patch-size", type=int, default=32, metavar="P", help="even, >= 4")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--width", type=int, default=8, help="channels of a new network")
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="cpu, cuda… (default: cuda if present)")
-    parser.add_argument("--no-augmentation", action="store_true", help="train without it")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add("--iterations", type=int, default=None, help="optimisation steps instead of a time")
+    add(
+        "--init",
+        default="scratch",
+        help="scratch, demo, a trained model file or module:factory (default: scratch)",
+    )
+    add("--weights", default=None, help="state dict for a module:factory --init")
+    add("--patch-size", type=int, default=32, metavar="P", help="even, >= 4 (default: 32)")
+    add("--batch-size", type=int, default=4, help="patches per step (default: 4)")
+    add("--width", type=int, default=8, help="channels of a new network (default: 8)")
+    add("--learning-rate", type=float, default=3e-3, help="Adam's (default: 0.003)")
+    add("--seed", type=int, default=0, help="for a reproducible run (default: 0)")
+    add("--device", default=None, help="cpu, cuda… (default: cuda if present)")
+    add("--no-augmentation", action="store_true", help="train without augmentation")
+    add("--overwrite", action="store_true", help="replace an existing --output")
+    add("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
