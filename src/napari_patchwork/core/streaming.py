@@ -58,8 +58,8 @@ class OutputStore(Protocol):
 
     def create(
         self, channels: int, shape: tuple[int, int, int], name: str | None, chunk_rows: int
-    ) -> Any:
-        """The sink (a :class:`RowSink`) of output ``name``: ``(channels, *shape)``."""
+    ) -> RowSink:
+        """The sink of output ``name``: ``(channels, *shape)``."""
 
     def commit(self, names: Sequence[str | None]) -> dict[str | None, Any]:
         """Called once every row is written: the finished outputs by name."""
@@ -92,7 +92,7 @@ class StreamTarget:
         Called when the run fails or is cancelled (e.g. removes a partial zarr store).
     """
 
-    create: Callable[[int, tuple[int, int, int], str | None, int], Any]
+    create: Callable[[int, tuple[int, int, int], str | None, int], RowSink]
     rows: tuple[int, int] | None = None
     transform: Transform | None = None
     commit: Callable[[list[str | None]], dict[str | None, Any]] | None = None
@@ -160,7 +160,7 @@ class StreamingMerger(GridMerger):
         channels: int,
         output_patch: TypeTriplet,
         device: torch.device,
-        sink: Any,
+        sink: RowSink,
         rows: tuple[int, int] | None = None,
         transform: Transform | None = None,
     ) -> None:
