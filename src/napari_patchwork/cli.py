@@ -446,10 +446,10 @@ def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConf
 def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, output: Path) -> int:
     """zarr in, zarr out (raw model outputs, float32), in this process or on dask."""
     from .core.inference import TiledInference
-    from .core.lazy import LazyVolume, open_zarr
+    from .core.lazy import LazyVolume
     from .core.streaming import zarr_target
     from .io.models import load_model
-    from .io.zarr_io import is_zarr_path
+    from .io.zarr_io import is_zarr_path, open_zarr
 
     if not (is_zarr_path(input_path) and is_zarr_path(output)):
         raise ValueError(
@@ -466,20 +466,14 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
             source,
             input_path,
             output,
-            patch_size=config.patch,
-            patch_overlap=config.overlap,
-            overlap_mode=config.overlap_mode,
-            batch_size=config.batch_size,
-            padding_mode=config.padding_mode,
+            config=config,
             level=args.level,
             workers=args.workers,
             scheduler=args.scheduler,
             block_rows=args.block_rows,
             overwrite=args.overwrite,
-            amp=config.amp,
-            tta=config.tta,
-            labels=args.labels,
-            activation=args.activation,
+            output_labels=args.labels,
+            output_activation=args.activation,
         )
     else:
         model = load_model(
