@@ -22,7 +22,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from .core.config import InferenceConfig
+from napari_patchwork.core.inference.config import InferenceConfig
+
 from .core.devices import default_device
 from .core.types import OVERLAP_MODES
 
@@ -328,7 +329,8 @@ def _check_model_files(source: str, weights: Path | None) -> None:
 def _activate(
     output: torch.Tensor, activation: str, labels: bool, class_values: list[int] | None = None
 ) -> torch.Tensor:
-    from .core.postprocess import to_labels, to_probabilities
+    from napari_patchwork.core.inference.postprocess import to_labels, to_probabilities
+
     from .io.models import apply_class_values
 
     if not labels:
@@ -376,8 +378,9 @@ def _file_shape(path: Path) -> tuple[int, ...]:
 
 def run_infer(args: argparse.Namespace) -> int:
     """``napari-patchwork infer``: check everything, run, write, report; returns the exit code."""
-    from .core.image import ScalarImage
-    from .core.inference import TiledInference
+    from napari_patchwork.core.data.image import ScalarImage
+    from napari_patchwork.core.inference.functional import TiledInference
+
     from .io.models import load_model
     from .io.nifti import read_nifti_header
     from .io.zarr_io import is_zarr_path
@@ -445,9 +448,10 @@ def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConf
 
 def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, output: Path) -> int:
     """zarr in, zarr out (raw model outputs, float32), in this process or on dask."""
-    from .core.inference import TiledInference
-    from .core.lazy import LazyVolume
-    from .core.streaming import zarr_target
+    from napari_patchwork.core.data.lazy import LazyVolume
+    from napari_patchwork.core.inference.functional import TiledInference
+    from napari_patchwork.core.inference.streaming import zarr_target
+
     from .io.models import load_model
     from .io.zarr_io import is_zarr_path, open_zarr
 
@@ -508,7 +512,7 @@ def _consume(steps: Any, name: str) -> None:
 
 
 def _show(steps: Any, name: str) -> None:
-    from .core.progress import ProgressBar
+    from napari_patchwork.core.inference.progress import ProgressBar
 
     with ProgressBar(name) as bar:
         for step in steps:
@@ -516,7 +520,8 @@ def _show(steps: Any, name: str) -> None:
 
 
 def _report_sample_quality(result: torch.Tensor, labels: bool) -> None:
-    from .core.image import LabelMap
+    from napari_patchwork.core.data.image import LabelMap
+
     from .data import sample
     from .models import DEMO_CLASSES
 

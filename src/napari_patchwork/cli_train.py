@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .core.training import Trainer, TrainingConfig, TrainingStep
+from napari_patchwork.core.training.trainer import Trainer, TrainingConfig, TrainingStep
 
 EXIT_INTERRUPTED = 130
 DEFAULT_SECONDS = 60.0
@@ -134,7 +134,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
 
 
 def _pairs_in_memory(pairs: list[tuple[Path, Path]]) -> list[tuple[Any, Any]]:
-    from .core.image import LabelMap, ScalarImage
+    from napari_patchwork.core.data.image import LabelMap, ScalarImage
 
     loaded = []
     for image, labels in pairs:

@@ -20,10 +20,11 @@ from typing import Any, Unpack
 
 import torch
 
-from .core.config import InferenceConfig, InferenceSettings
-from .core.inference import TiledInference
-from .core.lazy import LazyVolume
-from .core.streaming import StreamTarget, store_target, zarr_target
+from napari_patchwork.core.data.lazy import LazyVolume
+from napari_patchwork.core.inference.config import InferenceConfig, InferenceSettings
+from napari_patchwork.core.inference.functional import TiledInference
+from napari_patchwork.core.inference.streaming import StreamTarget, store_target, zarr_target
+
 from .io.zarr_io import ZarrOutput, open_zarr
 
 _MODELS: dict[str, Any] = {}  # per worker process: model source -> loaded model
@@ -192,7 +193,7 @@ def infer_dask(
     """Tiled inference of a zarr volume on a dask cluster, into a new zarr array.
 
     Takes the settings of :func:`napari_patchwork.infer` by the same names (the fields of
-    :class:`~napari_patchwork.core.config.InferenceConfig`, or ``config=``), plus the
+    :class:`~napari_patchwork.core.inference.config.InferenceConfig`, or ``config=``), plus the
     engine's own. The output
     is written under ``.<name>.partial-<pid>`` beside ``output_path`` and renamed when every
     block is done; an error in any task, or Ctrl-C, removes it.
@@ -228,7 +229,7 @@ def infer_dask(
     **settings
         ``patch_size`` (required), ``patch_overlap``, ``overlap_mode``, ``batch_size``,
         ``device``, ``aggregate_device``, ``amp``, ``padding_mode``, ``tta``,
-        ``fixed_batch``: see :class:`~napari_patchwork.core.config.InferenceConfig`.
+        ``fixed_batch``: see :class:`~napari_patchwork.core.inference.config.InferenceConfig`.
 
     Returns
     -------

@@ -1,6 +1,6 @@
 """TorchIO 2 module path ``torchio.loader``."""
 
-from .core.collate import collate_subjects
-from .core.loader import SubjectsLoader
+from napari_patchwork.core.batching.collate import collate_subjects
+from napari_patchwork.core.batching.loader import SubjectsLoader
 
 __all__ = ["SubjectsLoader", "collate_subjects"]

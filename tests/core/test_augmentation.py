@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_patchwork import LabelMap, ScalarImage, Subject
-from napari_patchwork.core.augmentation import (
+from napari_patchwork.core.training.augmentation import (
     AugmentationConfig,
     RandomAugmentation,
     apply_gamma,

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_patchwork.core.blending import blending_window
+from napari_patchwork.core.inference.blending import blending_window
 
 sizes = st.tuples(*[st.integers(1, 12)] * 3)
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import napari_patchwork as tio
-from napari_patchwork.core.collate import collate_subjects
+from napari_patchwork.core.batching.collate import collate_subjects
 
 
 def subjects(count=4):

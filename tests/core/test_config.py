@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from napari_patchwork.core.config import InferenceConfig, InferenceSettings
+from napari_patchwork.core.inference.config import InferenceConfig, InferenceSettings
 
 
 def test_sizes_become_triplets_and_devices_torch_devices():

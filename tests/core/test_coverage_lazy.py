@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import napari_patchwork as pw
-from napari_patchwork.core.coverage import (
+from napari_patchwork.core.samplers.coverage import (
     LocationCoverage,
     empirical_coverage,
     expected_coverage,

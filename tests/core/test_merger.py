@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_patchwork.core.blending import blending_window
-from napari_patchwork.core.grid import GridPlan, crop_intervals
-from napari_patchwork.core.merger import GridMerger
+from napari_patchwork.core.inference.blending import blending_window
+from napari_patchwork.core.inference.grid import GridPlan, crop_intervals
+from napari_patchwork.core.inference.merger import GridMerger
 
 MODES = ["crop", "average", "hann", "gaussian"]
 CPU = torch.device("cpu")

@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_patchwork.core.lazy import LazyVolume
-from napari_patchwork.core.location import PatchLocation
-from napari_patchwork.core.patches import PaddedVolume, PatchGatherer, pad_volume
+from napari_patchwork.core.data.lazy import LazyVolume
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.inference.patches import PaddedVolume, PatchGatherer, pad_volume
 from napari_patchwork.core.types import PADDING_MODES
 
 NUMPY_MODES = ["edge", "reflect", "symmetric", "wrap"]

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_patchwork.core.postprocess import to_labels, to_probabilities
+from napari_patchwork.core.inference.postprocess import to_labels, to_probabilities
 
 
 @settings(max_examples=30, deadline=None)

@@ -201,7 +201,7 @@ def ct_and_mask(tmp_path):
 
 @pytest.mark.parametrize("lazy", [False, True])
 def test_negative_constant_with_uint8_label_map_is_refused_alike(tmp_path, lazy):
-    from napari_patchwork.core.lazy import LazyVolume
+    from napari_patchwork.core.data.lazy import LazyVolume
 
     ct, seg = ct_and_mask(tmp_path)
     labels = nib.load(str(seg)).get_fdata().astype(np.uint8)
@@ -229,7 +229,7 @@ def test_label_map_read_from_a_file_is_refused_at_the_first_patch(tmp_path):
 
 @pytest.mark.parametrize("lazy", [False, True])
 def test_negative_constant_promotes_a_uint8_intensity_image(tmp_path, lazy):
-    from napari_patchwork.core.lazy import LazyVolume
+    from napari_patchwork.core.data.lazy import LazyVolume
 
     ct, _ = ct_and_mask(tmp_path)
     array = np.asarray(nib.load(str(ct)).dataobj).astype(np.uint8)
@@ -245,8 +245,8 @@ def test_negative_constant_promotes_a_uint8_intensity_image(tmp_path, lazy):
 
 
 def test_gatherer_refuses_a_constant_its_output_cannot_hold():
-    from napari_patchwork.core.location import PatchLocation
-    from napari_patchwork.core.patches import PatchGatherer
+    from napari_patchwork.core.data.location import PatchLocation
+    from napari_patchwork.core.inference.patches import PatchGatherer
 
     gatherer = PatchGatherer(torch.zeros(1, 4, 4, 4, dtype=torch.uint8), -1000)
     location = PatchLocation((-1, 0, 0), (2, 2, 2))

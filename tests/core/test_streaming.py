@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import napari_patchwork as pw
-from napari_patchwork.core.config import InferenceConfig
-from napari_patchwork.core.inference import TiledInference
-from napari_patchwork.core.lazy import LazyVolume
-from napari_patchwork.core.streaming import zarr_target
+from napari_patchwork.core.data.lazy import LazyVolume
+from napari_patchwork.core.inference.config import InferenceConfig
+from napari_patchwork.core.inference.functional import TiledInference
+from napari_patchwork.core.inference.streaming import zarr_target
 from napari_patchwork.io.zarr_io import multiscale_paths, open_zarr
 
 zarr = pytest.importorskip("zarr")
@@ -306,7 +306,7 @@ def test_dict_and_downsampled_models_stream_to_a_zarr_group(zarr_volume, tmp_pat
 
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
 def test_activation_on_zarr_outputs(zarr_volume, tmp_path, activation):
-    from napari_patchwork.core.postprocess import to_labels, to_probabilities
+    from napari_patchwork.core.inference.postprocess import to_labels, to_probabilities
 
     array, data = zarr_volume
     settings = {"patch_size": 12, "patch_overlap": 4}
@@ -353,7 +353,7 @@ class MemmapStore:
 
 
 def test_streaming_writes_to_any_row_sink_not_only_zarr(zarr_volume, tmp_path):
-    from napari_patchwork.core.streaming import store_target
+    from napari_patchwork.core.inference.streaming import store_target
 
     array, data = zarr_volume
     config = InferenceConfig(patch_size=12, patch_overlap=4, overlap_mode="gaussian")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from nibabel.testing import data_path
 
-from napari_patchwork.core.image import LabelMap, ScalarImage
+from napari_patchwork.core.data.image import LabelMap, ScalarImage
 from napari_patchwork.io.nifti import read_nifti, read_nifti_header, write_nifti
 from napari_patchwork.napari_contributions import read_layers, write_image, write_labels
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from napari_patchwork.cli import main
-from napari_patchwork.core.image import ScalarImage
+from napari_patchwork.core.data.image import ScalarImage
 from napari_patchwork.io.nifti import read_nifti
 from napari_patchwork.napari_contributions import get_reader
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import napari_patchwork as pw
-from napari_patchwork.core.streaming import zarr_target
+from napari_patchwork.core.inference.streaming import zarr_target
 from napari_patchwork.io.zarr_io import CorruptChunkError
 
 zarr = pytest.importorskip("zarr")
@@ -85,10 +85,10 @@ def test_the_error_survives_pickling_and_keeps_its_old_paths():
     import pickle
 
     import napari_patchwork.core
-    import napari_patchwork.core.lazy
+    import napari_patchwork.core.data.lazy
 
     assert napari_patchwork.core.CorruptChunkError is CorruptChunkError
-    assert napari_patchwork.core.lazy.CorruptChunkError is CorruptChunkError
+    assert napari_patchwork.core.data.lazy.CorruptChunkError is CorruptChunkError
 
     error = CorruptChunkError("in.zarr", (0, 2), "c/0/2", "bad")
     again = pickle.loads(pickle.dumps(error))

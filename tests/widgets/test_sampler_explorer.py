@@ -150,8 +150,8 @@ def test_core_messages_are_in_the_widget_words(viewer_with_sample):
 
 
 def test_vectorised_coverage_equals_the_core(viewer_with_sample):
-    from napari_patchwork.core.coverage import empirical_coverage
-    from napari_patchwork.core.location import PatchLocation
+    from napari_patchwork.core.data.location import PatchLocation
+    from napari_patchwork.core.samplers.coverage import empirical_coverage
     from napari_patchwork.widgets.sampler_explorer import coverage_count
 
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt, QThreadPool
 
-from napari_patchwork.core.coverage import empirical_coverage
+from napari_patchwork.core.samplers.coverage import empirical_coverage
 from napari_patchwork.widgets import SamplerExplorerWidget
 from napari_patchwork.widgets._layers import boxes_to_vectors, locations_to_boxes
 from napari_patchwork.widgets._napari import slice_position

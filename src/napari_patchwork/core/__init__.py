@@ -4,31 +4,37 @@ It needs numpy, torch and nibabel only. Nothing here imports napari, Qt or magic
 test enforces it).
 """
 
-from .aggregator import PatchAggregator
-from .augmentation import AugmentationConfig, RandomAugmentation, simulate_scanner
-from .batch import ImagesBatch, SubjectsBatch
-from .blending import blending_window
-from .collate import collate_subjects
-from .config import InferenceConfig
-from .grid import GridPlan, crop_intervals, grid_locations, grid_starts
-from .image import Image, LabelMap, ScalarImage
-from .inference import InferenceStep, TiledInference, infer, iter_infer
-from .lazy import CorruptChunkError
-from .loader import SubjectsLoader
-from .location import PatchLocation
-from .merger import GridMerger
-from .patches import PatchGatherer
-from .queue import Queue
-from .samplers import (
-    GridSampler,
-    LabelSampler,
-    PatchSampler,
-    RandomSampler,
-    UniformSampler,
-    WeightedSampler,
+from napari_patchwork.core.batching.batch import ImagesBatch, SubjectsBatch
+from napari_patchwork.core.batching.collate import collate_subjects
+from napari_patchwork.core.batching.loader import SubjectsLoader
+from napari_patchwork.core.batching.queue import Queue
+from napari_patchwork.core.data.image import Image, LabelMap, ScalarImage
+from napari_patchwork.core.data.lazy import CorruptChunkError
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.data.subject import Subject
+from napari_patchwork.core.inference.aggregator import PatchAggregator
+from napari_patchwork.core.inference.blending import blending_window
+from napari_patchwork.core.inference.config import InferenceConfig
+from napari_patchwork.core.inference.functional import (
+    InferenceStep,
+    TiledInference,
+    infer,
+    iter_infer,
 )
-from .subject import Subject
-from .training import (
+from napari_patchwork.core.inference.grid import (
+    GridPlan,
+    crop_intervals,
+    grid_locations,
+    grid_starts,
+)
+from napari_patchwork.core.inference.merger import GridMerger
+from napari_patchwork.core.inference.patches import PatchGatherer
+from napari_patchwork.core.training.augmentation import (
+    AugmentationConfig,
+    RandomAugmentation,
+    simulate_scanner,
+)
+from napari_patchwork.core.training.trainer import (
     Prediction,
     Trainer,
     TrainingConfig,
@@ -37,6 +43,15 @@ from .training import (
     iter_train,
     scribbles_from_labels,
     train,
+)
+
+from .samplers import (
+    GridSampler,
+    LabelSampler,
+    PatchSampler,
+    RandomSampler,
+    UniformSampler,
+    WeightedSampler,
 )
 
 __all__ = [

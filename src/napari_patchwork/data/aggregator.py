@@ -1,5 +1,5 @@
 """TorchIO 2 module path ``torchio.data.aggregator``."""
 
-from ..core.aggregator import PatchAggregator
+from napari_patchwork.core.inference.aggregator import PatchAggregator
 
 __all__ = ["PatchAggregator"]

@@ -1,5 +1,5 @@
 """TorchIO 2 module path ``torchio.data.batch``."""
 
-from ..core.batch import ImagesBatch, SubjectsBatch
+from napari_patchwork.core.batching.batch import ImagesBatch, SubjectsBatch
 
 __all__ = ["ImagesBatch", "SubjectsBatch"]

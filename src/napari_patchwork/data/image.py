@@ -1,5 +1,5 @@
 """TorchIO 2 module path ``torchio.data.image``."""
 
-from ..core.image import Image, LabelMap, ScalarImage
+from napari_patchwork.core.data.image import Image, LabelMap, ScalarImage
 
 __all__ = ["Image", "LabelMap", "ScalarImage"]

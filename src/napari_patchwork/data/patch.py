@@ -1,5 +1,5 @@
 """TorchIO 2 module path ``torchio.data.patch``."""
 
-from ..core.location import PatchLocation
+from napari_patchwork.core.data.location import PatchLocation
 
 __all__ = ["PatchLocation"]

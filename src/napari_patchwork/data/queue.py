@@ -1,5 +1,5 @@
 """TorchIO 2 module path ``torchio.data.queue``."""
 
-from ..core.queue import Queue
+from napari_patchwork.core.batching.queue import Queue
 
 __all__ = ["Queue"]

@@ -1,5 +1,5 @@
 """TorchIO 2 module path ``torchio.data.subject``."""
 
-from ..core.subject import Subject
+from napari_patchwork.core.data.subject import Subject
 
 __all__ = ["Subject"]

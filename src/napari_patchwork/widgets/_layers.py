@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..core.grid import GridPlan
-from ..core.location import PatchLocation
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.inference.grid import GridPlan
 
 _EDGES = [  # the 12 edges of a unit box: (start corner, direction axis)
     ((0, 0, 0), 0),

@@ -19,8 +19,9 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit
 from napari.layers import Image, Shapes
 
-from ..core.coverage import SeparableVolume, axis_coverage
-from ..core.grid import GridPlan, crop_intervals
+from napari_patchwork.core.inference.grid import GridPlan, crop_intervals
+from napari_patchwork.core.samplers.coverage import SeparableVolume, axis_coverage
+
 from ..core.types import PADDING_MODES
 from ._layers import boxes_to_vectors, grid_lines
 from ._napari import (

@@ -23,11 +23,12 @@ from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..core.config import InferenceConfig
+from napari_patchwork.core.inference.config import InferenceConfig
+from napari_patchwork.core.inference.functional import InferenceStep, TiledInference
+from napari_patchwork.core.inference.postprocess import to_labels, to_probabilities
+from napari_patchwork.core.inference.streaming import StreamTarget, zarr_target
+
 from ..core.devices import available_devices
-from ..core.inference import InferenceStep, TiledInference
-from ..core.postprocess import to_labels, to_probabilities
-from ..core.streaming import StreamTarget, zarr_target
 from ..core.types import OVERLAP_MODES
 from ..io.models import apply_class_values, load_model, model_class_values
 from ..io.zarr_io import is_zarr_path

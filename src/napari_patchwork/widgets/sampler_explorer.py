@@ -20,11 +20,16 @@ from magicgui.widgets import ComboBox, Container, LineEdit, ProgressBar, PushBut
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 
-from ..core.coverage import LocationCoverage, expected_coverage, uniform_maps
-from ..core.image import LabelMap, ScalarImage
-from ..core.location import PatchLocation
+from napari_patchwork.core.data.image import LabelMap, ScalarImage
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.data.subject import Subject
+from napari_patchwork.core.samplers.coverage import (
+    LocationCoverage,
+    expected_coverage,
+    uniform_maps,
+)
+
 from ..core.samplers import LabelSampler, RandomSampler, UniformSampler, WeightedSampler
-from ..core.subject import Subject
 from ._layers import boxes_to_vectors, centres, locations_to_boxes
 from ._napari import (
     Lifecycle,

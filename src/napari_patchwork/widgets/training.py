@@ -1,8 +1,8 @@
 """Train from annotations: paint strokes per class, train, watch the prediction, correct, repeat.
 
-A thin layer over :class:`~napari_patchwork.core.training.Trainer`: the widget reads the image
-and the annotation layer (0 = not annotated, v > 0 = class v), trains in a worker thread, shows
-the loss and a live prediction of the visible slice (the whole volume in 3D view, and when a
+A thin layer over :class:`~napari_patchwork.core.training.trainer.Trainer`: the widget reads the
+image and the annotation layer (0 = not annotated, v > 0 = class v), trains in a worker thread,
+shows the loss and a live prediction of the visible slice (the whole volume in 3D view, and when a
 run ends), and saves a model that ``napari-patchwork infer --labels`` and the Tiled inference
 widget use, writing the painted values back.
 """
@@ -23,7 +23,8 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from ..core.training import Prediction, Trainer, TrainingConfig, TrainingStep
+from napari_patchwork.core.training.trainer import Prediction, Trainer, TrainingConfig, TrainingStep
+
 from ._napari import (
     Lifecycle,
     in_widget_words,

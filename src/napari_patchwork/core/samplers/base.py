@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from napari_patchwork.core.batching.collate import register_default_collate
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.data.subject import Subject
+
 from .._validation import check_patch_fits, check_positive_int, to_triplet
-from ..collate import register_default_collate
-from ..location import PatchLocation
-from ..subject import Subject
 from ..types import TypeSize
 
 

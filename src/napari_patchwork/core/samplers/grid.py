@@ -9,18 +9,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .._validation import check_overlap, check_padding_mode, check_patch_fits, to_triplet
-from ..grid import grid_locations
-from ..image import LABEL, Image
-from ..location import PatchLocation
-from ..patches import (
+from napari_patchwork.core.data.image import LABEL, Image
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.data.subject import Subject
+from napari_patchwork.core.inference.grid import grid_locations
+from napari_patchwork.core.inference.patches import (
     PaddedVolume,
     check_constant_fits,
     constant_fits,
     dtype_holding,
     pad_volume,
 )
-from ..subject import Subject
+
+from .._validation import check_overlap, check_padding_mode, check_patch_fits, to_triplet
 from ..types import TypeSize
 from .base import PatchSampler, _check_subject
 

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import torch
 
-from ..subject import Subject
+from napari_patchwork.core.data.subject import Subject
+
 from ..types import TypeSize
 from .weighted import WeightedSampler, admissible_slices
 

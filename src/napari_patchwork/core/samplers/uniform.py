@@ -6,9 +6,10 @@ from collections.abc import Callable
 
 import torch
 
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.data.subject import Subject
+
 from .._validation import check_patch_fits
-from ..location import PatchLocation
-from ..subject import Subject
 from ..types import TypeSize
 from .base import RandomSampler
 

@@ -8,9 +8,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.data.subject import Subject
+
 from .._validation import check_patch_fits
-from ..location import PatchLocation
-from ..subject import Subject
 from ..types import TypeSize, TypeTriplet
 from .base import RandomSampler
 

@@ -1,5 +1,5 @@
 """TorchIO module path ``torchio.data.inference.aggregator``."""
 
-from ...core.aggregator import PatchAggregator
+from napari_patchwork.core.inference.aggregator import PatchAggregator
 
 __all__ = ["PatchAggregator"]

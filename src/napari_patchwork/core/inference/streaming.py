@@ -30,12 +30,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..io.zarr_io import ZarrOutput
-from ._validation import to_triplet
-from .grid import GridPlan
-from .merger import GridMerger
-from .postprocess import ACTIVATIONS, to_labels, to_probabilities
-from .types import TypeTriplet
+from napari_patchwork.core._validation import to_triplet
+from napari_patchwork.core.inference.grid import GridPlan
+from napari_patchwork.core.inference.merger import GridMerger
+from napari_patchwork.core.inference.postprocess import ACTIVATIONS, to_labels, to_probabilities
+from napari_patchwork.core.types import TypeTriplet
+from napari_patchwork.io.zarr_io import ZarrOutput
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

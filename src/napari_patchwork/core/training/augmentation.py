@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .subject import Subject
+from napari_patchwork.core.data.subject import Subject
 
 
 def _check_range(value: Any, name: str, low: float, high: float = math.inf) -> tuple[float, float]:

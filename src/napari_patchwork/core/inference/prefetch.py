@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from .grid import GridPlan
-from .patches import PatchGatherer
+from napari_patchwork.core.inference.grid import GridPlan
+from napari_patchwork.core.inference.patches import PatchGatherer
 
 
 class Prefetcher:

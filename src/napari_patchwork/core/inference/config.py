@@ -7,14 +7,14 @@ from typing import Any, TypedDict
 
 import torch
 
-from ._validation import (
+from napari_patchwork.core._validation import (
     check_overlap,
     check_padding_mode,
     check_patch_fits,
     check_positive_int,
     to_triplet,
 )
-from .types import OVERLAP_MODES, TypeSize, TypeTriplet
+from napari_patchwork.core.types import OVERLAP_MODES, TypeSize, TypeTriplet
 
 
 def _check_device(value: Any, name: str) -> torch.device | None:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import check_padding_mode
-from .lazy import LazyVolume
-from .location import PatchLocation
+from napari_patchwork.core._validation import check_padding_mode
+from napari_patchwork.core.data.lazy import LazyVolume
+from napari_patchwork.core.data.location import PatchLocation
 
 
 def _numpy_dtype(dtype: Any) -> np.dtype[Any]:

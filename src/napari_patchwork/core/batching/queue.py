@@ -11,9 +11,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 from torch.utils.data import IterableDataset, Sampler, get_worker_info
 
-from ._validation import check_positive_int
-from .collate import register_default_collate
-from .subject import Subject
+from napari_patchwork.core._validation import check_positive_int
+from napari_patchwork.core.batching.collate import register_default_collate
+from napari_patchwork.core.data.subject import Subject
 
 Transform = Callable[[Subject], Subject]
 

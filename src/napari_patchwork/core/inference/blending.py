@@ -6,7 +6,7 @@ import functools
 
 import torch
 
-from .types import TypeTriplet
+from napari_patchwork.core.types import TypeTriplet
 
 
 def _hann_1d(size: int) -> torch.Tensor:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .image import Image, ScalarImage
-from .subject import Subject
+from napari_patchwork.core.data.image import Image, ScalarImage
+from napari_patchwork.core.data.subject import Subject
 
 
 def _stacked(tensors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset
 
-from .collate import collate_subjects
+from napari_patchwork.core.batching.collate import collate_subjects
 
 
 class SubjectsLoader(DataLoader):  # type: ignore[type-arg]

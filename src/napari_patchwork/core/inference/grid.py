@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from ._validation import _is_int, check_overlap, check_patch_fits, to_triplet
-from .location import PatchLocation
-from .types import TypeSize, TypeTriplet
+from napari_patchwork.core._validation import _is_int, check_overlap, check_patch_fits, to_triplet
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.types import TypeSize, TypeTriplet
 
 
 def grid_starts(size: int, patch: int, overlap: int, padded: bool = False) -> list[int]:

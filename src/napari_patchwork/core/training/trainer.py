@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augmentation import AugmentationConfig, RandomAugmentation
-from .collate import collate_subjects
-from .image import Image, LabelMap, ScalarImage
-from .queue import Queue
-from .samplers.label import LabelSampler
-from .subject import Subject
+from napari_patchwork.core.batching.collate import collate_subjects
+from napari_patchwork.core.batching.queue import Queue
+from napari_patchwork.core.data.image import Image, LabelMap, ScalarImage
+from napari_patchwork.core.data.subject import Subject
+from napari_patchwork.core.samplers.label import LabelSampler
+from napari_patchwork.core.training.augmentation import AugmentationConfig, RandomAugmentation
 
 INITS = ("scratch", "demo")  # or a saved model file, or 'module:factory'
 SCHEDULES = ("constant", "cosine")
@@ -418,7 +418,7 @@ class _BatchStream:
 
 # ---------------------------------------------------------------------- models
 def _new_network(config: TrainingConfig, in_channels: int, classes: int) -> nn.Module:
-    from ..models import DEMO_CLASSES, TinyUNet3D, demo_model
+    from napari_patchwork.models import DEMO_CLASSES, TinyUNet3D, demo_model
 
     if config.init == "scratch":
         return TinyUNet3D(in_channels, classes, width=config.width)
@@ -429,7 +429,7 @@ def _new_network(config: TrainingConfig, in_channels: int, classes: int) -> nn.M
         if classes != len(DEMO_CLASSES):  # keep the features, learn a new output layer
             net.head = nn.Conv3d(net.head.in_channels, classes, 1)
         return net
-    from ..io.models import load_model
+    from napari_patchwork.io.models import load_model
 
     if ":" not in config.init or Path(config.init).exists():
         raise ValueError(
@@ -443,8 +443,8 @@ def _new_network(config: TrainingConfig, in_channels: int, classes: int) -> nn.M
 
 
 def _saved_network(path: Path, class_values: list[int]) -> NormalizedNet:
-    from ..io.models import read_model_metadata
-    from ..models import TinyUNet3D
+    from napari_patchwork.io.models import read_model_metadata
+    from napari_patchwork.models import TinyUNet3D
 
     info = read_model_metadata(path)
     architecture = (info or {}).get("architecture") or {}
@@ -728,7 +728,7 @@ class Trainer:
 
         The region is read with half a patch of context on every side.
         """
-        from .inference import infer
+        from napari_patchwork.core.inference.functional import infer
 
         volume = self.images[0] if image is None else _volume(image, "image", ScalarImage).float()
         shape = tuple(volume.shape[1:])
@@ -772,8 +772,8 @@ class Trainer:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the model (``torch.export`` archive) with its class values and settings."""
-        from ..io.models import save_model
-        from ..models import TinyUNet3D
+        from napari_patchwork.io.models import save_model
+        from napari_patchwork.models import TinyUNet3D
 
         net = self.model.net if isinstance(self.model, NormalizedNet) else self.model
         metadata: dict[str, Any] = {

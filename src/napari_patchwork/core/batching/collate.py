@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .batch import SubjectsBatch
-from .location import PatchLocation
-from .subject import Subject
+from napari_patchwork.core.batching.batch import SubjectsBatch
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.data.subject import Subject
 
 
 def collate_subjects(batch: Sequence[Subject], **_: Any) -> SubjectsBatch | Subject:

@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from ._validation import to_triplet
-from .blending import blending_window
-from .grid import crop_intervals
-from .location import PatchLocation
-from .types import OVERLAP_MODES, OverlapMode, TypeTriplet
+from napari_patchwork.core._validation import to_triplet
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.inference.blending import blending_window
+from napari_patchwork.core.inference.grid import crop_intervals
+from napari_patchwork.core.types import OVERLAP_MODES, OverlapMode, TypeTriplet
 
 _PLAIN = "__tensor__"  # key of the output when plain tensors (not dicts) are added
 

@@ -18,16 +18,21 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from .config import InferenceConfig
-from .grid import GridPlan
-from .image import Image, _as_tensor
-from .lazy import LazyVolume, is_lazy_array
-from .location import PatchLocation
-from .merger import GridMerger
-from .patches import PatchGatherer
-from .prefetch import Prefetcher
-from .streaming import StreamingMerger, StreamTarget, aligned_chunk_rows, block_ranks
-from .subject import Subject
+from napari_patchwork.core.data.image import Image, _as_tensor
+from napari_patchwork.core.data.lazy import LazyVolume, is_lazy_array
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.data.subject import Subject
+from napari_patchwork.core.inference.config import InferenceConfig
+from napari_patchwork.core.inference.grid import GridPlan
+from napari_patchwork.core.inference.merger import GridMerger
+from napari_patchwork.core.inference.patches import PatchGatherer
+from napari_patchwork.core.inference.prefetch import Prefetcher
+from napari_patchwork.core.inference.streaming import (
+    StreamingMerger,
+    StreamTarget,
+    aligned_chunk_rows,
+    block_ranks,
+)
 
 Output = torch.Tensor | dict[str, torch.Tensor]
 _PLAIN = "__tensor__"

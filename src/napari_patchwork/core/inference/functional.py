@@ -15,10 +15,10 @@ import os
 from collections.abc import Callable, Generator
 from typing import Any, Protocol, TypeAlias, Unpack, overload
 
-from .config import InferenceConfig, InferenceSettings
-from .engine import InferenceStep, Output, TiledInference
-from .progress import ProgressBar
-from .streaming import zarr_target
+from napari_patchwork.core.inference.config import InferenceConfig, InferenceSettings
+from napari_patchwork.core.inference.engine import InferenceStep, Output, TiledInference
+from napari_patchwork.core.inference.progress import ProgressBar
+from napari_patchwork.core.inference.streaming import zarr_target
 
 __all__ = [
     "InferenceStep",

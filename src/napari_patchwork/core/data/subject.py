@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from .image import Image
-from .location import PatchLocation
+from napari_patchwork.core.data.image import Image
+from napari_patchwork.core.data.location import PatchLocation
 
 #: Tolerances of the affine comparison (``numpy.allclose``), as TorchIO's
 #: ``Subject.check_consistent_attribute``.

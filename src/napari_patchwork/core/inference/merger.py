@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .blending import _WINDOWS_1D, blending_window
-from .grid import GridPlan, crop_intervals
-from .location import PatchLocation
-from .types import TypeTriplet
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.inference.blending import _WINDOWS_1D, blending_window
+from napari_patchwork.core.inference.grid import GridPlan, crop_intervals
+from napari_patchwork.core.types import TypeTriplet
 
 
 def _scale(value: int, factor: float) -> int:

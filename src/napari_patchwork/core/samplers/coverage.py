@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .grid import GridPlan
-from .location import PatchLocation
-from .types import TypeTriplet
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.inference.grid import GridPlan
+from napari_patchwork.core.types import TypeTriplet
 
 
 def _box_sum(values: torch.Tensor, axis: int, before: int, after: int) -> torch.Tensor:

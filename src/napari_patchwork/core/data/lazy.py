@@ -18,9 +18,15 @@ from typing import Any, Protocol, TypeGuard
 import numpy as np
 import torch
 
+from napari_patchwork.core.data.dtypes import torch_compatible
+
 # CorruptChunkError and open_zarr live in io.zarr_io; importable from here as before
-from ..io.zarr_io import CorruptChunkError, corrupt_chunk_error, open_zarr, store_name
-from .dtypes import torch_compatible
+from napari_patchwork.io.zarr_io import (
+    CorruptChunkError,
+    corrupt_chunk_error,
+    open_zarr,
+    store_name,
+)
 
 
 class SliceableArray(Protocol):

@@ -6,8 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._validation import _is_int
-from .types import TypeTriplet
+from napari_patchwork.core._validation import _is_int
+from napari_patchwork.core.types import TypeTriplet
 
 
 def _as_triplet(value: Sequence[int], name: str) -> TypeTriplet:

@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io.nifti import read_nifti, read_nifti_header
-from .dtypes import torch_compatible
-from .lazy import LazyVolume, is_lazy_array
-from .location import PatchLocation
+from napari_patchwork.core.data.dtypes import torch_compatible
+from napari_patchwork.core.data.lazy import LazyVolume, is_lazy_array
+from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.io.nifti import read_nifti, read_nifti_header
 
 INTENSITY = "intensity"
 LABEL = "label"
@@ -25,7 +25,7 @@ def _as_tensor(data: Any, name: str) -> torch.Tensor:
     ----------
     data : torch.Tensor or numpy.ndarray
         The voxels; numpy arrays of any byte order (see
-        :func:`~napari_patchwork.core.dtypes.torch_compatible`).
+        :func:`~napari_patchwork.core.data.dtypes.torch_compatible`).
     name : str
         What to call ``data`` in error messages (e.g. the file it was read from).
 

@@ -1,0 +1,1 @@
+"""Batches of patches for training: collation, the loader and the Queue."""

@@ -1,0 +1,1 @@
+"""Images, subjects and patch locations: what flows through the pipeline."""

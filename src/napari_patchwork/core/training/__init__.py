@@ -1,0 +1,1 @@
+"""Training a network from sparse annotations with the patch pipeline."""
