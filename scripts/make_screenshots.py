@@ -10,10 +10,17 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import napari
+import numpy as np
 from qtpy.QtWidgets import QApplication
 
+from napari_patchwork.core.training.trainer import scribbles_from_labels
 from napari_patchwork.napari_contributions import sample_layers
-from napari_patchwork.widgets import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
+from napari_patchwork.widgets import (
+    PatchGridWidget,
+    SamplerExplorerWidget,
+    TiledInferenceWidget,
+    TrainingWidget,
+)
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 
@@ -79,6 +86,31 @@ def main() -> None:
     while widget.running:
         settle(0.1)
     save(viewer, "tiled-inference-done.png")
+    viewer.close()
+    training_screenshots()
+
+
+def training_screenshots() -> None:
+    """Train from annotations: scripted strokes, a run in progress, the result."""
+    viewer = viewer_with_sample()
+    viewer.layers["sample probability"].visible = False
+    widget = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train from annotations", area="right")
+    truth = np.asarray(viewer.layers["sample labels"].data)
+    viewer.layers["sample labels"].visible = False
+    layer = widget.new_annotations()
+    layer.data = scribbles_from_labels(truth, slices=5, disks=4, radius=3, seed=0)
+    layer.refresh()
+    save(viewer, "training-strokes.png")
+    widget.seconds.value = 30.0
+    widget.train()
+    start = time.time()
+    while widget.running and time.time() - start < 15:
+        settle(0.1)
+    save(viewer, "training-running.png")
+    while widget.running:
+        settle(0.2)
+    save(viewer, "training-done.png")
     viewer.close()
 
 
