@@ -145,6 +145,12 @@ def _infer_arguments(infer: argparse.ArgumentParser, strict: bool) -> None:
     )
     _add(infer, "--amp", action="store_true", help="mixed precision (float16 CUDA, bfloat16 CPU)")
     _add(infer, "--tta", action="store_true", help="average the outputs of the 8 flips")
+    _add(
+        infer,
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (compiles once; faster for some networks)",
+    )
     _add(infer, "--labels", action="store_true", help="write argmax labels, not probabilities")
     _add(
         infer,
@@ -441,6 +447,7 @@ def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConf
         amp=args.amp,
         padding_mode=args.padding_mode,
         tta=args.tta,
+        compile=args.compile,
         fixed_batch=str(source).endswith(".pt2"),
     )
     return config

@@ -403,3 +403,20 @@ def test_closing_a_streamed_iter_infer_removes_the_partial_store(tmp_path):
     next(steps)
     steps.close()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # torch's own, compiling
+def test_compile_gives_the_same_output_as_eager():
+    torch.manual_seed(0)
+    model = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    volume = torch.rand(1, 12, 12, 12)
+    settings = {"patch_size": 8, "patch_overlap": 4, "batch_size": 2, "padding_mode": "edge"}
+    with torch.inference_mode():
+        eager = pw.infer(model, volume, **settings)
+        compiled = pw.infer(model, volume, compile=True, **settings)
+    assert torch.allclose(eager, compiled, atol=1e-5)
+    with pytest.raises(TypeError, match="compile must be True or False"):
+        pw.infer(model, volume, compile="yes", **settings)
+    engine = pw.TiledInference(model, pw.InferenceConfig(patch_size=8, compile=True))
+    assert type(engine.model).__name__ == "OptimizedModule"  # torch.compile's wrapper
+    assert pw.TiledInference(model, pw.InferenceConfig(patch_size=8)).model is model

@@ -150,9 +150,11 @@ class TiledInference:
             raise TypeError(f"model must be callable, got {type(model)}")
         if not isinstance(config, InferenceConfig):
             raise TypeError(f"config must be an InferenceConfig, got {type(config)}")
+        self.device = _model_device(model, config.device)  # from the model's own parameters
+        if config.compile:
+            model = torch.compile(model, dynamic=False)
         self.model, self.config, self.stream = model, config, stream
         self.ranks = range(0)
-        self.device = _model_device(model, config.device)
         self.mergers: dict[str, GridMerger] = {}
         self.plan: GridPlan | None = None
         self.done = 0

@@ -252,7 +252,7 @@ def infer(
     **settings
         The fields of :class:`InferenceConfig`: ``patch_size`` (required), ``patch_overlap``,
         ``overlap_mode``, ``batch_size``, ``device``, ``aggregate_device``, ``amp``,
-        ``padding_mode``, ``tta``, ``fixed_batch``.
+        ``padding_mode``, ``tta``, ``fixed_batch``, ``compile``.
     image_name : str, optional
         Which image of a ``Subject`` to use.
     progress : bool
