@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from napari_patchwork.core.inference.config import InferenceConfig
 
 from .core.devices import default_device
 from .core.types import OVERLAP_MODES
+from .core.wording import reworded
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
 #: Output suffixes the CLI writes.
@@ -428,10 +428,7 @@ def _flags(function: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return function(*args, **kwargs)
     except (TypeError, ValueError) as error:
-        message = str(error)
-        for name, flag in _FLAG_NAMES.items():
-            message = re.sub(rf"\b{name}\b", flag, message)
-        raise type(error)(message) from error
+        raise reworded(error, _FLAG_NAMES) from error
 
 
 def _config(args: argparse.Namespace, device: str, source: str) -> InferenceConfig:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_patchwork.core.training.trainer import Trainer, TrainingConfig, TrainingStep
+from napari_patchwork.core.wording import reworded
 
 EXIT_INTERRUPTED = 130
 DEFAULT_SECONDS = 60.0
@@ -76,15 +77,6 @@ def add_train_parser(subparsers: Any, **parser_options: Any) -> argparse.Argumen
     return parser
 
 
-def _flag_error(error: Exception) -> Exception:
-    """The config's error with the field name replaced by its command-line flag."""
-    message = str(error)
-    for name, flag in FLAGS.items():
-        if message.startswith(name + " ") or message.startswith(name + "="):
-            return type(error)(flag + message[len(name) :])
-    return error
-
-
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     """The :class:`TrainingConfig` of parsed ``train`` arguments (errors name the flags)."""
     seconds = args.seconds
@@ -105,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     try:
         config = TrainingConfig(**settings)
     except (TypeError, ValueError) as error:
-        raise _flag_error(error) from None
+        raise reworded(error, FLAGS) from None
     if args.no_augmentation:
         config = dataclasses.replace(config, augmentation=None)
     return config

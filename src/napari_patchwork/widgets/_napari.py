@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -266,30 +265,6 @@ def message_label(label: str, value: str = "") -> Any:
     policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
     widget.native.setSizePolicy(policy)
     return widget
-
-
-def in_widget_words(error: BaseException, words: Mapping[str, str]) -> BaseException:
-    """The same error with the API's argument names replaced by the widget's labels.
-
-    Core validation names arguments as the API spells them (``patch_size``); the widget says
-    "patch size". Returns an error of the same type (``ValueError`` if that type cannot be
-    rebuilt from a message).
-
-    Examples
-    --------
-    >>> error = ValueError("patch_size must be positive")
-    >>> str(in_widget_words(error, {"patch_size": "patch size"}))
-    'patch size must be positive'
-    """
-    message = str(error)
-    for api_name, label in words.items():
-        message = re.sub(rf"\b{re.escape(api_name)}\b", label, message)
-    if message == str(error):
-        return error
-    try:
-        return type(error)(message)
-    except TypeError:
-        return ValueError(message)
 
 
 def class_legend(layer: Any, values: Sequence[int]) -> str:

@@ -30,13 +30,13 @@ from napari_patchwork.core.inference.streaming import StreamTarget, zarr_target
 
 from ..core.devices import available_devices
 from ..core.types import OVERLAP_MODES
+from ..core.wording import reworded
 from ..io.models import apply_class_values, load_model, model_class_values
 from ..io.zarr_io import is_zarr_path
 from ..napari_contributions import read_zarr_layers
 from ._napari import (
     Lifecycle,
     class_legend,
-    in_widget_words,
     layer_choices,
     lazy_data_of,
     message_label,
@@ -359,7 +359,7 @@ class TiledInferenceWidget(Container):
                 and self.source.value == "file",
             )
         except (ValueError, TypeError) as error:
-            raise in_widget_words(error, WIDGET_WORDS) from None
+            raise reworded(error, WIDGET_WORDS) from None
 
     # ------------------------------------------------------------------ run
     def run(self, *_: Any) -> Any:
@@ -605,7 +605,7 @@ class TiledInferenceWidget(Container):
         if self.lifecycle.closed:
             return
         self._failed = True
-        error = in_widget_words(error, WIDGET_WORDS)
+        error = reworded(error, WIDGET_WORDS)
         kind = "" if isinstance(error, InferenceFailed) else f"{type(error).__name__}: "
         message = f"Tiled inference failed: {kind}{error}"
         self.status.value = f"⚠ {error}"

@@ -30,6 +30,7 @@ from napari_patchwork.core.samplers.coverage import (
 )
 
 from ..core.samplers import LabelSampler, RandomSampler, UniformSampler, WeightedSampler
+from ..core.wording import reworded_text
 from ._layers import boxes_to_vectors, centres, locations_to_boxes
 from ._napari import (
     Lifecycle,
@@ -100,8 +101,7 @@ def in_widget_words(text: str, probability: str = "", labels: str = "") -> str:
     text = text.replace("probability_map 'probability'", f"probability map '{probability}'")
     for core in ("label_name 'labels'", "label map 'labels'"):
         text = text.replace(core, f"labels '{labels}'")
-    for name, label in WIDGET_WORDS.items():
-        text = text.replace(name, label)
+    text = reworded_text(text, WIDGET_WORDS)
     return re.sub(r"size \((\d+), (\d+), (\d+)\)", r"size \1×\2×\3 voxels", text)
 
 

@@ -25,9 +25,9 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_patchwork.core.training.trainer import Prediction, Trainer, TrainingConfig, TrainingStep
 
+from ..core.wording import reworded
 from ._napari import (
     Lifecycle,
-    in_widget_words,
     layer_choices,
     message_label,
     show_layer,
@@ -209,7 +209,7 @@ class TrainingWidget(Container):
                 device=str(self.device.value),
             )
         except (ValueError, TypeError) as error:
-            raise in_widget_words(error, WIDGET_WORDS) from None
+            raise reworded(error, WIDGET_WORDS) from None
 
     def _pair(self) -> tuple[np.ndarray, np.ndarray]:
         image, labels = self.image.value, self.annotations.value
@@ -266,7 +266,7 @@ class TrainingWidget(Container):
             yield _Finished(trainer.predict() if trainer.iteration else None)
         except (RuntimeError, ValueError, TypeError, FileNotFoundError) as error:
             # superqt drops RuntimeErrors raised in workers: hand every failure over as one type
-            raise TrainingFailed(str(in_widget_words(error, WIDGET_WORDS))) from error
+            raise TrainingFailed(str(reworded(error, WIDGET_WORDS))) from error
 
     def stop(self, *_: Any) -> None:
         """Stop after the current step; the weights are kept (Continue resumes)."""
@@ -392,7 +392,7 @@ class TrainingWidget(Container):
         if added and self.running and self.last_step is None and self._layer in self.viewer.layers:
             self.viewer.layers.remove(self._layer)  # a failed start leaves no empty layer
             self._layer = None
-        error = in_widget_words(error, WIDGET_WORDS)
+        error = reworded(error, WIDGET_WORDS)
         self.status.value = f"⚠ {error}"
         show_error(f"Training failed: {error}")
 
