@@ -7,174 +7,77 @@ the overlap zones. The patch under the cursor is outlined as a box, with the zon
 with its neighbours tinted, and every line is about one screen pixel wide whatever the voxel
 size (napari draws line widths in data units, so they are recomputed from the layer's
 transform and the camera zoom).
+
+This module holds the widget (controls, cursor, clicks, what to draw when); the checks of the
+settings are in ``_grid_settings``, the pure geometry (tiling, lines, widths, overlap counts)
+in ``_grid_geometry``, the napari Shapes layers of lines in ``_grid_drawing``. Their names that
+were public here stay importable from here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit
-from napari.layers import Image, Shapes
+from napari.layers import Image
 
-from napari_patchwork.core.inference.grid import GridPlan, crop_intervals
-from napari_patchwork.core.samplers.coverage import SeparableVolume, axis_coverage
+from napari_patchwork.core.inference.grid import GridPlan
+from napari_patchwork.core.samplers.coverage import SeparableVolume
 
 from ..core.types import PADDING_MODES
+from ._grid_drawing import (
+    CURSOR_LAYER,
+    GRID_LAYER,
+    LINE_COLOURS,
+    OVERLAP_LAYER,
+    SELECTED_LAYER,
+    SHARED_LAYER,
+    camera,
+    keep_active,
+    refresh_widths,
+    show_lines,
+)
+from ._grid_geometry import (
+    LINE_PIXELS,
+    coverage_volume,
+    lattice,
+    line_ends,
+    patches_meeting,
+    tiling,
+)
+from ._grid_settings import EDGES, TILING, TOOLTIPS, grid_plan
 from ._layers import boxes_to_vectors, grid_lines
 from ._napari import (
-    OVERLAY,
     Lifecycle,
-    data_to_world_matrix,
     is_shown,
     layer_choices,
     message_label,
-    placement_like,
     redraw_on_slice_change,
-    shape_of,
     show_layer,
     slice_position,
     summarise_ranks,
     watch_layers,
 )
 
-GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER = "patch grid", "patch overlap", "selected patch"
-CURSOR_LAYER, SHARED_LAYER = "patch under cursor", "zones shared with neighbours"
-TILING, EDGES = "one cell per patch", "every patch edge"
-LINE_PIXELS = 1.0  # width of every drawn line on screen
-LINE_COLOURS = {GRID_LAYER: "yellow", SELECTED_LAYER: "red", CURSOR_LAYER: "cyan"}
+__all__ = [  # the names importable from here before the split (issue 14), and the widget
+    "CLICK_HINT",
+    "CURSOR_HINT",
+    "CURSOR_LAYER",
+    "EDGES",
+    "GRID_LAYER",
+    "LINE_COLOURS",
+    "LINE_PIXELS",
+    "OVERLAP_LAYER",
+    "SELECTED_LAYER",
+    "SHARED_LAYER",
+    "TILING",
+    "TOOLTIPS",
+    "PatchGridWidget",
+]
+
 CURSOR_HINT = "move the cursor over the image (2D view)"
 CLICK_HINT = "click a voxel"
-
-TOOLTIPS = {
-    "image": "The 3D image the grid is planned on. Only its shape is read (huge, lazy and"
-    " multiscale layers are fine).",
-    "patch size": "Patch size in voxels: one number for all three axes (64) or three numbers"
-    " separated by commas, one per axis (64, 64, 32). A text field so it takes both forms.",
-    "patch overlap": "Voxels shared by neighbouring patches, even (half goes to each side of"
-    " a border): one number (16) or one per axis (16, 16, 8). 0: patches tile the volume.",
-    "padding": "none: patches stay inside the image. Otherwise the image is padded by half"
-    " the patch overlap on each side and the grid covers the padded image (the mode only"
-    " decides the padded values, not where the patches go).",
-    "grid lines": f"{TILING}: the borders of the voxels each patch owns (where overlapping"
-    f" predictions are cut), a readable grid. {EDGES}: the start and end of every patch.",
-    "follow cursor": "Outline the patch under the cursor and tint the zones it shares with"
-    " its neighbours (2D view).",
-    "grid": "How many patches the grid has, per axis.",
-    "tint": "What the tinted layers mean.",
-    "under cursor": "The patch whose cell is under the cursor.",
-    "selected": "Click a voxel to list the patches holding it (outlined in red).",
-}
-
-
-# ---------------------------------------------------------------------- pure helpers
-def _triplet(text: str, label: str, minimum: int) -> tuple[int, int, int]:
-    """'64' or '64, 64, 32' → three ints, with a message in the widget's words."""
-    parts = str(text).replace(",", " ").split()
-    try:
-        values = [int(part) for part in parts]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 3):
-        raise ValueError(
-            f"{label} must be one whole number of voxels or three separated by commas"
-            f" (e.g. 64 or 64, 64, 32), got {text!r}"
-        )
-    if any(v < minimum for v in values):
-        least = "at least 1 voxel" if minimum == 1 else "0 voxels or more"
-        raise ValueError(f"{label} must be {least} on every axis, got {text!r}")
-    values = values * 3 if len(values) == 1 else values
-    return (values[0], values[1], values[2])
-
-
-def _voxels(values: Any) -> str:
-    return " × ".join(str(int(v)) for v in values) + " voxels"
-
-
-def _tiling(plan: GridPlan) -> list[list[tuple[int, int]]]:
-    """Per axis, the ``[lo, hi)`` voxels each start owns (they partition the axis)."""
-    return [
-        list(crop_intervals(size, patch, overlap, plan.padded).values())
-        for size, patch, overlap in zip(plan.spatial_shape, plan.patch_size, plan.patch_overlap)
-    ]
-
-
-def _lattice(borders: list[np.ndarray], sliced_axis: int | None, position: float) -> np.ndarray:
-    """``(N, 2, 3)`` end points of full-length lines through per-axis borders.
-
-    The cells of a product of intervals are outlined by the lines along each axis through
-    every pair of borders of the other two (with ``sliced_axis``: the lines of that plane).
-    """
-    lines = []
-    for direction in range(3):
-        if direction == sliced_axis:
-            continue
-        across = [axis for axis in range(3) if axis != direction]
-        values = [np.array([position], float) if a == sliced_axis else borders[a] for a in across]
-        mesh = np.stack(np.meshgrid(*values, indexing="ij"), -1).reshape(-1, 2)
-        ends = np.zeros((len(mesh), 2, 3))
-        ends[:, :, across] = mesh[:, None, :]
-        ends[:, 0, direction] = borders[direction][0]
-        ends[:, 1, direction] = borders[direction][-1]
-        lines.append(ends)
-    return np.concatenate(lines) if lines else np.zeros((0, 2, 3))
-
-
-def _ends(vectors: np.ndarray) -> np.ndarray:
-    """napari vectors ``(start, step)`` → line end points ``(start, start + step)``."""
-    vectors = np.asarray(vectors, float).reshape(-1, 2, 3)
-    return np.stack([vectors[:, 0], vectors[:, 0] + vectors[:, 1]], 1)
-
-
-def _line_widths(
-    lines: np.ndarray,
-    linear: np.ndarray,
-    displayed: list[int],
-    zoom: float,
-    view: Any = None,
-) -> Any:
-    """Per line, the width in data units that napari draws ``LINE_PIXELS`` screen pixels wide.
-
-    napari builds a line's mesh in *data* units: in 2D a band of total width ``w`` offset
-    along the other displayed data axis, in 3D a tube of radius ``w`` around it. The mesh
-    reaches the screen through the layer's linear transform ``M`` (restricted to the displayed
-    axes) and the zoom (screen pixels per world unit). Across the line on screen (unit
-    ``p``, perpendicular to the line and, in 3D, to the ``view`` direction) the mesh spans
-    ``w · |(M e_b · p, M e_c · p)|`` (twice that for a tube), so ``w`` follows from it. On a
-    0.5 × 3 mm plane the lines along one axis get a 6 times thinner width than the others.
-    """
-    if len(lines) == 0:
-        return []
-    block = linear[np.ix_(displayed, displayed)]
-    directions = np.argmax(np.abs(lines[:, 1] - lines[:, 0]), axis=1)
-    widths = np.full(len(lines), LINE_PIXELS / max(zoom, 1e-12))
-    for axis in np.unique(directions):
-        if axis not in displayed:
-            continue
-        along = block[:, displayed.index(axis)]
-        along = along / np.linalg.norm(along)
-        others = [block[:, i] for i, a in enumerate(displayed) if a != axis]
-        if len(displayed) == 2:
-            across, tube = np.array([-along[1], along[0]]), 1.0
-        else:
-            toward = np.asarray((1.0, 0.0, 0.0) if view is None else view, float)
-            across, tube = np.cross(toward, along), 2.0
-            if np.linalg.norm(across) < 1e-6:  # seen end-on: a dot, any width will do
-                across = np.cross(others[0], along)
-            across = across / np.linalg.norm(across)
-        reach = float(np.sqrt(sum(float(o @ across) ** 2 for o in others)))
-        widths[directions == axis] /= tube * max(reach, 1e-12)
-    return widths.tolist()
-
-
-def _coverage(plan: GridPlan) -> SeparableVolume:
-    """Lazy volume of how many patches hold each voxel (a separable product, never stored)."""
-    vectors = [c.numpy() for c in axis_coverage(plan)]
-    most = int(np.prod([v.max() for v in vectors]))
-    dtype = np.uint8 if most < 2**8 else np.uint16 if most < 2**16 else np.uint32
-    return SeparableVolume(vectors, dtype=dtype)
 
 
 def _legend(coverage: SeparableVolume) -> str:
@@ -191,37 +94,6 @@ def _legend(coverage: SeparableVolume) -> str:
         else f"no overlap: every voxel is in 1 patch ('{OVERLAP_LAYER}' stays dark)"
     )
     return f"{overlap}; cyan ('{SHARED_LAYER}'): where the patch under the cursor overlaps others"
-
-
-def _hits(plan: GridPlan, ini: Any, fin: Any) -> list[list[int]]:
-    """Per axis, the starts of the patches meeting the box ``[ini, fin)``."""
-    return [
-        [s for s in starts if s < f and s + p > i]
-        for starts, p, i, f in zip(plan.starts, plan.patch_size, ini, fin)
-    ]
-
-
-@contextmanager
-def _keep_active(viewer: Any) -> Iterator[None]:
-    """Adding a layer makes it the active one; the user's active layer stays active."""
-    active = viewer.layers.selection.active
-    try:
-        yield
-    finally:
-        if active is not None and any(layer is active for layer in viewer.layers):
-            viewer.layers.selection.active = active
-
-
-def _place(layer: Any, placement: dict[str, Any]) -> None:
-    for key, value in placement.items():
-        current = layer.affine.affine_matrix if key == "affine" else getattr(layer, key)
-        if not np.allclose(np.asarray(current, float), np.asarray(value, float)):
-            setattr(layer, key, value)
-
-
-def _camera(viewer: Any) -> Any:
-    scene = getattr(viewer, "scene", None)  # napari >= 0.9 (viewer.camera is deprecated)
-    return scene.camera if scene is not None else viewer.camera
 
 
 # ---------------------------------------------------------------------- widget
@@ -277,40 +149,21 @@ class PatchGridWidget(Container):
             control.changed.connect(self.update)
         redraw_on_slice_change(self.lifecycle, napari_viewer, self._redraw)
         self.lifecycle.connect(napari_viewer.dims.events.order, self._on_order)
-        camera = _camera(napari_viewer)
-        self.lifecycle.connect(camera.events.zoom, self._refresh_widths)
-        self.lifecycle.connect(camera.events.angles, self._refresh_widths)  # 3D: tubes
+        view_camera = camera(napari_viewer)
+        self.lifecycle.connect(view_camera.events.zoom, self._refresh_widths)
+        self.lifecycle.connect(view_camera.events.angles, self._refresh_widths)  # 3D: tubes
         self.lifecycle.add_mouse_callback(napari_viewer.mouse_drag_callbacks, self._on_click)
         self.lifecycle.add_mouse_callback(napari_viewer.mouse_move_callbacks, self._on_move)
         self.update()
 
     # ------------------------------------------------------------------ state
     def _plan(self) -> GridPlan:
-        layer = self.image.value
-        if layer is None:
-            raise ValueError("add a 3D image layer")
-        shape = shape_of(layer)  # the data is never read: huge and lazy volumes are fine
-        patch = _triplet(self.patch_size.value, "patch size", 1)
-        overlap = _triplet(self.patch_overlap.value, "patch overlap", 0)
-        if any(o % 2 for o in overlap):
-            raise ValueError(
-                f"patch overlap must be even on every axis (half goes to each side of a"
-                f" border), got {_voxels(overlap)}"
-            )
-        if any(o >= p for o, p in zip(overlap, patch)):
-            raise ValueError(
-                f"patch overlap ({_voxels(overlap)}) must be smaller than the patch size"
-                f" ({_voxels(patch)})"
-            )
-        padded = self.padding_mode.value != "none"
-        room = [s + (o if padded else 0) for s, o in zip(shape, overlap)]
-        if any(p > r for p, r in zip(patch, room)):
-            volume = "padded volume" if padded else "volume"
-            raise ValueError(
-                f"patch size {_voxels(patch)} is larger than the {volume} ({_voxels(room)}):"
-                " use a smaller patch size" + ("" if padded else " or a padding")
-            )
-        return GridPlan(shape, patch, overlap, padded)
+        return grid_plan(
+            self.image.value,
+            self.patch_size.value,
+            self.patch_overlap.value,
+            self.padding_mode.value,
+        )
 
     def update(self, *_: Any) -> None:  # type: ignore[override]  # not magicgui's update(mapping)
         """Re-plan the grid from the controls and redraw everything."""
@@ -322,11 +175,11 @@ class PatchGridWidget(Container):
             self.legend.value = ""
             self._clear_drawn()  # nothing drawn may contradict the settings shown
             return
-        self._tiles = _tiling(self.plan)
+        self._tiles = tiling(self.plan)
         counts = " × ".join(map(str, self.plan.counts))
         self.info.value = f"{len(self.plan)} patches ({counts})"
-        self._coverage = coverage = _coverage(self.plan)  # computed slice by slice when drawn
-        with _keep_active(self.viewer):
+        self._coverage = coverage = coverage_volume(self.plan)  # computed slice by slice when drawn
+        with keep_active(self.viewer):
             show_layer(
                 self.viewer,
                 OVERLAP_LAYER,
@@ -371,9 +224,9 @@ class PatchGridWidget(Container):
                 np.array([lo for lo, hi in tiles if hi > lo] + [size], float) - 0.5
                 for tiles, size in zip(self._tiles, self.plan.spatial_shape)
             ]
-            grid = _lattice(borders, axis, position)
+            grid = lattice(borders, axis, position)
         else:
-            grid = _ends(grid_lines(self.plan, axis, position))
+            grid = line_ends(grid_lines(self.plan, axis, position))
         self._show_lines(GRID_LAYER, grid, create=create)
         self._show_lines(SELECTED_LAYER, self._box_lines(self.selected_ranks), create=False)
         cursor = [] if self.cursor_rank is None else [self.cursor_rank]
@@ -390,56 +243,12 @@ class PatchGridWidget(Container):
         if axis is not None:
             cut = (ini[:, axis] <= position) & (position < fin[:, axis])
             ini, fin = ini[cut], fin[cut]
-        return _ends(boxes_to_vectors(ini, fin, axis, position))
-
-    def _widths(self, lines: np.ndarray) -> Any:
-        layer = self.image.value
-        displayed = [a - (self.viewer.dims.ndim - layer.ndim) for a in self.viewer.dims.displayed]
-        linear = data_to_world_matrix(layer)[:3, :3]
-        camera = _camera(self.viewer)
-        view = camera.view_direction if self.viewer.dims.ndisplay == 3 else None
-        return _line_widths(lines, linear, displayed, float(camera.zoom), view)
+        return line_ends(boxes_to_vectors(ini, fin, axis, position))
 
     def _show_lines(self, name: str, lines: np.ndarray, create: bool = True) -> None:
-        """Update the Shapes layer of lines ``name`` (or add it, placed like the image).
-
-        Shapes, not Vectors: only Shapes take one width per line, and on anisotropic voxels
-        the lines along different axes need different data widths to look alike.
-        """
-        viewer, like = self.viewer, self.image.value
-        if not self._shown() or (not create and name not in viewer.layers):
-            return
-        lines = np.asarray(lines, float).reshape(-1, 2, 3)
-        widths = self._widths(lines)
-        colour = LINE_COLOURS[name]
-        placement = placement_like(like)
-        if name in viewer.layers and isinstance(viewer.layers[name], Shapes):
-            layer = viewer.layers[name]
-            drawn = np.asarray(layer.data, float).reshape(-1, 2, 3)
-            if not np.array_equal(drawn, lines):  # 3D views do not change with the slice
-                layer.data = []
-                if len(lines):  # one triangulation, with the widths (not one per setter)
-                    layer.add_lines(list(lines), edge_width=widths, edge_color=colour)
-            elif create and len(lines):  # same lines, maybe another placement: new widths
-                layer.edge_width = widths
-                layer.refresh()  # napari redraws edges on new widths only when asked
-            if create:
-                _place(layer, placement)
-            return
-        if name in viewer.layers:
-            viewer.layers.remove(name)
-        with _keep_active(viewer):
-            viewer.add_shapes(
-                [(line, "line") for line in lines] or None,
-                ndim=3,
-                name=name,
-                edge_width=widths or LINE_PIXELS,
-                edge_color=colour,
-                face_color="transparent",
-                opacity=0.7 if name == GRID_LAYER else 1.0,
-                metadata={OVERLAY: True},
-                **placement,
-            )
+        """Update the Shapes layer of lines ``name`` (or add it), while the grid is shown."""
+        if self._shown():
+            show_lines(self.viewer, self.image.value, name, lines, create=create)
 
     def _on_order(self, *_: Any) -> None:
         self._redraw()
@@ -447,14 +256,8 @@ class PatchGridWidget(Container):
 
     def _refresh_widths(self, *_: Any) -> None:
         """Keep every line one screen pixel wide when the user zooms (or turns a 3D view)."""
-        if not self._shown():
-            return
-        for name in (GRID_LAYER, SELECTED_LAYER, CURSOR_LAYER):
-            if name in self.viewer.layers and isinstance(self.viewer.layers[name], Shapes):
-                layer = self.viewer.layers[name]
-                if layer.nshapes:
-                    layer.edge_width = self._widths(np.asarray(layer.data, float))
-                    layer.refresh()
+        if self._shown():
+            refresh_widths(self.viewer, self.image.value)
 
     # ------------------------------------------------------------------ cursor
     def _voxel_at(self, position: Any) -> tuple[int, ...]:
@@ -501,11 +304,11 @@ class PatchGridWidget(Container):
         ini, fin = np.array(location.index_ini), np.array(location.index_fin)
         low, high = np.maximum(ini, 0), np.minimum(fin, self.plan.spatial_shape)
         counts = np.asarray(self._coverage[tuple(slice(a, b) for a, b in zip(low, high))])
-        neighbours = int(np.prod([len(hits) for hits in _hits(self.plan, ini, fin)])) - 1
+        neighbours = int(np.prod([len(hits) for hits in patches_meeting(self.plan, ini, fin)])) - 1
         span = " × ".join(f"{a}–{b - 1}" for a, b in zip(ini, fin))
         self.cursor.value = f"patch #{rank}: voxels {span}; overlaps {neighbours} neighbours"
         self._show_lines(CURSOR_LAYER, self._box_lines([rank]))
-        with _keep_active(self.viewer):
+        with keep_active(self.viewer):
             show_layer(
                 self.viewer,
                 SHARED_LAYER,

@@ -3,250 +3,96 @@ expected (exact) against empirical coverage, with the label composition of the s
 
 Sampling runs in a worker thread (:meth:`SamplerExplorerWidget.run`, the Sample button) with
 progress and cancel; :meth:`SamplerExplorerWidget.sample` does the same work synchronously.
+
+This module holds the widget (controls, runs, worker signals); the run itself is in
+``_sampling`` (no Qt), what it draws in ``_sampler_drawing``, the tooltips and the checks of
+the settings in ``_sampler_settings``. Their names are importable from here too.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import numpy as np
-import torch
 from magicgui.widgets import ComboBox, Container, LineEdit, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 
-from napari_patchwork.core.data.image import LabelMap, ScalarImage
 from napari_patchwork.core.data.location import PatchLocation
-from napari_patchwork.core.data.subject import Subject
-from napari_patchwork.core.samplers.coverage import (
-    LocationCoverage,
-    expected_coverage,
-    uniform_maps,
-)
 
-from ..core.samplers import LabelSampler, RandomSampler, UniformSampler, WeightedSampler
-from ..core.wording import reworded_text
-from ._layers import boxes_to_vectors, centres, locations_to_boxes
 from ._napari import (
     Lifecycle,
     is_shown,
     layer_choices,
-    lazy_data_of,
     message_label,
-    parse_label_probabilities,
-    parse_size,
     redraw_on_slice_change,
-    shape_of,
-    show_layer,
-    slice_position,
-    volume_of,
     watch_layers,
 )
+from ._sampler_drawing import (
+    BOX_COLOUR,
+    CENTRE_COLOUR,
+    CENTRES,
+    EMPIRICAL,
+    EXPECTED,
+    MAX_BOXES,
+    OUTPUTS,
+    PATCHES,
+    PROBABILITY,
+    composition_canvas,
+    draw_boxes,
+    plot_composition,
+    show_maps,
+    theme_colours,
+)
+from ._sampler_settings import (
+    SAMPLERS,
+    SEED_MAX,
+    TIPS,
+    WIDGET_WORDS,
+    in_widget_words,
+    sampling_request,
+    voxels,
+)
+from ._sampling import (
+    CHUNK,
+    DENSE_VOXELS,
+    Composition,
+    SamplingFailed,
+    SamplingProgress,
+    SamplingRequest,
+    SamplingResult,
+    coverage_count,
+    exhaust,
+    sampling_steps,
+)
 
-SAMPLERS = ("uniform", "weighted", "label")
-PATCHES, CENTRES = "sampled patches", "patch centres"
-PROBABILITY, EXPECTED, EMPIRICAL = "centre probability", "expected coverage", "empirical coverage"
-OUTPUTS = (PATCHES, CENTRES, PROBABILITY, EXPECTED, EMPIRICAL)
-DENSE_VOXELS = 2**24  # above this, uniform maps are drawn lazily (computed per slice)
-MAX_BOXES = 2_000  # boxes drawn at most (all centres are drawn)
-CHUNK = 1_000  # patches drawn between progress reports (and chances to cancel)
-SEED_MAX = 2**31 - 1
-BOX_COLOUR, CENTRE_COLOUR = "cyan", "orange"
-# core argument names → the widget's labels, for messages raised by the core
-WIDGET_WORDS = {
-    "patch_size": "patch size",
-    "probability_map": "probability map",
-    "label_probabilities": "label probabilities",
-    "label_name": "labels",
-    "num_patches": "patches",
-}
-TIPS = {
-    "image": "3D image layer to sample patches from.",
-    "sampler": "uniform: any centre where the patch fits; weighted: centres drawn from the "
-    "probability map; label: centres on labelled voxels, per-class probabilities.",
-    "probability": "Image layer of non-negative sampling weights, same size as the image "
-    "(weighted sampler only).",
-    "labels": "Labels layer: centres for the label sampler; the plot shows the label "
-    "composition of the sample for any sampler.",
-    "label probabilities": "Label sampler only: 'label: probability' pairs, e.g. "
-    "'0: 0.5, 1: 0.3, 2: 0.2' (renormalised over labels present). Empty: foreground only.",
-    "patch size": "Patch size in voxels: one integer for a cube ('32') or three, one per "
-    "axis ('32, 32, 16'). Must fit in the image.",
-    "patches": "Number of patches to draw. All centres are drawn; past "
-    f"{MAX_BOXES:,} patches only the first {MAX_BOXES:,} boxes are.",
-    "seed": "Random seed: the same seed gives the same patches.",
-}
-
-
-def _voxels(size: Sequence[int]) -> str:
-    return "×".join(str(int(s)) for s in size) + " voxels"
-
-
-def in_widget_words(text: str, probability: str = "", labels: str = "") -> str:
-    """A core message in the widget's words: its labels, its layer names, sizes in voxels.
-
-    Examples
-    --------
-    >>> in_widget_words("probability_map 'probability' is zero", probability="weights")
-    "probability map 'weights' is zero"
-    >>> in_widget_words("a patch of size (8, 8, 4) fits")
-    'a patch of size 8×8×4 voxels fits'
-    """
-    text = text.replace(" of this subject", "")
-    text = text.replace("probability_map 'probability'", f"probability map '{probability}'")
-    for core in ("label_name 'labels'", "label map 'labels'"):
-        text = text.replace(core, f"labels '{labels}'")
-    text = reworded_text(text, WIDGET_WORDS)
-    return re.sub(r"size \((\d+), (\d+), (\d+)\)", r"size \1×\2×\3 voxels", text)
-
-
-class SamplingFailed(Exception):
-    """Sampling failed in the worker thread (wraps errors superqt would drop)."""
-
-
-@dataclass(frozen=True, eq=False)
-class SamplingRequest:
-    """One run's settings and data, read from the controls on the GUI thread."""
-
-    kind: str
-    patch_size: tuple[int, int, int]
-    count: int
-    seed: int
-    image: Any
-    probability: np.ndarray | None = None
-    labels: Any = None
-    label_probabilities: dict[int, float] | None = None
-
-    def subject(self) -> Subject:
-        """The subject sampled: image, probability map and labels when given."""
-        data = self.image
-        image = torch.from_numpy(data)[None] if isinstance(data, np.ndarray) else data
-        images: dict[str, Any] = {"image": ScalarImage(image)}
-        if self.probability is not None:
-            images["probability"] = ScalarImage(torch.from_numpy(self.probability)[None])
-        if self.labels is not None:
-            labels = np.asarray(self.labels).astype(np.int64)
-            images["labels"] = LabelMap(torch.from_numpy(labels)[None])
-        return Subject(images)
-
-    def sampler(self) -> RandomSampler:
-        """The core sampler for these settings (validated against the subject when drawing)."""
-        if self.kind == "weighted":
-            return WeightedSampler(None, self.patch_size, "probability", seed=self.seed)
-        if self.kind == "label":
-            return LabelSampler(
-                None, self.patch_size, "labels", self.label_probabilities, seed=self.seed
-            )
-        return UniformSampler(None, self.patch_size, seed=self.seed)
-
-
-@dataclass(frozen=True)
-class SamplingProgress:
-    """What the worker reports between chunks."""
-
-    stage: str
-    done: int
-    total: int
-
-
-@dataclass(frozen=True, eq=False)
-class Composition:
-    """Label values, the reference fractions (requested or volume) and the centres' fractions."""
-
-    values: list[int]
-    wanted: np.ndarray
-    observed: np.ndarray
-    reference: str
-
-
-@dataclass(frozen=True, eq=False)
-class SamplingResult:
-    """Everything one run draws, computed off the GUI thread."""
-
-    request: SamplingRequest
-    locations: list[PatchLocation]
-    centres: np.ndarray
-    maps: tuple[Any, Any, Any]  # centre probability, expected, empirical coverage
-    composition: Composition | None
-
-
-def coverage_count(locations: Sequence[PatchLocation], shape: Sequence[int]) -> np.ndarray:
-    """How many patches cover each voxel (as ``empirical_coverage``; vectorised, float32)."""
-    ini, fin = locations_to_boxes(locations)
-    corners = [np.clip(c, 0, np.asarray(shape)) for c in (ini, fin)]
-    difference = np.zeros([s + 1 for s in shape], np.int32)
-    for corner in np.ndindex(2, 2, 2):  # inclusion-exclusion over the 8 box corners
-        index = tuple(corners[c][:, axis] for axis, c in enumerate(corner))
-        np.add.at(difference, index, (-1) ** sum(corner))
-    for axis in range(3):
-        difference = difference.cumsum(axis, dtype=np.int32)
-    return difference[: shape[0], : shape[1], : shape[2]].astype(np.float32)
-
-
-def _maps(sampler: RandomSampler, subject: Subject, locations: list[PatchLocation]) -> Any:
-    """Centre probability, expected and empirical coverage: lazy for a huge uniform case."""
-    shape, count = subject.spatial_shape, len(locations)
-    if isinstance(sampler, UniformSampler) and np.prod(shape) > DENSE_VOXELS:
-        probability, coverage = uniform_maps(shape, sampler.patch_size, count)
-        return probability, coverage, LocationCoverage(locations, shape)
-    dense = sampler.get_probability_map(subject)
-    expected = expected_coverage(dense, sampler.patch_size, count)
-    return (
-        dense.numpy().astype(np.float32),
-        expected.numpy().astype(np.float32),
-        coverage_count(locations, shape),
-    )
-
-
-def _composition(request: SamplingRequest, points: np.ndarray) -> Composition | None:
-    """Label fractions at the patch centres, against the requested (or volume) fractions."""
-    if request.labels is None or not len(points):
-        return None
-    labels = np.asarray(request.labels)
-    requested = request.label_probabilities if request.kind == "label" else None
-    if requested:  # classes absent from the labels are not sampled: renormalised without
-        present = set(np.unique(labels).tolist())
-        values = sorted(v for v in requested if v in present) or sorted(requested)
-        total = sum(requested[v] for v in values) or 1.0
-        wanted, reference = np.array([requested[v] / total for v in values]), "requested"
-    else:
-        values = sorted(np.unique(labels[:: max(1, labels.shape[0] // 32)]).tolist())[:10]
-        wanted, reference = np.array([(labels == v).mean() for v in values]), "volume fraction"
-    index = points.astype(int)
-    at_centre = labels[index[:, 0], index[:, 1], index[:, 2]]
-    observed = np.array([(at_centre == v).mean() for v in values])
-    return Composition(values, wanted, observed, reference)
-
-
-def sampling_steps(request: SamplingRequest) -> Generator[SamplingProgress, None, SamplingResult]:
-    """Draw the patches in chunks (yielding progress), then the maps and the composition."""
-    try:
-        subject, sampler = request.subject(), request.sampler()
-        yield SamplingProgress("preparing the sampler", 0, request.count)
-        draws = sampler.locations(subject, request.count)
-        locations: list[PatchLocation] = []
-        while len(locations) < request.count:
-            locations.extend(islice(draws, min(CHUNK, request.count - len(locations))))
-            yield SamplingProgress("drawing patches", len(locations), request.count)
-        yield SamplingProgress("computing coverage", request.count, request.count)
-        maps = _maps(sampler, subject, locations)
-        points = centres(locations)
-        return SamplingResult(request, locations, points, maps, _composition(request, points))
-    except RuntimeError as error:  # superqt drops RuntimeErrors (no errored/finished signal)
-        raise SamplingFailed(f"{type(error).__name__}: {error}") from error
-
-
-def _exhaust(steps: Generator[Any, None, SamplingResult]) -> SamplingResult:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
+__all__ = [  # the names importable from here before the split (issue 14), and the widget
+    "BOX_COLOUR",
+    "CENTRES",
+    "CENTRE_COLOUR",
+    "CHUNK",
+    "DENSE_VOXELS",
+    "EMPIRICAL",
+    "EXPECTED",
+    "MAX_BOXES",
+    "OUTPUTS",
+    "PATCHES",
+    "PROBABILITY",
+    "SAMPLERS",
+    "SEED_MAX",
+    "TIPS",
+    "WIDGET_WORDS",
+    "Composition",
+    "SamplerExplorerWidget",
+    "SamplingFailed",
+    "SamplingProgress",
+    "SamplingRequest",
+    "SamplingResult",
+    "coverage_count",
+    "in_widget_words",
+    "sampling_steps",
+]
 
 
 class SamplerExplorerWidget(Container):
@@ -336,19 +182,10 @@ class SamplerExplorerWidget(Container):
         self.lifecycle.connect(napari_viewer.events.theme, self._replot)
 
     def _add_plot(self) -> None:
-        try:
-            from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-            from matplotlib.figure import Figure
-            from qtpy.QtWidgets import QSizePolicy
-        except ImportError:  # pragma: no cover - matplotlib is in the [napari] extra
+        made = composition_canvas()
+        if made is None:  # pragma: no cover - matplotlib is in the [napari] extra
             return
-        self.figure = Figure(figsize=(3.2, 2.6), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(220)
-        self.canvas.setMinimumWidth(1)  # the plot follows the dock's width, never widens it
-        policy = self.canvas.sizePolicy()
-        policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
-        self.canvas.setSizePolicy(policy)
+        self.figure, self.canvas = made
         self.native.layout().addWidget(self.canvas)
         self._plot(None)
 
@@ -360,54 +197,16 @@ class SamplerExplorerWidget(Container):
 
     def settings(self) -> SamplingRequest:
         """The run's settings from the controls; ValueError in the widget's words when bad."""
-        image = self.image.value
-        if image is None:
-            raise ValueError("image: add or choose a 3D image layer")
-        shape = shape_of(image)
-        patch = self._patch_voxels(shape, image.name)
-        kind = str(self.sampler.value)
-        probability = labels = label_probabilities = None
-        if kind == "weighted":
-            if self.probability.value is None:
-                raise ValueError("the weighted sampler needs a probability map: choose one")
-            probability = volume_of(self._matching(self.probability, "probability map", shape))
-        if self.labels_layer.value is not None:
-            labels = self._matching(self.labels_layer, "labels", shape).data
-        if kind == "label":
-            if labels is None:
-                raise ValueError("the label sampler needs a labels layer: choose one in labels")
-            label_probabilities = parse_label_probabilities(self.label_probabilities.value)
-            negative = {k: v for k, v in (label_probabilities or {}).items() if v < 0}
-            if negative:
-                raise ValueError(f"label probabilities must not be negative, got {negative}")
-        count, seed = int(self.num_patches.value), int(self.seed.value)
-        return SamplingRequest(
-            kind, patch, count, seed, lazy_data_of(image), probability, labels, label_probabilities
+        return sampling_request(
+            self.image.value,
+            str(self.sampler.value),
+            probability=self.probability.value,
+            labels=self.labels_layer.value,
+            label_probabilities=self.label_probabilities.value,
+            patch_size=self.patch_size.value,
+            count=int(self.num_patches.value),
+            seed=int(self.seed.value),
         )
-
-    def _patch_voxels(self, shape: tuple[int, int, int], name: str) -> tuple[int, int, int]:
-        size = parse_size(self.patch_size.value, "patch size")
-        patch = (size,) * 3 if isinstance(size, int) else size
-        if min(patch) < 1:
-            raise ValueError(f"patch size must be positive, got {self.patch_size.value!r}")
-        if any(p > s for p, s in zip(patch, shape)):
-            raise ValueError(
-                f"patch size {_voxels(patch)} is larger than image '{name}' ({_voxels(shape)})"
-            )
-        return (patch[0], patch[1], patch[2])
-
-    def _matching(self, combo: ComboBox, label: str, shape: tuple[int, int, int]) -> Any:
-        layer = combo.value
-        try:
-            own = shape_of(layer)
-        except ValueError as error:
-            raise ValueError(f"{label}: {error}") from None
-        if own != shape:
-            raise ValueError(
-                f"{label} '{layer.name}' is {_voxels(own)}, the image {_voxels(shape)}:"
-                " choose layers of the same size"
-            )
-        return layer
 
     def _settings_changed(self, *_: Any) -> None:
         if self.lifecycle.closed or self.running:
@@ -451,7 +250,7 @@ class SamplerExplorerWidget(Container):
             request = self.settings()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                result = _exhaust(sampling_steps(request))
+                result = exhaust(sampling_steps(request))
         except (ValueError, TypeError, SamplingFailed) as error:
             self._invalid(error)
             return []
@@ -548,71 +347,24 @@ class SamplerExplorerWidget(Container):
             self.info.value = "⚠ the image layer was removed while sampling"
             return
         self.result, self.locations, self._like = result, result.locations, like
-        probability, expected, empirical = result.maps
-        maps = {"like": like, "blending": "additive", "visible": False}
-        layer = show_layer(
-            self.viewer,
-            PROBABILITY,
-            "image",
-            probability,
-            colormap="inferno",
-            contrast_limits=(0.0, float(max(probability.max(), 1e-12))),
-            **maps,
-        )
-        layer.colorbar.visible = True  # shown with the layer
-        limits = (0.0, float(max(expected.max(), empirical.max(), 1e-6)))
-        for name, coverage in ((EXPECTED, expected), (EMPIRICAL, empirical)):
-            layer = show_layer(
-                self.viewer,
-                name,
-                "image",
-                coverage,
-                colormap="viridis",
-                contrast_limits=limits,
-                **maps,
-            )
-            layer.colorbar.visible = True
-        show_layer(
-            self.viewer,
-            CENTRES,
-            "points",
-            result.centres,
-            like=like,
-            size=2,
-            face_color=CENTRE_COLOUR,
-            border_width=0,
-        )
+        show_maps(self.viewer, result, like)
         self._draw_boxes()
         self._plot(result.composition)
         self.info.value = self._summary(result)
 
     def _summary(self, result: SamplingResult) -> str:
         request, count = result.request, len(result.locations)
-        text = f"{count:,} patches of {_voxels(request.patch_size)} from the {request.kind} sampler"
+        text = f"{count:,} patches of {voxels(request.patch_size)} from the {request.kind} sampler"
         if count > MAX_BOXES:
             text += f"; drawing {MAX_BOXES:,} of {count:,} boxes; all centres shown"
         notes = [self._words(note) for note in self._notes]
         return "; ".join([text, *notes])
 
     def _draw_boxes(self, *_: Any, create: bool = True) -> None:
-        """Boxes cutting the current slice, of the first ``MAX_BOXES`` patches (i.i.d. draws:
-        a random, reproducible subset)."""
+        """Boxes cutting the current slice, of the first ``MAX_BOXES`` patches."""
         if self.lifecycle.closed or not self.locations or not is_shown(self.viewer, self._like):
             return
-        axis, position = slice_position(self.viewer, self._like)
-        ini, fin = locations_to_boxes(self.locations[:MAX_BOXES], axis, position)
-        show_layer(
-            self.viewer,
-            PATCHES,
-            "vectors",
-            boxes_to_vectors(ini, fin, axis, position),
-            like=self._like,
-            create=create,
-            edge_color=BOX_COLOUR,
-            edge_width=0.5,
-            vector_style="line",
-            length=1.0,
-        )
+        draw_boxes(self.viewer, self.locations, self._like, create=create)
 
     # ------------------------------------------------------------------ plot
     def composition(self) -> tuple[list[int], np.ndarray, np.ndarray] | None:
@@ -627,62 +379,8 @@ class SamplerExplorerWidget(Container):
         if not self.lifecycle.closed:
             self._plot(None if self.result is None else self.result.composition)
 
-    def _theme(self) -> tuple[str, str]:
-        """(background, text) colours of the viewer's theme."""
-        from napari.utils.theme import get_theme
-
-        try:
-            theme = get_theme(str(self.viewer.theme))
-        except (ValueError, KeyError):
-            theme = get_theme("dark")
-        return str(theme.background), str(theme.text)
-
-    def _class_colour(self, value: int) -> Any:
-        layer = self.labels_layer.value
-        colour = None if layer is None else layer.get_color(value)
-        return "#8c8c8c" if colour is None else tuple(np.asarray(colour, float))
-
     def _plot(self, composition: Composition | None) -> None:
         if self.figure is None:
             return
-        from matplotlib.patches import Patch
-
-        background, text = self._theme()
-        self.figure.clear()
-        self.figure.set_facecolor(background)
-        axes = self.figure.add_subplot(111, facecolor=background)
-        if composition is None:
-            message = "choose a labels layer and Sample\nto see the label composition"
-            axes.text(0.5, 0.5, message, ha="center", va="center", color=text)
-            axes.set_axis_off()
-            self.canvas.draw_idle()
-            return
-        colours = [self._class_colour(v) for v in composition.values]
-        positions = np.arange(len(composition.values))
-        axes.bar(
-            positions - 0.2, composition.wanted, 0.4, color="none", edgecolor=colours, hatch="///"
-        )
-        axes.bar(positions + 0.2, composition.observed, 0.4, color=colours)
-        axes.set_xticks(positions, [str(v) for v in composition.values])
-        axes.set_xlabel("label", color=text)
-        axes.set_ylabel("fraction", color=text)
-        axes.tick_params(colors=text)
-        for spine in axes.spines.values():
-            spine.set_color(text)
-        handles = [
-            Patch(facecolor="none", edgecolor=text, hatch="///", label=composition.reference),
-            Patch(facecolor=text, label="patch centres"),
-            *(Patch(color=c, label=f"label {v}") for v, c in zip(composition.values, colours)),
-        ]
-        axes.legend(  # above the bars, never over them
-            handles=handles,
-            fontsize=7,
-            ncol=2,
-            frameon=False,
-            labelcolor=text,
-            loc="lower left",
-            bbox_to_anchor=(0.0, 1.02, 1.0, 0.4),
-            mode="expand",
-            handlelength=1.2,
-        )
-        self.canvas.draw_idle()
+        colours = theme_colours(self.viewer)
+        plot_composition(self.figure, self.canvas, composition, colours, self.labels_layer.value)
