@@ -246,6 +246,9 @@ def test_infer_dask_refuses_unknown_settings_before_starting(source, tmp_path):
     path, _ = source
     with pytest.raises(TypeError, match=r"unexpected arguments: \['patch_sise'\]"):
         infer_dask("demo", path, tmp_path / "o.zarr", patch_sise=12)
+    for old_name in ("labels", "activation"):  # infer's names only: output_labels, ...
+        with pytest.raises(TypeError, match=rf"unexpected arguments: \['{old_name}'\]"):
+            infer_dask("demo", path, tmp_path / "o.zarr", patch_size=12, **{old_name: None})
     with pytest.raises(ValueError, match="patch_overlap must be even"):
         infer_dask("demo", path, tmp_path / "o.zarr", patch_size=12, patch_overlap=3)
     with pytest.raises(ValueError, match="activation must be one of"):

@@ -186,8 +186,6 @@ def infer_dask(
     progress: Callable[[int, int], None] | None = None,
     output_labels: bool = False,
     output_activation: str | None = None,
-    labels: bool | None = None,
-    activation: str | None = None,
     **settings: Unpack[InferenceSettings],
 ) -> Any:
     """Tiled inference of a zarr volume on a dask cluster, into a new zarr array.
@@ -224,12 +222,11 @@ def infer_dask(
         ``progress(done, total)`` after each finished block.
     output_labels, output_activation
         As for :func:`napari_patchwork.infer`.
-    labels, activation
-        Older names of ``output_labels`` and ``output_activation`` (still accepted).
     **settings
         ``patch_size`` (required), ``patch_overlap``, ``overlap_mode``, ``batch_size``,
         ``device``, ``aggregate_device``, ``amp``, ``padding_mode``, ``tta``,
-        ``fixed_batch``: see :class:`~napari_patchwork.core.inference.config.InferenceConfig`.
+        ``fixed_batch``, ``compile``: see
+        :class:`~napari_patchwork.core.inference.config.InferenceConfig`.
 
     Returns
     -------
@@ -255,10 +252,6 @@ def infer_dask(
     >>> result = infer_dask("demo", f"{folder}/in.zarr", f"{folder}/out.zarr", patch_size=16,
     ...                     patch_overlap=4, workers=1, block_rows=16)  # doctest: +SKIP
     """
-    if labels is not None:
-        output_labels = labels
-    if activation is not None:
-        output_activation = activation
     config = InferenceConfig.resolve(config, **settings)  # names an unknown setting
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")

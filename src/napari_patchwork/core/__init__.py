@@ -9,7 +9,6 @@ from napari_patchwork.core.batching.collate import collate_subjects
 from napari_patchwork.core.batching.loader import SubjectsLoader
 from napari_patchwork.core.batching.queue import Queue
 from napari_patchwork.core.data.image import Image, LabelMap, ScalarImage
-from napari_patchwork.core.data.lazy import CorruptChunkError
 from napari_patchwork.core.data.location import PatchLocation
 from napari_patchwork.core.data.subject import Subject
 from napari_patchwork.core.inference.aggregator import PatchAggregator
@@ -44,6 +43,7 @@ from napari_patchwork.core.training.trainer import (
     scribbles_from_labels,
     train,
 )
+from napari_patchwork.io.zarr_io import CorruptChunkError  # what LazyVolume raises
 
 from .samplers import (
     GridSampler,

@@ -6,9 +6,9 @@ because it visits patches in rank order (first axis slowest): each input voxel i
 storage about ``patch / step`` times, not once per patch that contains it. Random access (the
 samplers) reads only the region asked for (:meth:`LazyVolume.read`).
 
-A chunk that cannot be decoded raises :class:`CorruptChunkError`, naming the store and the
-chunk, instead of the codec's own message (the diagnosis, which knows zarr, lives in
-:mod:`napari_patchwork.io.zarr_io`; the error is importable from here too).
+A chunk that cannot be decoded raises :class:`~napari_patchwork.io.zarr_io.CorruptChunkError`,
+naming the store and the chunk, instead of the codec's own message (the diagnosis, which knows
+zarr, lives in :mod:`napari_patchwork.io.zarr_io`, as do the error and ``open_zarr``).
 """
 
 from __future__ import annotations
@@ -19,14 +19,7 @@ import numpy as np
 import torch
 
 from napari_patchwork.core.data.dtypes import torch_compatible
-
-# CorruptChunkError and open_zarr live in io.zarr_io; importable from here as before
-from napari_patchwork.io.zarr_io import (
-    CorruptChunkError,
-    corrupt_chunk_error,
-    open_zarr,
-    store_name,
-)
+from napari_patchwork.io.zarr_io import corrupt_chunk_error, store_name
 
 
 class SliceableArray(Protocol):
@@ -176,4 +169,4 @@ class LazyVolume:
         return f"LazyVolume({type(self.array).__name__}, shape={self.shape}, dtype={self.dtype})"
 
 
-__all__ = ["CorruptChunkError", "LazyVolume", "SliceableArray", "is_lazy_array", "open_zarr"]
+__all__ = ["LazyVolume", "SliceableArray", "is_lazy_array"]
