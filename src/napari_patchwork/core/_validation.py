@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from .types import PADDING_MODES, TypeTriplet
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[numbers.Integral | np.integer[Any]]:
     return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
         value, (bool, np.bool_)
     )
 
 
-def to_triplet(value: Any, name: str, *, minimum: int = 1) -> TypeTriplet:
+def to_triplet(value: object, name: str, *, minimum: int = 1) -> TypeTriplet:
     """Return ``value`` as three ints ``>= minimum``; a single int applies to all axes.
 
     Raises
@@ -64,7 +64,7 @@ def check_patch_fits(patch_size: TypeTriplet, spatial_shape: Sequence[int]) -> N
         )
 
 
-def check_padding_mode(padding_mode: Any) -> None:
+def check_padding_mode(padding_mode: object) -> None:
     """Accept None, a number (constant fill) or one of the named padding modes."""
     if padding_mode is None or (
         isinstance(padding_mode, numbers.Real) and not isinstance(padding_mode, bool)
@@ -76,7 +76,7 @@ def check_padding_mode(padding_mode: Any) -> None:
         )
 
 
-def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> None:
+def check_positive_int(value: object, name: str, *, allow_none: bool = False) -> None:
     """Check that ``value`` is a positive int (or None when allowed)."""
     if value is None and allow_none:
         return

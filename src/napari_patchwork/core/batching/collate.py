@@ -17,7 +17,7 @@ from napari_patchwork.core.data.location import PatchLocation
 from napari_patchwork.core.data.subject import Subject
 
 
-def collate_subjects(batch: Sequence[Subject], **_: Any) -> SubjectsBatch | Subject:
+def collate_subjects(batch: Sequence[Subject], **_: object) -> SubjectsBatch | Subject:
     """Stack a list of subjects into a :class:`SubjectsBatch`.
 
     A single ``Subject`` (what ``DataLoader(batch_size=None)`` passes) is returned as it is.
@@ -41,7 +41,7 @@ def collate_subjects(batch: Sequence[Subject], **_: Any) -> SubjectsBatch | Subj
     return SubjectsBatch.from_subjects(list(batch))
 
 
-def _collate_locations(batch: Sequence[PatchLocation], **_: Any) -> list[PatchLocation]:
+def _collate_locations(batch: Sequence[PatchLocation], **_: object) -> list[PatchLocation]:
     return list(batch)
 
 

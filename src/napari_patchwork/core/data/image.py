@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from napari_patchwork.core.data.dtypes import torch_compatible
@@ -18,7 +19,7 @@ INTENSITY = "intensity"
 LABEL = "label"
 
 
-def _as_tensor(data: Any, name: str) -> torch.Tensor:
+def _as_tensor(data: object, name: str) -> torch.Tensor:
     """``data`` as a 4D ``(C, I, J, K)`` tensor, values kept exactly.
 
     Parameters
@@ -50,7 +51,7 @@ def _as_tensor(data: Any, name: str) -> torch.Tensor:
     return tensor
 
 
-def _as_affine(affine: Any) -> np.ndarray:
+def _as_affine(affine: torch.Tensor | npt.ArrayLike | None) -> np.ndarray:
     if affine is None:
         return np.eye(4)
     array = np.asarray(affine.cpu() if isinstance(affine, torch.Tensor) else affine, float)
@@ -107,7 +108,7 @@ class Image:
         path_or_data: str | os.PathLike[str] | torch.Tensor | np.ndarray | None = None,
         *,
         tensor: torch.Tensor | np.ndarray | None = None,
-        affine: Any = None,
+        affine: torch.Tensor | npt.ArrayLike | None = None,
         path: str | os.PathLike[str] | None = None,
     ) -> None:
         given = [x for x in (path_or_data, tensor, path) if x is not None]
@@ -162,7 +163,7 @@ class Image:
         return self._affine
 
     @affine.setter
-    def affine(self, affine: Any) -> None:
+    def affine(self, affine: torch.Tensor | npt.ArrayLike | None) -> None:
         self._affine = _as_affine(affine)
 
     @property

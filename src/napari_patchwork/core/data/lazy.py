@@ -37,7 +37,7 @@ class SliceableArray(Protocol):
     def __getitem__(self, index: Any) -> Any: ...
 
 
-def is_lazy_array(data: Any) -> TypeGuard[SliceableArray]:
+def is_lazy_array(data: object) -> TypeGuard[SliceableArray]:
     """Whether ``data`` is an array-like to read lazily (not a tensor, not an in-memory array).
 
     A ``numpy.memmap`` is lazy: it is read patch by patch, never whole.

@@ -233,7 +233,7 @@ class Subject(dict):  # type: ignore[type-arg]
         """Voxel size of the first image."""
         return self.get_images()[0].spacing
 
-    def check_image(self, name: Any, argument: str) -> Image:
+    def check_image(self, name: object, argument: str) -> Image:
         """Return the image called ``name``, or raise naming ``argument``."""
         if not isinstance(name, str):
             raise TypeError(f"{argument} must be the name of an image (str), got {name!r}")

@@ -26,7 +26,7 @@ class _Output:
     factor: tuple[float, float, float]
 
 
-def _as_locations(locations: Any, batch_size: int) -> list[PatchLocation]:
+def _as_locations(locations: object, batch_size: int) -> list[PatchLocation]:
     if isinstance(locations, torch.Tensor) and locations.ndim == 2 and locations.shape[1] == 6:
         rows = locations.tolist()  # TorchIO 1.x style (B, 6) ini + fin
         locations = [
@@ -118,7 +118,11 @@ class PatchAggregator:
         self._padded = False
 
     # ------------------------------------------------------------------ public
-    def add_batch(self, batch: torch.Tensor | Mapping[str, torch.Tensor], locations: Any) -> None:
+    def add_batch(
+        self,
+        batch: torch.Tensor | Mapping[str, torch.Tensor],
+        locations: Sequence[PatchLocation] | PatchLocation | torch.Tensor,
+    ) -> None:
         """Add model outputs for a batch of patches.
 
         Parameters
@@ -161,7 +165,7 @@ class PatchAggregator:
         return [key for key in self._outputs if key != _PLAIN]
 
     # ------------------------------------------------------------------ checks
-    def _as_dict(self, batch: Any) -> dict[str, torch.Tensor]:
+    def _as_dict(self, batch: object) -> dict[str, torch.Tensor]:
         if isinstance(batch, torch.Tensor):
             tensors = {_PLAIN: batch}
         elif isinstance(batch, Mapping) and batch:

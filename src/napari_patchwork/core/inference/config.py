@@ -17,7 +17,7 @@ from napari_patchwork.core._validation import (
 from napari_patchwork.core.types import OVERLAP_MODES, TypeSize, TypeTriplet
 
 
-def _check_device(value: Any, name: str) -> torch.device | None:
+def _check_device(value: object, name: str) -> torch.device | None:
     if value is None:
         return None
     if not isinstance(value, (str, torch.device)):

@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Generator
-from typing import Any, Protocol, TypeAlias, Unpack, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Unpack, overload
 
 from napari_patchwork.core.inference.config import InferenceConfig, InferenceSettings
 from napari_patchwork.core.inference.engine import InferenceStep, Output, TiledInference
 from napari_patchwork.core.inference.progress import ProgressBar
 from napari_patchwork.core.inference.streaming import zarr_target
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from napari_patchwork.core.data.image import Image
+    from napari_patchwork.core.data.lazy import SliceableArray
+    from napari_patchwork.core.data.subject import Subject
 
 __all__ = [
     "InferenceStep",
@@ -43,11 +51,14 @@ class StoredArray(Protocol):
 StoredOutput: TypeAlias = StoredArray | dict[str, StoredArray]
 PathLike: TypeAlias = str | os.PathLike[str]
 Model: TypeAlias = Callable[..., Any]
+#: What ``infer`` reads: a ``(C, I, J, K)`` tensor or array, an image, a subject (with
+#: ``image_name``), or a lazily read array (zarr, dask, memmap: ``shape``, ``dtype``, slicing).
+ImageInput: TypeAlias = "torch.Tensor | np.ndarray | Image | Subject | SliceableArray"
 
 
 def _start(
     model: Model,
-    image: Any,
+    image: ImageInput,
     config: InferenceConfig | None,
     settings: dict[str, Any],
     *,
@@ -108,7 +119,7 @@ def _drive(
 @overload
 def iter_infer(
     model: Model,
-    image: Any,
+    image: ImageInput,
     *,
     config: InferenceConfig | None = None,
     image_name: str | None = None,
@@ -125,7 +136,7 @@ def iter_infer(
 @overload
 def iter_infer(
     model: Model,
-    image: Any,
+    image: ImageInput,
     *,
     config: InferenceConfig | None = None,
     image_name: str | None = None,
@@ -141,7 +152,7 @@ def iter_infer(
 
 def iter_infer(
     model: Model,
-    image: Any,
+    image: ImageInput,
     *,
     config: InferenceConfig | None = None,
     image_name: str | None = None,
@@ -192,7 +203,7 @@ def iter_infer(
 @overload
 def infer(
     model: Model,
-    image: Any,
+    image: ImageInput,
     *,
     config: InferenceConfig | None = None,
     image_name: str | None = None,
@@ -209,7 +220,7 @@ def infer(
 @overload
 def infer(
     model: Model,
-    image: Any,
+    image: ImageInput,
     *,
     config: InferenceConfig | None = None,
     image_name: str | None = None,
@@ -225,7 +236,7 @@ def infer(
 
 def infer(
     model: Model,
-    image: Any,
+    image: ImageInput,
     *,
     config: InferenceConfig | None = None,
     image_name: str | None = None,

@@ -7,14 +7,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from napari_patchwork.core._validation import check_padding_mode
 from napari_patchwork.core.data.lazy import LazyVolume
 from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.types import TypeDType
 
 
-def _numpy_dtype(dtype: Any) -> np.dtype[Any]:
+def _numpy_dtype(dtype: TypeDType) -> np.dtype[Any]:
     if isinstance(dtype, torch.dtype):
         dtype = torch.empty(0, dtype=dtype).numpy().dtype
     kind: np.dtype[Any] = np.dtype(dtype)
@@ -26,7 +28,7 @@ def _triplet(values: Sequence[int]) -> tuple[int, int, int]:
     return (int(a), int(b), int(c))
 
 
-def constant_fits(value: float, dtype: Any) -> bool:
+def constant_fits(value: float, dtype: TypeDType) -> bool:
     """Whether the padding constant ``value`` is held exactly by ``dtype`` (numpy or torch).
 
     Examples
@@ -46,7 +48,7 @@ def constant_fits(value: float, dtype: Any) -> bool:
     return False
 
 
-def dtype_holding(value: float, dtype: Any) -> np.dtype[Any]:
+def dtype_holding(value: float, dtype: TypeDType) -> np.dtype[Any]:
     """The smallest promotion of ``dtype`` that holds the constant ``value`` (numpy dtype).
 
     Examples
@@ -65,7 +67,7 @@ def dtype_holding(value: float, dtype: Any) -> np.dtype[Any]:
     return np.promote_types(kind, np.float32 if abs(value) < 3e38 else np.float64)
 
 
-def check_constant_fits(value: float, dtype: Any, what: str) -> None:
+def check_constant_fits(value: float, dtype: TypeDType, what: str) -> None:
     """Refuse a padding constant that would wrap or overflow in ``dtype``.
 
     Raises
@@ -327,7 +329,7 @@ class PaddedVolume:
         border: Sequence[int],
         padding_mode: str | float,
         fill: float = 0.0,
-        dtype: Any = None,
+        dtype: npt.DTypeLike | None = None,
     ) -> None:
         self.source, self.border = source, tuple(int(b) for b in border)
         self.gatherer = PatchGatherer(source, padding_mode, fill, cached=False)

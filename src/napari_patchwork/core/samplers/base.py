@@ -16,7 +16,7 @@ from .._validation import check_patch_fits, check_positive_int, to_triplet
 from ..types import TypeSize
 
 
-def _check_subject(subject: Any, name: str = "subject") -> Subject:
+def _check_subject(subject: object, name: str = "subject") -> Subject:
     if not isinstance(subject, Subject):
         raise TypeError(f"{name} must be a Subject, got {type(subject)}")
     return subject

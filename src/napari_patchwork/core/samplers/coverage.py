@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from napari_patchwork.core.data.location import PatchLocation
@@ -121,7 +122,7 @@ class ComputedVolume:
 
     ndim = 3
 
-    def __init__(self, shape: Sequence[int], dtype: Any) -> None:
+    def __init__(self, shape: Sequence[int], dtype: npt.DTypeLike) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.size = int(np.prod(self.shape))
@@ -140,7 +141,7 @@ class ComputedVolume:
         drop = tuple(a for a, k in enumerate(key) if np.ndim(k) == 0 and not isinstance(k, slice))
         return values.squeeze(drop).astype(self.dtype, copy=False)
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    def __array__(self, dtype: npt.DTypeLike | None = None, copy: bool | None = None) -> np.ndarray:
         values = self[:, :, :]
         return values if dtype is None else values.astype(dtype)
 
@@ -158,7 +159,9 @@ class SeparableVolume(ComputedVolume):
     ((2, 2, 1), [3, 11])
     """
 
-    def __init__(self, vectors: Sequence[Any], offset: int = 0, dtype: Any = None) -> None:
+    def __init__(
+        self, vectors: Sequence[npt.ArrayLike], offset: int = 0, dtype: npt.DTypeLike | None = None
+    ) -> None:
         self.vectors = [np.asarray(v) for v in vectors]
         self.offset = offset
         super().__init__([len(v) for v in self.vectors], dtype or np.result_type(*self.vectors))
