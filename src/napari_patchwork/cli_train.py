@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_patchwork.core.training.trainer import Trainer, TrainingConfig, TrainingStep
+from napari_patchwork.core.training.trainer import NETWORKS, Trainer, TrainingConfig, TrainingStep
 from napari_patchwork.core.wording import reworded
 
 EXIT_INTERRUPTED = 130
@@ -26,6 +26,7 @@ FLAGS = {
     "batch_size": "--batch-size",
     "seconds": "--seconds",
     "iterations": "--iterations",
+    "network": "--network",
     "init": "--init",
     "weights": "--weights",
     "width": "--width",
@@ -64,10 +65,22 @@ def add_train_parser(subparsers: Any, **parser_options: Any) -> argparse.Argumen
         default="scratch",
         help="scratch, demo, a trained model file or module:factory (default: scratch)",
     )
+    add(
+        "--network",
+        choices=NETWORKS,
+        default="filters",
+        help="what --init scratch builds: filters (fixed multiscale filters + a learned"
+        " per-voxel classifier; learns from few strokes) or unet (default: filters)",
+    )
     add("--weights", default=None, help="state dict for a module:factory --init")
     add("--patch-size", type=int, default=32, metavar="P", help="even, >= 4 (default: 32)")
     add("--batch-size", type=int, default=4, help="patches per step (default: 4)")
-    add("--width", type=int, default=8, help="channels of a new network (default: 8)")
+    add(
+        "--width",
+        type=int,
+        default=None,
+        help="channels of a new network (default: 32 for filters, 8 for unet)",
+    )
     add("--learning-rate", type=float, default=3e-3, help="Adam's (default: 0.003)")
     add("--seed", type=int, default=0, help="for a reproducible run (default: 0)")
     add("--device", default=None, help="cpu, cuda… (default: cuda if present)")
@@ -87,6 +100,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         "batch_size": args.batch_size,
         "seconds": seconds,
         "iterations": args.iterations,
+        "network": args.network,
         "init": args.init,
         "weights": args.weights,
         "width": args.width,

@@ -17,7 +17,7 @@ from napari_patchwork.core.training.trainer import (
 from napari_patchwork.io.models import load_model, model_class_values, read_model_metadata
 from napari_patchwork.sample import make_sample
 
-FAST = {"patch_size": 16, "batch_size": 2, "width": 4, "patches_per_volume": 8}
+FAST = {"patch_size": 16, "batch_size": 2, "width": 16, "patches_per_volume": 8}
 
 
 @pytest.fixture(scope="module")
@@ -298,3 +298,66 @@ def test_learning_rate_warms_up_then_follows_the_schedule(sample, schedule, low,
         rates.append(trainer.optimizer.param_groups[0]["lr"] / config.learning_rate)
     assert rates[0] == pytest.approx(1 / 20)
     assert low <= rates[-1] <= high
+
+
+# ---------------------------------------------------------------------- filter network
+def _two_class_volume() -> tuple[np.ndarray, np.ndarray]:
+    """A bright ball in a darker noisy background: truth 0 outside, 1 inside."""
+    grid = np.indices((32, 32, 32)).astype(np.float32)
+    truth = (((grid - 15.5) ** 2).sum(0) < 10.0**2).astype(np.int64)
+    noise = np.random.default_rng(0).normal(0.0, 0.3, truth.shape)
+    return (100.0 + 50.0 * truth + 50.0 * noise).astype(np.float32), truth
+
+
+def test_filter_bank_matches_scipy_filters_away_from_the_patch_border() -> None:
+    from scipy import ndimage
+
+    from napari_patchwork.models import FilterBank3D
+
+    rng = np.random.default_rng(0)
+    volume = ndimage.gaussian_filter(rng.normal(size=(40, 40, 40)), 1.0).astype(np.float32)
+    bank = FilterBank3D((0.7, 1.6))
+    features = bank(torch.from_numpy(volume)[None, None])[0].numpy()
+    inner = (slice(10, -10),) * 3
+    expected = [volume]
+    for sigma in (0.7, 1.6):
+        expected.append(ndimage.gaussian_filter(volume, sigma, truncate=3.5))
+        expected.append(ndimage.gaussian_gradient_magnitude(volume, sigma, truncate=3.5))
+        expected.append(ndimage.gaussian_laplace(volume, sigma, truncate=3.5))
+    assert features.shape == (7, 40, 40, 40)
+    for got, want in zip(features, expected):
+        scale = np.abs(want[inner]).max()
+        np.testing.assert_allclose(got[inner], want[inner], atol=1e-2 * scale)
+
+
+def test_filter_network_is_the_default_learns_and_round_trips_through_a_saved_file(
+    tmp_path,
+) -> None:
+    from napari_patchwork.models import FilterNet3D
+
+    image, truth = _two_class_volume()
+    strokes = scribbles_from_labels(truth, slices=3, disks=3, seed=0)
+    config = TrainingConfig(patch_size=16, batch_size=2, iterations=60, seed=0)
+    assert config.network == "filters" and config.width == 32
+    trainer = Trainer((image, strokes), config)
+    assert isinstance(trainer.model.net, FilterNet3D)
+    list(trainer.run())
+    predicted = trainer.predict().labels.astype(np.int64) - 1
+    assert (predicted == truth).mean() > 0.9
+    path = trainer.save(tmp_path / "filters.pt2")
+    loaded = load_model(str(path))
+    patch = torch.from_numpy(image[:16, :16, :16])[None, None].float()
+    with torch.no_grad():
+        expected = trainer.model.eval()(patch)
+        np.testing.assert_allclose(loaded(patch).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+    resumed = Trainer((image, strokes), TrainingConfig(patch_size=16, init=str(path), iterations=1))
+    assert isinstance(resumed.model.net, FilterNet3D)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"network": "resnet"}, "network must be one of"), ({"width": 0}, "width must be")],
+)
+def test_bad_network_settings_are_refused(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig(**settings)

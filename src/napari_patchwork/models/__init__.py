@@ -58,3 +58,15 @@ def demo_model() -> TinyUNet3D:
     model = TinyUNet3D(1, len(DEMO_CLASSES), width=8)
     model.load_state_dict(torch.load(DEMO_WEIGHTS, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+from napari_patchwork.models.filters import FilterBank3D, FilterNet3D  # noqa: E402
+
+__all__ = [
+    "DEMO_CLASSES",
+    "DEMO_WEIGHTS",
+    "FilterBank3D",
+    "FilterNet3D",
+    "TinyUNet3D",
+    "demo_model",
+]

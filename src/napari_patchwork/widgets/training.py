@@ -23,7 +23,13 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from napari_patchwork.core.training.trainer import Prediction, Trainer, TrainingConfig, TrainingStep
+from napari_patchwork.core.training.trainer import (
+    NETWORKS,
+    Prediction,
+    Trainer,
+    TrainingConfig,
+    TrainingStep,
+)
 
 from ..core.wording import reworded
 from ._napari import (
@@ -41,6 +47,7 @@ WIDGET_WORDS = {
     "patch_size": "patch size",
     "seconds": "time budget (s)",
     "init": "start from",
+    "network": "network",
     "device": "device",
     "annotations": "annotations layer",
 }
@@ -113,6 +120,15 @@ class TrainingWidget(Container):
             "here before (same classes).",
         )
         self.init_file = FileEdit(label="model file", filter="*.pt2", visible=False)
+        self.network = ComboBox(
+            label="network",
+            choices=NETWORKS,
+            value="filters",
+            tooltip="What 'scratch' builds. filters: fixed multiscale filters (Gaussian, "
+            "gradient, Laplacian) and a learned per-voxel classifier, learns from a few "
+            "strokes in seconds; unet: a small U-Net learning its own filters (needs more "
+            "strokes and time).",
+        )
         self.seconds = FloatSpinBox(
             label="time budget (s)", value=60.0, min=1.0, max=36000.0, step=10.0
         )
@@ -133,7 +149,7 @@ class TrainingWidget(Container):
         self.status = message_label("status")
         self.curve = message_label("loss")
         self.controls: list[Any] = [self.image, self.annotations, self.new_button, self.init]
-        self.controls += [self.init_file, self.seconds, self.patch_size, self.device]
+        self.controls += [self.init_file, self.network, self.seconds, self.patch_size, self.device]
         self.extend(
             [
                 *self.controls,
@@ -174,6 +190,7 @@ class TrainingWidget(Container):
 
     def _show_init_file(self, *_: Any) -> None:
         self.init_file.visible = self.init.value == "file"
+        self.network.visible = self.init.value == "scratch"
 
     def new_annotations(self, *_: Any) -> Any:
         """Add an empty Labels layer placed like the image, ready for the brush."""
@@ -206,6 +223,7 @@ class TrainingWidget(Container):
                 patch_size=int(self.patch_size.value),
                 seconds=float(self.seconds.value),
                 init=init,
+                network=str(self.network.value),
                 device=str(self.device.value),
             )
         except (ValueError, TypeError) as error:

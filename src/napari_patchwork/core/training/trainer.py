@@ -33,6 +33,7 @@ from napari_patchwork.core.training.augmentation import AugmentationConfig, Rand
 
 INITS = ("scratch", "demo")  # or a saved model file, or 'module:factory'
 SCHEDULES = ("constant", "cosine")
+NETWORKS = ("filters", "unet")  # what init='scratch' builds
 Region = tuple[slice, slice, slice]
 
 
@@ -57,13 +58,19 @@ class TrainingConfig:
     seconds, iterations : float or int, optional
         Time budget and step count of a run; it stops at whichever comes first (neither:
         until stopped).
+    network : {'filters', 'unet'}
+        What ``init='scratch'`` builds: ``'filters'``, fixed multiscale filters and a learned
+        per-voxel classifier (:class:`~napari_patchwork.models.FilterNet3D`; learns from a few
+        strokes in seconds), or ``'unet'``, a small U-Net learning its own filters (needs
+        more strokes and time).
     init : str
         ``'scratch'``, ``'demo'`` (the bundled network, new output layer if the class count
         differs), a model file saved by :meth:`Trainer.save` or ``'module:factory'``.
     weights : str, optional
         State dict for a ``module:factory`` model.
-    width : int
-        Channels of the first level of a new network.
+    width : int, optional
+        Channels of a new network (hidden layers of ``'filters'``, first level of
+        ``'unet'``); default 32 and 8.
     learning_rate : float
         Peak AdamW learning rate.
     schedule : {'constant', 'cosine'}
@@ -93,9 +100,10 @@ class TrainingConfig:
     batch_size: int = 4
     seconds: float | None = None
     iterations: int | None = None
+    network: str = "filters"
     init: str = "scratch"
     weights: str | None = None
-    width: int = 8
+    width: int | None = None
     learning_rate: float = 3e-3
     seed: int | None = 0
     device: str | None = None
@@ -106,12 +114,20 @@ class TrainingConfig:
     preview_every: float = 3.0
     schedule: str = "constant"
 
+    def _check_network(self) -> None:
+        _positive(self.width, "width", allow_none=True)
+        if self.network not in NETWORKS:
+            raise ValueError(f"network must be one of {NETWORKS}, got {self.network!r}")
+        if self.width is None:
+            object.__setattr__(self, "width", 32 if self.network == "filters" else 8)
+
     def __post_init__(self) -> None:
         _positive(self.patch_size, "patch_size")
         if self.patch_size % 2 or self.patch_size < 4:
             raise ValueError(f"patch_size must be even and >= 4, got {self.patch_size}")
-        for name in ("batch_size", "width", "patches_per_volume", "queue_length"):
+        for name in ("batch_size", "patches_per_volume", "queue_length"):
             _positive(getattr(self, name), name)
+        self._check_network()
         _positive(self.iterations, "iterations", allow_none=True)
         for name in ("seconds", "learning_rate", "preview_every"):
             _positive(getattr(self, name), name, float, allow_none=name == "seconds")
@@ -419,7 +435,11 @@ class _BatchStream:
 # ---------------------------------------------------------------------- models
 def _new_network(config: TrainingConfig, in_channels: int, classes: int) -> nn.Module:
     from napari_patchwork.models import DEMO_CLASSES, TinyUNet3D, demo_model
+    from napari_patchwork.models.filters import FilterNet3D
 
+    assert config.width is not None  # set by TrainingConfig
+    if config.init == "scratch" and config.network == "filters":
+        return FilterNet3D(in_channels, classes, width=config.width)
     if config.init == "scratch":
         return TinyUNet3D(in_channels, classes, width=config.width)
     if config.init == "demo":
@@ -445,10 +465,11 @@ def _new_network(config: TrainingConfig, in_channels: int, classes: int) -> nn.M
 def _saved_network(path: Path, class_values: list[int]) -> NormalizedNet:
     from napari_patchwork.io.models import read_model_metadata
     from napari_patchwork.models import TinyUNet3D
+    from napari_patchwork.models.filters import FilterNet3D
 
     info = read_model_metadata(path)
     architecture = (info or {}).get("architecture") or {}
-    if architecture.get("name") != "TinyUNet3D":
+    if architecture.get("name") not in ("TinyUNet3D", "FilterNet3D"):
         raise ValueError(
             f"init='{path}' is not a model saved by napari-patchwork training;"
             " use module:factory with weights"
@@ -458,7 +479,18 @@ def _saved_network(path: Path, class_values: list[int]) -> NormalizedNet:
             f"init='{path}' was trained for classes {info['class_values']},"  # type: ignore[index]
             f" the annotations hold {class_values}"
         )
-    net = TinyUNet3D(architecture["in_channels"], len(class_values), width=architecture["width"])
+    net: nn.Module
+    if architecture["name"] == "FilterNet3D":
+        net = FilterNet3D(
+            architecture["in_channels"],
+            len(class_values),
+            width=architecture["width"],
+            sigmas=architecture["sigmas"],
+        )
+    else:
+        net = TinyUNet3D(
+            architecture["in_channels"], len(class_values), width=architecture["width"]
+        )
     model = NormalizedNet(net, 0.0, 1.0)
     state = torch.export.load(str(path)).state_dict
     model.load_state_dict({k: v for k, v in state.items()}, strict=True)
@@ -602,9 +634,12 @@ class Trainer:
         else:
             everything = torch.cat([image.reshape(channels, -1) for image in self.images], 1)
             std = float(everything.std()) or 1.0
-            model = NormalizedNet(
-                _new_network(config, channels, classes), float(everything.mean()), std
-            )
+            mean = float(everything.mean())
+            network = _new_network(config, channels, classes)
+            calibrate = getattr(network, "calibrate", None)
+            if config.init == "scratch" and callable(calibrate):  # features' z-scoring
+                calibrate((self.images[0] - mean) / std)
+            model = NormalizedNet(network, mean, std)
         model = model.to(self.device)
         _check_output(model, channels, classes, config, self.device)
         if self.device.type == "cpu":  # oneDNN's 3D convolutions run about twice as fast so
@@ -774,6 +809,7 @@ class Trainer:
         """Save the model (``torch.export`` archive) with its class values and settings."""
         from napari_patchwork.io.models import save_model
         from napari_patchwork.models import TinyUNet3D
+        from napari_patchwork.models.filters import FilterNet3D
 
         net = self.model.net if isinstance(self.model, NormalizedNet) else self.model
         metadata: dict[str, Any] = {
@@ -787,6 +823,13 @@ class Trainer:
                 "name": "TinyUNet3D",
                 "in_channels": net.encoder[0].in_channels,
                 "width": width,
+            }
+        if isinstance(net, FilterNet3D):
+            metadata["architecture"] = {
+                "name": "FilterNet3D",
+                "in_channels": net.in_channels,
+                "width": net.width,
+                "sigmas": list(net.bank.sigmas),
             }
         example = torch.zeros(2, self.images[0].shape[0], *(self.config.patch_size,) * 3)
         return save_model(
