@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_patchwork.core.training import Trainer, TrainingConfig, scribbles_from_labels
 from napari_patchwork.core.training.augmentation import simulate_scanner
-from napari_patchwork.core.training.trainer import Trainer, TrainingConfig, scribbles_from_labels
 from napari_patchwork.sample import make_sample
 
 SIGMAS = (0.7, 1.6, 3.5, 5.0)

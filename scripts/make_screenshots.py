@@ -13,7 +13,7 @@ import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
 
-from napari_patchwork.core.training.trainer import scribbles_from_labels
+from napari_patchwork.core.training import scribbles_from_labels
 from napari_patchwork.napari_contributions import sample_layers
 from napari_patchwork.widgets import (
     PatchGridWidget,

@@ -372,7 +372,7 @@ def test_outputs_follow_the_users_umask(volume, tmp_path, umask, mode):
 def test_train_then_infer_labels_writes_the_painted_values(tmp_path):
     """The README workflow of issue 15: paint 1 / 2 in a file, train, infer --labels."""
     from napari_patchwork.cli import main
-    from napari_patchwork.core.training.trainer import scribbles_from_labels
+    from napari_patchwork.core.training import scribbles_from_labels
     from napari_patchwork.sample import make_sample
 
     sample = make_sample((32, 32, 32), seed=4)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from napari_patchwork.cli_train import add_train_parser, config_from_args, run_train
-from napari_patchwork.core.training.trainer import scribbles_from_labels
+from napari_patchwork.core.training import scribbles_from_labels
 from napari_patchwork.io.models import load_model, model_class_values
 from napari_patchwork.sample import make_sample
 

@@ -100,6 +100,14 @@ def test_the_import_reader_resolves_relative_imports(tmp_path):
     assert all(not t.startswith(".") for t in targets)
 
 
+#: every module of the command line (cli.py and its cli_*.py siblings)
+CLI_MODULES = tuple(sorted(path.stem for path in ROOT.glob("cli*.py")))
+
+
+def test_the_cli_modules_are_found():
+    assert {"cli", "cli_args", "cli_infer", "cli_files", "cli_train"} <= set(CLI_MODULES)
+
+
 def test_io_imports_nothing_of_the_package_outside_io():
     own = f"{PACKAGE}.io"
     bad = [
@@ -113,7 +121,8 @@ def test_io_imports_nothing_of_the_package_outside_io():
 
 def test_core_imports_no_front_end():
     front_ends = tuple(
-        f"{PACKAGE}.{name}" for name in ("widgets", "cli", "distributed", "napari_contributions")
+        f"{PACKAGE}.{name}"
+        for name in ("widgets", *CLI_MODULES, "distributed", "napari_contributions")
     )
     bad = _violations("core", front_ends)
     assert not bad, "the core may not import a front end:\n" + "\n".join(bad)
@@ -135,7 +144,7 @@ def test_core_lazy_and_streaming_never_import_zarr():
 
 
 def test_widgets_never_import_the_cli():
-    bad = _violations("widgets", (f"{PACKAGE}.cli", f"{PACKAGE}.cli_train"))
+    bad = _violations("widgets", tuple(f"{PACKAGE}.{name}" for name in CLI_MODULES))
     assert not bad, "widgets and CLI are siblings:\n" + "\n".join(bad)
 
 

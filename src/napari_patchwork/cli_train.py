@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_patchwork.core.training.trainer import NETWORKS, Trainer, TrainingConfig, TrainingStep
+from napari_patchwork.core.training import NETWORKS, Trainer, TrainingConfig, TrainingStep
 from napari_patchwork.core.wording import reworded
 
 EXIT_INTERRUPTED = 130

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_patchwork.core.training.trainer import (
+from napari_patchwork.core.training import (
     Trainer,
     TrainingConfig,
     annotation_loss,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_patchwork.core.training.trainer import scribbles_from_labels
+from napari_patchwork.core.training import scribbles_from_labels
 from napari_patchwork.io.models import model_class_values
 from napari_patchwork.widgets.training import (
     SAVE_CALLBACKS,

@@ -28,12 +28,7 @@ from napari_patchwork.core.inference.grid import (
 )
 from napari_patchwork.core.inference.merger import GridMerger
 from napari_patchwork.core.inference.patches import PatchGatherer
-from napari_patchwork.core.training.augmentation import (
-    AugmentationConfig,
-    RandomAugmentation,
-    simulate_scanner,
-)
-from napari_patchwork.core.training.trainer import (
+from napari_patchwork.core.training import (
     Prediction,
     Trainer,
     TrainingConfig,
@@ -42,6 +37,11 @@ from napari_patchwork.core.training.trainer import (
     iter_train,
     scribbles_from_labels,
     train,
+)
+from napari_patchwork.core.training.augmentation import (
+    AugmentationConfig,
+    RandomAugmentation,
+    simulate_scanner,
 )
 from napari_patchwork.io.zarr_io import CorruptChunkError  # what LazyVolume raises
 

@@ -23,7 +23,7 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from napari_patchwork.core.training.trainer import (
+from napari_patchwork.core.training import (
     NETWORKS,
     Prediction,
     Trainer,

@@ -1,1 +1,39 @@
-"""Training a network from sparse annotations with the patch pipeline."""
+"""Training a network from sparse annotations with the patch pipeline.
+
+One module per job: ``config`` (TrainingConfig), ``annotations`` (image/annotation pairs,
+the scripted annotator), ``augmentation`` (the Queue's transform), ``batches`` (balanced
+patches, shuffled ahead), ``networks`` (what is built or resumed, the loss) and ``trainer``
+(the loop: Trainer, train, iter_train).
+"""
+
+from napari_patchwork.core.training.annotations import scribbles_from_labels
+from napari_patchwork.core.training.augmentation import (
+    AugmentationConfig,
+    RandomAugmentation,
+    simulate_scanner,
+)
+from napari_patchwork.core.training.config import NETWORKS, TrainingConfig
+from napari_patchwork.core.training.networks import NormalizedNet, annotation_loss
+from napari_patchwork.core.training.trainer import (
+    Prediction,
+    Trainer,
+    TrainingStep,
+    iter_train,
+    train,
+)
+
+__all__ = [
+    "NETWORKS",
+    "AugmentationConfig",
+    "NormalizedNet",
+    "Prediction",
+    "RandomAugmentation",
+    "Trainer",
+    "TrainingConfig",
+    "TrainingStep",
+    "annotation_loss",
+    "iter_train",
+    "scribbles_from_labels",
+    "simulate_scanner",
+    "train",
+]
