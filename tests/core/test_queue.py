@@ -292,3 +292,40 @@ def test_subjects_loader_batches_are_subjects_batches():
     assert [b.batch_size for b in batches] == [4, 2]
     assert all(len(b.patch_location) == b.batch_size for b in batches)
     assert {loc.subject_index for b in batches for loc in b.patch_location} == {0, 1}
+
+
+class _RecordingLabelSampler(pw.LabelSampler):
+    """A LabelSampler noting which thread builds each subject's centre table."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.threads = []
+
+    def _prepare(self, subject):
+        self.threads.append(threading.current_thread().name)
+        return super()._prepare(subject)
+
+
+@pytest.mark.parametrize("num_workers", [1, 2, 3])
+def test_centre_tables_are_built_in_the_loading_threads_with_the_same_patches(num_workers):
+    """Preparing subjects in parallel keeps the draws in subject order: same patches."""
+
+    def patches(workers):
+        sampler = _RecordingLabelSampler(None, 4, label_name="seg", seed=3)
+        queue = pw.Queue(
+            subjects(6),
+            sampler,
+            max_length=5,
+            patches_per_volume=4,
+            num_workers=workers,
+            shuffle_subjects=False,
+            shuffle_patches=False,
+        )
+        return [(p.patch_location, p.t1.data.clone()) for p in queue], sampler.threads
+
+    sequential, main_threads = patches(0)
+    parallel, worker_threads = patches(num_workers)
+    assert set(main_threads) == {threading.current_thread().name}
+    assert len(worker_threads) == 6 and all(n.startswith("patchwork-queue") for n in worker_threads)
+    assert [loc for loc, _ in parallel] == [loc for loc, _ in sequential]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(parallel, sequential))

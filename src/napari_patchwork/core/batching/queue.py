@@ -14,8 +14,10 @@ from torch.utils.data import IterableDataset, Sampler, get_worker_info
 from napari_patchwork.core._validation import check_positive_int
 from napari_patchwork.core.batching.collate import register_default_collate
 from napari_patchwork.core.data.subject import Subject
+from napari_patchwork.core.samplers.base import RandomSampler
 
 Transform = Callable[[Subject], Subject]
+Prepared = Callable[[int], Iterator[Subject]]  # patches(count) of one loaded subject
 
 
 def _pretty_bytes(num_bytes: float) -> str:
@@ -27,14 +29,14 @@ def _pretty_bytes(num_bytes: float) -> str:
 
 
 class _SubjectLoader:
-    """Loads (and transforms) subjects in order, at most ``num_workers`` in flight."""
+    """Loads, transforms and prepares subjects in order, at most ``num_workers`` in flight."""
 
     def __init__(
-        self, load: Callable[[int], Subject], indices: Sequence[int], num_workers: int
+        self, load: Callable[[int], Prepared], indices: Sequence[int], num_workers: int
     ) -> None:
         self._load = load
         self._indices = iter(indices)
-        self._pending: deque[tuple[int, Future[Subject]]] = deque()
+        self._pending: deque[tuple[int, Future[Prepared]]] = deque()
         self._executor = (
             ThreadPoolExecutor(num_workers, thread_name_prefix="patchwork-queue")
             if num_workers > 0
@@ -48,7 +50,7 @@ class _SubjectLoader:
         if index is not None and self._executor is not None:
             self._pending.append((index, self._executor.submit(self._load, index)))
 
-    def __iter__(self) -> Iterator[tuple[int, Subject]]:
+    def __iter__(self) -> Iterator[tuple[int, Prepared]]:
         if self._executor is None:
             for index in self._indices:
                 yield index, self._load(index)
@@ -210,7 +212,13 @@ class Queue(IterableDataset):  # type: ignore[type-arg]
             indices = indices[info.id :: info.num_workers]
         return indices
 
-    def _load(self, index: int) -> Subject:
+    def _load(self, index: int) -> Prepared:
+        """Load, transform and prepare subject ``index`` (in a loading thread).
+
+        Returns ``patches(count)``: with a random sampler the per-subject work (centre
+        tables) is done here, in parallel, and only the draws and crops wait for the consumer,
+        which makes them in subject order (reproducible under a seed).
+        """
         subject = self.subjects[index]
         if not isinstance(subject, Subject):
             raise TypeError(f"subjects[{index}] must be a Subject, got {type(subject)}")
@@ -219,21 +227,23 @@ class Queue(IterableDataset):  # type: ignore[type-arg]
             loaded = self.transform(loaded)
             if not isinstance(loaded, Subject):
                 raise TypeError(f"transform must return a Subject, got {type(loaded)}")
-        return loaded
+        if isinstance(self.patch_sampler, RandomSampler):
+            return self.patch_sampler.prepare(loaded)
+        sampler = self.patch_sampler
+        return lambda count: itertools.islice(sampler(loaded), count)
 
     def _patches(self, indices: list[int]) -> Iterator[Subject]:
         loader = _SubjectLoader(self._load, indices, self.num_workers)
         buffer: list[Subject] = []
         try:
-            for index, subject in loader:
-                patches = itertools.islice(self.patch_sampler(subject), self.patches_per_volume)
-                for patch in patches:
+            for index, prepared in loader:
+                for patch in prepared(self.patches_per_volume):
                     location = patch["patch_location"]
                     patch["patch_location"] = dataclasses.replace(location, subject_index=index)
                     buffer.append(patch)
                     if len(buffer) == self.max_length:
                         yield from self._drain(buffer)
-                del subject
+                del prepared
             yield from self._drain(buffer)
         finally:
             loader.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -90,6 +90,32 @@ class RandomSampler(PatchSampler, IterableDataset):  # type: ignore[type-arg]
         check_positive_int(num_patches, "num_patches", allow_none=True)
         for location in self.locations(subject, num_patches):
             yield self.extract_patch(subject, location)
+
+    def prepare(self, subject: Subject) -> Callable[[int], Iterator[Subject]]:
+        """Do the per-subject work now (e.g. a label sampler's centre table); draw later.
+
+        The returned ``patches(num_patches)`` draws from the sampler's generator when it is
+        iterated, so a ``Queue`` can prepare subjects in its loading threads and still draw
+        in subject order: the same patches as ``sampler(subject, num_patches)``.
+
+        Examples
+        --------
+        >>> from napari_patchwork import ScalarImage, UniformSampler
+        >>> subject = Subject(t1=ScalarImage(torch.rand(1, 8, 8, 8)))
+        >>> patches = UniformSampler(None, 4, seed=0).prepare(subject)
+        >>> [patch.t1.shape for patch in patches(2)]
+        [(1, 4, 4, 4), (1, 4, 4, 4)]
+        """
+        subject = self._subject(subject)
+        draw = self._prepare(subject)
+
+        def patches(num_patches: int) -> Iterator[Subject]:
+            check_positive_int(num_patches, "num_patches")
+            generator = self._worker_generator()
+            for _ in range(num_patches):
+                yield self.extract_patch(subject, draw(generator))
+
+        return patches
 
     def __iter__(self) -> Iterator[Subject]:
         return self(self._subject(None), self._share_of_patches())
