@@ -65,6 +65,23 @@ def test_two_pairs_and_a_progress_bar(files, tmp_path, capsys) -> None:
 def test_default_budget_is_a_time_budget() -> None:
     config = config_from_args(parse("a", "b", "--output", "m.pt2"))
     assert config.seconds == 60.0 and config.iterations is None
+    assert config.network == "filters" and config.width == 32
+
+
+def test_network_unet_trains_and_saves_a_unet(files, tmp_path) -> None:
+    image, annotations = files
+    output = tmp_path / "unet.pt2"
+    args = parse(
+        str(image), str(annotations), "-o", str(output), "--iterations", "2", "--network", "unet"
+    )
+    args.patch_size, args.width, args.quiet = 16, 4, True
+    assert config_from_args(args).network == "unet"
+    assert run_train(args) == 0
+    from napari_patchwork.io.models import read_model_metadata
+
+    assert read_model_metadata(output)["architecture"]["name"] == "TinyUNet3D"
+    with pytest.raises(SystemExit):
+        parse("a", "b", "-o", "m.pt2", "--network", "resnet")
     assert (
         config_from_args(parse("a", "b", "-o", "m.pt2", "--no-augmentation")).augmentation is None
     )

@@ -118,3 +118,16 @@ def test_sparkline_follows_the_loss() -> None:
     assert sparkline([]) == ""
     assert sparkline([1.0, 1.0]) == "▁▁"
     assert sparkline(list(np.linspace(2, 0, 100)), width=8) == "█▇▆▅▄▃▂▁"
+
+
+def test_network_choice_shows_for_scratch_only_and_reaches_the_config(widget) -> None:
+    def shown(control) -> bool:  # not hidden (visible once the dock is on screen)
+        return not control.native.isHidden()
+
+    assert shown(widget.network) and widget.config().network == "filters"
+    widget.network.value = "unet"
+    assert widget.config().network == "unet"
+    widget.init.value = "demo"
+    assert not shown(widget.network)
+    widget.init.value = "scratch"
+    assert shown(widget.network)

@@ -223,7 +223,7 @@ class Lifecycle:
 
     def close(self) -> None:
         """Run ``on_close`` and disconnect everything (idempotent)."""
-        if self.closed:
+        if getattr(self, "closed", True):  # True too while Python tears the object down
             return
         self.closed = True
         if self._on_close is not None:
