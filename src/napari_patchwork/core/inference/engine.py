@@ -32,6 +32,7 @@ from napari_patchwork.core.inference.streaming import (
     StreamTarget,
     aligned_chunk_rows,
     block_ranks,
+    return_freed_memory,
 )
 
 Output = torch.Tensor | dict[str, torch.Tensor]
@@ -176,6 +177,8 @@ class TiledInference:
         self.mergers, self.done, self._streamed = {}, self.ranks.start, None
         if isinstance(volume, LazyVolume):
             volume.slab_rows = config.patch[0]  # one patch height of input rows in memory
+        if self.stream is not None:
+            return_freed_memory()  # before zarr's threads and the model free large blocks
         gatherer = PatchGatherer(volume, config.padding_mode)
         start = time.perf_counter()
         prefetcher = Prefetcher(gatherer, self.plan, config.batch_size, self.device, self.ranks)

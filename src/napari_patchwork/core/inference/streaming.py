@@ -21,8 +21,10 @@ writes only the block's rows, so blocks put together equal the single-process re
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from napari_patchwork.core._validation import to_triplet
+from napari_patchwork.core.inference.blending import blending_window
 from napari_patchwork.core.inference.grid import GridPlan
 from napari_patchwork.core.inference.merger import GridMerger
 from napari_patchwork.core.inference.postprocess import ACTIVATIONS, to_labels, to_probabilities
@@ -38,6 +41,49 @@ from napari_patchwork.core.types import TypeTriplet
 from napari_patchwork.io.zarr_io import ZarrOutput
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+_WINDOWED = ("hann", "gaussian")
+
+#: Set to False before a run to leave glibc's malloc as it is (see :func:`return_freed_memory`).
+TUNE_ALLOCATOR = True
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+_MMAP_THRESHOLD = 256 * 1024
+_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_tuned = False
+
+
+def return_freed_memory() -> bool:
+    """Have glibc return freed blocks of 256 KiB and more to the system (once per process).
+
+    glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after
+    which such blocks come from heaps that are only given back from the top: zarr's decoding
+    threads (one heap each) and the model's activations then keep 70–170 MiB that nothing
+    uses, more than half a slab. A streamed run therefore calls ``mallopt(M_MMAP_THRESHOLD,
+    256 KiB)``, what ``MALLOC_MMAP_THRESHOLD_=262144`` does at start-up; it holds for the rest
+    of the process (blocks of 256 KiB and more are mapped and unmapped each time).
+
+    Nothing is changed when :data:`TUNE_ALLOCATOR` is False, when the environment sets
+    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or a
+    ``glibc.malloc`` tunable (the user chose), or off glibc (``mallopt`` missing or refusing).
+
+    Returns
+    -------
+    bool
+        Whether the threshold is set (by this call or an earlier one).
+    """
+    global _tuned
+    if _tuned or not TUNE_ALLOCATOR or not sys.platform.startswith("linux"):
+        return _tuned
+    if any(name in os.environ for name in _MALLOC_VARIABLES):
+        return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _tuned = int(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) == 1
+    return _tuned
 
 
 class RowSink(Protocol):
@@ -130,6 +176,43 @@ def aligned_chunk_rows(starts: list[int], length: int) -> int:
     return rows if 16 <= rows <= 128 else min(64, length)
 
 
+#: Chunks written by one assignment (zarr encodes them concurrently; more, more memory).
+WRITE_CHUNKS = max(2, os.cpu_count() or 1)
+
+
+def _pieces(sink: Any, plane: tuple[int, ...], most: int) -> list[tuple[slice, slice]]:
+    """In-plane ``(columns, depth)`` pieces of whole chunks (shards), at most ``most`` each.
+
+    One piece (the whole plane) for sinks without chunks or planes of at most ``most``.
+
+    Examples
+    --------
+    >>> class Sink:
+    ...     chunks = (1, 8, 4, 4)
+    >>> [(j.start, j.stop, k.start, k.stop) for j, k in _pieces(Sink(), (8, 16), 4)]
+    [(0, 4, 0, 16), (4, 8, 0, 16)]
+    >>> len(_pieces(Sink(), (8, 16), 8)), len(_pieces(Sink(), (8, 16), 2))
+    (1, 4)
+    """
+    chunks = getattr(sink, "shards", None) or getattr(sink, "chunks", None)
+    whole = [(slice(None), slice(None))]
+    if not isinstance(chunks, tuple) or len(chunks) < 4 or most <= 0:
+        return whole
+    (columns, depth), (width, height) = plane[:2], (int(chunks[2]), int(chunks[3]))
+    across = math.ceil(depth / height)
+    if math.ceil(columns / width) * across <= most:
+        return whole
+    if across >= most:  # pieces along both axes
+        step_j, step_k = width, height * most
+    else:
+        step_j, step_k = width * max(1, most // across), depth
+    return [
+        (slice(j, min(j + step_j, columns)), slice(k, min(k + step_k, depth)))
+        for j in range(0, columns, step_j)
+        for k in range(0, depth, step_k)
+    ]
+
+
 def _chunk_rows(sink: Any) -> int:
     """Rows of a sink's chunks (or shards) along the first spatial axis; 1 for plain arrays."""
     for name in ("shards", "chunks"):
@@ -165,6 +248,8 @@ class StreamingMerger(GridMerger):
         transform: Transform | None = None,
     ) -> None:
         self.sink = sink
+        if mode in _WINDOWED:  # its float64 temporaries come and go before the row buffer
+            blending_window(mode, tuple(output_patch), torch.float32, str(device))
         super().__init__(plan, mode, channels, output_patch, device)
         factor = self.factor[0]
         low, high = rows if rows is not None else (0, plan.spatial_shape[0])
@@ -179,6 +264,7 @@ class StreamingMerger(GridMerger):
         self._weight_row = torch.empty(0)
         self._inverse: list[torch.Tensor] = []
         self._normalised = self.base  # rows before this are divided by their weights
+        self._pieces = _pieces(sink, self.shape[1:], WRITE_CHUNKS)
         self._finished = False
 
     def _allocate(self, channels: int, device: torch.device) -> torch.Tensor:
@@ -244,11 +330,18 @@ class StreamingMerger(GridMerger):
         low, high = max(start, self.write_rows[0]), min(stop, self.write_rows[1])
         if low >= high:
             return
-        part = self.values[:, low - self.base : high - self.base]
-        if self.transform is None:
-            self.sink[:, low:high] = part.cpu().numpy()
-        else:
-            self.sink[:, low:high] = _transformed(part, self.transform)
+        band, top = (self.chunk_rows if len(self._pieces) > 1 else high), low
+        while top < high:  # one chunk band, a few chunks at a time
+            bottom = min(top - top % band + band, high)
+            part = self.values[:, top - self.base : bottom - self.base]
+            for columns, depth in self._pieces:
+                piece = part[:, :, columns, depth]
+                if self.transform is not None:
+                    value = _transformed(piece, self.transform)
+                else:
+                    value = piece.cpu().numpy()
+                self.sink[:, top:bottom, columns, depth] = value
+            top = bottom
         self.rows_written.append((low, high))
 
     def _slide(self, count: int) -> None:
