@@ -7,10 +7,20 @@ A *slab* is one patch height of rows of the full cross-section in float32
 (``patch[0] × J × K × 4`` bytes): the input slab of a one-channel image, and the output rows
 of a one-channel model. The figure is the peak RSS above the RSS after the imports, divided
 by the slab. Each run is a fresh child process; its peak is ``VmHWM`` (``ru_maxrss`` is kept
-across ``exec`` on Linux, so a child would inherit the parent's peak). Every volume runs with
-glibc's defaults and with ``MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144`` (which stops
-glibc from keeping the buffers zarr's decoding threads free). ``--dask`` adds 1 vs 2 dask
-workers on a small volume.
+across ``exec`` on Linux, so a child would inherit the parent's peak).
+
+The *model's working set* is measured the same way in its own child: the peak RSS above the
+imports of running the model twice on one batch of patches of the run's size, less that
+input batch (the run's batch buffer is counted among its own buffers). The table gives the
+slabs raw and with the model's working set subtracted, and what is left above two slabs
+(input slab and output rows) once the model is subtracted: the run's fixed buffers (batch
+buffer, blending window, zarr's chunks in flight, the code pages the run touches).
+
+Every volume runs three ways: as users run it (glibc's defaults; a streamed run sets glibc's
+mmap threshold itself, see ``streaming.return_freed_memory``), with that setting off
+(``TUNE_ALLOCATOR = False``: glibc exactly as it starts), and with
+``MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144`` in the environment. ``--dask`` adds
+1 vs 2 dask workers on a small volume.
 """
 
 from __future__ import annotations
@@ -33,10 +43,23 @@ def status(field):
 
 import torch, zarr
 import napari_patchwork as pw
+from napari_patchwork.core.inference import streaming
 from napari_patchwork.models import demo_model
 
 settings = json.loads(sys.argv[1])
-if settings["engine"] == "local":
+streaming.TUNE_ALLOCATOR = settings.get("tune", True)
+if settings["engine"] == "model":  # the model alone, on one batch of patches
+    torch.set_num_threads(settings["threads"])
+    model = demo_model() if settings["model"] == "demo" else (lambda x: x * 2.0)
+    baseline, start = status("VmRSS"), time.perf_counter()
+    batch = torch.empty((2, 1, *settings["patch"]))
+    batch.fill_(0.5)
+    with torch.no_grad():
+        for _ in range(2):
+            outputs = model(batch)
+            del outputs
+    baseline += batch.numel() * 4  # the input batch is the run's, not the model's
+elif settings["engine"] == "local":
     torch.set_num_threads(settings["threads"])
     model = demo_model() if settings["model"] == "demo" else (lambda x: x * 2.0)
     array = zarr.open_array(settings["input"], mode="r")
@@ -72,7 +95,8 @@ def make_volume(path: str, rows: int, side: int) -> None:
 
 def run(settings: dict, environment: dict[str, str] | None = None) -> dict:
     """One measurement in a fresh child process."""
-    shutil.rmtree(settings["output"], ignore_errors=True)
+    if "output" in settings:
+        shutil.rmtree(settings["output"], ignore_errors=True)
     result = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(settings)],
         capture_output=True,
@@ -83,16 +107,33 @@ def run(settings: dict, environment: dict[str, str] | None = None) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def above(measured: dict) -> int:
+    return int(measured["peak"] - measured["baseline"])
+
+
 def measure_memory(args: argparse.Namespace, folder: str) -> None:
+    model = above(
+        run(
+            {
+                "engine": "model",
+                "threads": os.cpu_count(),
+                "model": args.model,
+                "patch": args.patch,
+            }
+        )
+    )
     print(
         f"patch {tuple(args.patch)}, overlap {args.overlap}, model {args.model}, batch 2,"
-        f" {os.cpu_count()} cores; slabs = peak RSS above the imports ÷ slab\n"
+        f" {os.cpu_count()} cores; slabs = peak RSS above the imports ÷ slab; model's working"
+        f" set (peak above the imports running it on one batch, less the batch):"
+        f" {model / 2**20:.1f} MiB\n"
     )
     print(
-        "| volume | output chunks | input MiB | slab MiB | seconds | above imports MiB"
-        " (glibc default) | slabs (glibc default) | slabs (arena max 2, mmap 256 KiB) |"
+        "| volume | output chunks | slab MiB | seconds | above imports MiB | **slabs** |"
+        " slabs − model | fixed buffers MiB (above 2 slabs + model) |"
+        " slabs, allocator untouched | slabs, `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144` |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for side in args.sides:
         source = os.path.join(folder, f"in{side}.zarr")
         make_volume(source, args.rows, side)
@@ -108,14 +149,16 @@ def measure_memory(args: argparse.Namespace, folder: str) -> None:
                 "overlap": args.overlap,
                 "chunks": chunks,
             }
-            default, tuned = run(settings), run(settings, TUNED)
-            above = default["peak"] - default["baseline"]
-            tuned_above = tuned["peak"] - tuned["baseline"]
+            default = run(settings)
+            untouched = above(run({**settings, "tune": False}))
+            tuned = above(run(settings, TUNED))
+            peak = above(default)
             print(
                 f"| 1×{args.rows}×{side}² | {'grid step' if chunks is None else '64³'} |"
-                f" {4 * args.rows * side**2 / 2**20:.0f} | {slab / 2**20:.0f} |"
-                f" {default['seconds']:.1f} | {above / 2**20:.0f} | **{above / slab:.2f}** |"
-                f" **{tuned_above / slab:.2f}** |",
+                f" {slab / 2**20:.0f} | {default['seconds']:.1f} | {peak / 2**20:.0f} |"
+                f" **{peak / slab:.2f}** | {(peak - model) / slab:.2f} |"
+                f" {(peak - model - 2 * slab) / 2**20:.0f} | {untouched / slab:.2f} |"
+                f" {tuned / slab:.2f} |",
                 flush=True,
             )
         shutil.rmtree(source, ignore_errors=True)

@@ -1,6 +1,8 @@
 """Lazy inputs (zarr, dask, memmap) and out-of-core zarr outputs equal the in-memory results."""
 
 import itertools
+import platform
+import sys
 import tracemalloc
 import warnings
 
@@ -407,3 +409,48 @@ def test_lazy_reads_give_the_dtypes_in_memory_images_get(tmp_path):
     huge[:] = 2**63 + 1
     with pytest.raises(ValueError, match=r"u64\.zarr' is uint64 and holds 9223372036854775809"):
         LazyVolume(huge).load()
+
+
+@pytest.mark.parametrize("most", [1, 3])
+@pytest.mark.parametrize("labels", [False, True])
+def test_writes_in_pieces_of_a_few_chunks_equal_in_memory(
+    zarr_volume, tmp_path, monkeypatch, most, labels
+):
+    """Each zarr assignment covers one chunk band and at most WRITE_CHUNKS chunks of it
+    (zarr holds fewer chunks in flight); the result is unchanged."""
+    from napari_patchwork.core.inference import streaming
+
+    monkeypatch.setattr(streaming, "WRITE_CHUNKS", most)
+    array, data = zarr_volume
+    settings = {"patch_size": 12, "patch_overlap": 4, "overlap_mode": "gaussian", "batch_size": 3}
+    expected = pw.infer(ramp_model, torch.from_numpy(data), **settings)
+    if labels:
+        expected = expected.argmax(0, keepdim=True).to(torch.uint8)
+    engine = TiledInference(
+        ramp_model,
+        InferenceConfig(**settings),
+        zarr_target(tmp_path / "out.zarr", chunks=(8, 8, 12), labels=labels),
+    )
+    for _ in engine.run(array):
+        pass
+    result = engine.result()
+    merger = next(iter(engine.mergers.values()))
+    assert len(merger._pieces) == {1: 12, 3: 4}[most]  # of the 4 × 3 chunks of a band
+    assert np.array_equal(result[:], expected.numpy())
+
+
+def test_streamed_runs_set_the_mmap_threshold_once_unless_told_not_to(monkeypatch):
+    from napari_patchwork.core.inference import streaming
+
+    monkeypatch.setattr(streaming, "_tuned", False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")  # the user chose: left alone
+    assert streaming.return_freed_memory() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setattr(streaming, "TUNE_ALLOCATOR", False)
+    assert streaming.return_freed_memory() is False
+    monkeypatch.setattr(streaming, "TUNE_ALLOCATOR", True)
+    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES"):
+        monkeypatch.delenv(name, raising=False)
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert streaming.return_freed_memory() is expected
+    assert streaming.return_freed_memory() is expected  # once: later calls change nothing
