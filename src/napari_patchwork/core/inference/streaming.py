@@ -6,7 +6,10 @@ are normalised in place (with the exact 1D weight sums) and written out, and the
 on. Writes cover whole chunk bands of the output whenever the buffer can hold the finished
 rows until their band is complete (by default the output's chunk rows follow the grid step,
 so every write but possibly the last is whole chunks and zarr never reads a chunk back). The
-buffer holds one patch height of rows plus an eighth, whatever the volume.
+buffer holds one patch height of rows plus an eighth, whatever the volume. Each write covers
+one chunk band, a few chunks (:data:`WRITE_CHUNKS`) per assignment, so that zarr holds few
+chunks in flight; a streamed run also has glibc unmap freed large blocks
+(:func:`return_freed_memory`), which its codec threads and the model would otherwise keep.
 
 The merger writes to any :class:`RowSink` (``sink[:, rows] = array``) that an
 :class:`OutputStore` creates; this module does not know zarr. :func:`zarr_target` streams to
