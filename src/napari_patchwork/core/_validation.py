@@ -12,6 +12,8 @@ from .types import PADDING_MODES, TypeTriplet
 
 
 def _is_int(value: object) -> TypeGuard[numbers.Integral | np.integer[Any]]:
+    if type(value) is int:  # fast path: isinstance on the ABC costs ~1 µs
+        return True
     return isinstance(value, (numbers.Integral, np.integer)) and not isinstance(
         value, (bool, np.bool_)
     )

@@ -11,6 +11,8 @@ from napari_patchwork.core.types import TypeTriplet
 
 
 def _as_triplet(value: Sequence[int], name: str) -> TypeTriplet:
+    if type(value) is tuple and len(value) == 3 and all(type(v) is int for v in value):
+        return value  # the common case, built by our own grids and samplers
     values = list(value.tolist() if hasattr(value, "tolist") else value)
     if len(values) != 3 or not all(_is_int(v) for v in values):
         raise TypeError(f"{name} must be 3 integers, got {value!r}")

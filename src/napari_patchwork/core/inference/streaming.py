@@ -264,7 +264,6 @@ class StreamingMerger(GridMerger):
         self.current_row = plan.unravel(first)[0]
         self.rows_written: list[tuple[int, int]] = []  # what each write covered (measurable)
         self._plane: torch.Tensor | None = None
-        self._weight_row = torch.empty(0)
         self._inverse: list[torch.Tensor] = []
         self._normalised = self.base  # rows before this are divided by their weights
         self._pieces = _pieces(sink, self.shape[1:], WRITE_CHUNKS)
@@ -322,11 +321,8 @@ class StreamingMerger(GridMerger):
             if self._plane is None:
                 self._inverse = self._inverse_axes()
                 self._plane = self._inverse[1][:, None] * self._inverse[2][None, :]
-                self._weight_row = torch.empty_like(self._plane)
-            weight = self._weight_row
-            for row in range(done, upto):  # same products as GridMerger.finalize
-                torch.mul(self._inverse[0][row], self._plane, out=weight)
-                self.values[:, row - self.base].mul_(weight)
+            for row in range(done, upto):  # the same two products as GridMerger.finalize
+                self.values[:, row - self.base].mul_(self._plane).mul_(self._inverse[0][row])
         self._normalised = upto
 
     def _write(self, start: int, stop: int) -> None:
