@@ -75,8 +75,12 @@ class RandomSampler(PatchSampler, IterableDataset):  # type: ignore[type-arg]
         self, subject: Subject, num_patches: int | None = None
     ) -> Iterator[PatchLocation]:
         """Draw patch locations for ``subject`` (infinitely when ``num_patches`` is None)."""
-        draw = self._prepare(subject)
-        generator = self._worker_generator()
+        yield from self._draws(self._prepare(subject), num_patches)
+
+    def _draws(
+        self, draw: Callable[[torch.Generator | None], PatchLocation], num_patches: int | None
+    ) -> Iterator[PatchLocation]:
+        generator = self._worker_generator()  # taken when iterated: in the consumer's order
         count = 0
         while num_patches is None or count < num_patches:
             yield draw(generator)
@@ -86,17 +90,16 @@ class RandomSampler(PatchSampler, IterableDataset):  # type: ignore[type-arg]
         self, subject: Subject | None = None, num_patches: int | None = None
     ) -> Iterator[Subject]:
         """Yield patches of ``subject`` (default: the sampler's own)."""
-        subject = self._subject(subject)
         check_positive_int(num_patches, "num_patches", allow_none=True)
-        for location in self.locations(subject, num_patches):
-            yield self.extract_patch(subject, location)
+        yield from self.prepare(self._subject(subject))(num_patches)
 
-    def prepare(self, subject: Subject) -> Callable[[int], Iterator[Subject]]:
+    def prepare(self, subject: Subject) -> Callable[[int | None], Iterator[Subject]]:
         """Do the per-subject work now (e.g. a label sampler's centre table); draw later.
 
-        The returned ``patches(num_patches)`` draws from the sampler's generator when it is
-        iterated, so a ``Queue`` can prepare subjects in its loading threads and still draw
-        in subject order: the same patches as ``sampler(subject, num_patches)``.
+        The returned ``patches(num_patches)`` (None: without end) draws from the sampler's
+        generator when it is iterated, so a ``Queue`` can prepare subjects in its loading
+        threads and still draw in subject order: the same patches as
+        ``sampler(subject, num_patches)``.
 
         Examples
         --------
@@ -109,11 +112,10 @@ class RandomSampler(PatchSampler, IterableDataset):  # type: ignore[type-arg]
         subject = self._subject(subject)
         draw = self._prepare(subject)
 
-        def patches(num_patches: int) -> Iterator[Subject]:
-            check_positive_int(num_patches, "num_patches")
-            generator = self._worker_generator()
-            for _ in range(num_patches):
-                yield self.extract_patch(subject, draw(generator))
+        def patches(num_patches: int | None) -> Iterator[Subject]:
+            check_positive_int(num_patches, "num_patches", allow_none=True)
+            for location in self._draws(draw, num_patches):
+                yield self.extract_patch(subject, location)
 
         return patches
 
