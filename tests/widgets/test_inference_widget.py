@@ -134,8 +134,10 @@ def test_model_errors_are_notifications_and_layers_stay(
     widget.patch_size.value = "8"
     widget.patch_overlap.value = "2"
     records = len(notification_manager.records)
+    names = [layer.name for layer in viewer.layers]
     widget.run()
     wait(qtbot, widget)
+    assert [layer.name for layer in viewer.layers] == names  # a failed start adds no layer
     assert message in widget.status.value
     new = [str(n.message) for n in notification_manager.records[records:]]
     assert any(message in text for text in new)
@@ -234,3 +236,58 @@ def test_region_with_zarr_output_is_refused_with_the_reason(viewer_with_sample, 
     assert "region (shapes) and zarr output" in widget.status.value
     assert "offset" in widget.status.value
     assert len(viewer.layers) == before and not (tmp_path / "out.zarr").exists()
+
+
+def test_output_layers_are_added_at_the_click_not_mid_run(viewer_with_sample, qtbot):
+    """Adding a layer freezes napari for 0.1-0.3 s: the demo's layers exist before the worker
+    yields anything, so no layer is created while the user is using the viewer."""
+    viewer = viewer_with_sample
+    widget = TiledInferenceWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "16", "4"
+    added = []
+    viewer.layers.events.inserted.connect(lambda event: added.append(widget.last_step))
+    assert widget.run() is not None
+    names = {layer.name for layer in viewer.layers}
+    assert {"image prediction", "image probability class 1", "image probability class 2"} <= names
+    wait(qtbot, widget)
+    assert added == [None, None, None]  # all three before the first step arrived
+    assert widget.status.value.startswith("done")
+
+
+def test_cancel_before_the_first_result_takes_the_layers_back(viewer_with_sample, qtbot):
+    viewer = viewer_with_sample
+    widget = TiledInferenceWidget(viewer)
+    widget.source.value = "module:factory"
+    widget.factory.value = "tests.widgets.test_inference_widget:slow_net"
+    widget.patch_size.value, widget.patch_overlap.value, widget.batch_size.value = "32", "0", 1
+    names = [layer.name for layer in viewer.layers]
+    widget.run()
+    assert "image prediction" in viewer.layers  # labels are known at the click
+    widget.cancel()
+    wait(qtbot, widget)
+    if widget.last_step is None:  # cancelled before the first batch: nothing added stays
+        assert [layer.name for layer in viewer.layers] == names
+        assert "no output" in widget.status.value
+    else:  # the first batch won the race: its partial output stays
+        assert "image prediction" in viewer.layers
+
+
+def test_unknown_channel_count_adds_probability_layers_at_the_first_result(
+    viewer_with_sample, qtbot
+):
+    viewer = viewer_with_sample
+    widget = TiledInferenceWidget(viewer)
+    widget.source.value = "module:factory"
+    widget.factory.value = "tests.widgets.test_inference_widget:slow_net"  # 2 channels
+    widget.patch_size.value, widget.patch_overlap.value = "32", "0"
+    widget.run()
+    assert "image probability class 1" not in viewer.layers  # unknown until a result
+    wait(qtbot, widget)
+    assert widget.status.value.startswith("done")
+    layer = viewer.layers["image probability class 1"]
+    image = viewer.layers["image"].data
+    assert np.allclose(
+        layer.data,
+        torch.softmax(torch.from_numpy(np.stack([image, -image])), 0)[1].numpy(),
+        atol=1e-5,
+    )

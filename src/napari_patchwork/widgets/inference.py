@@ -19,7 +19,7 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.layers import Image, Shapes
+from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
@@ -31,8 +31,9 @@ from napari_patchwork.core.inference.streaming import StreamTarget, zarr_target
 from ..core.devices import available_devices
 from ..core.types import OVERLAP_MODES
 from ..core.wording import reworded
-from ..io.models import apply_class_values, load_model, model_class_values
+from ..io.models import DEMO, apply_class_values, load_model, model_class_values
 from ..io.zarr_io import is_zarr_path
+from ..models import DEMO_CLASSES
 from ..napari_contributions import read_zarr_layers
 from ._napari import (
     Lifecycle,
@@ -114,6 +115,27 @@ class StepUpdate:
             max(int(output.shape[0]), 2),
             None if class_values is None else tuple(class_values),
         )
+
+
+def known_channels(source: str) -> int | None:
+    """The model's output channels if known without running it, else None.
+
+    Known for the demo network (its classes) and for model files that record their class
+    values ("Train from annotations" saves them); other models show theirs at the first result.
+    """
+    if source == DEMO:
+        return len(DEMO_CLASSES)
+    try:
+        values = model_class_values(source)
+    except (OSError, ValueError):  # a bad file: the worker reports it, with the widget's words
+        return None
+    return None if values is None else len(values)
+
+
+def warm_up_labels() -> None:
+    """Create one (tiny, unshown) Labels layer: napari's first costs 0.2–0.5 s of imports
+    (pandas, for its features table), paid here when the dock opens, not at the Run click."""
+    Labels(np.zeros((1, 1, 1), np.uint8))
 
 
 class InferenceFailed(Exception):
@@ -289,7 +311,9 @@ class TiledInferenceWidget(Container):
         self._zarr_path: str | None = None
         self._label_layer: Any = None
         self._probability_layers: list[Any] = []
-        self._failed = self._outputs_created = False
+        self._failed = self._outputs_complete = False
+        self._added_names: set[str] = set()
+        warm_up_labels()
 
     # ------------------------------------------------------------------ state
     @property
@@ -390,7 +414,9 @@ class TiledInferenceWidget(Container):
         self.refresh_seconds = []
         self.last_step, self._failed = None, False
         self._label_layer, self._probability_layers = None, []
-        self._outputs_created = False
+        self._outputs_complete, self._added_names = False, set()
+        want_labels, want_probabilities = self._wanted_outputs(stream)
+        self._add_outputs(want_labels, known_channels(source) if want_probabilities else None)
         self.status.value = "loading the model…"
         if stream is None:
             region: Any = torch.from_numpy(np.ascontiguousarray(volume[box]))[None]
@@ -401,7 +427,7 @@ class TiledInferenceWidget(Container):
         worker = create_worker(  # handlers via _connect: napari re-raises errors without one
             self._steps,
             source,
-            {**self._model_options(), "outputs": self._wanted_outputs(stream)},
+            {**self._model_options(), "outputs": (want_labels, want_probabilities)},
             config,
             region,
             stream,
@@ -464,48 +490,75 @@ class TiledInferenceWidget(Container):
             worker.quit()
 
     # ------------------------------------------------------------------ results (GUI thread)
-    def _create_outputs(self, update: StepUpdate) -> None:
-        """Add (or reuse) the output layers at the first result: a failed start adds none.
+    def _add_outputs(self, labels: bool, channels: int | None) -> None:
+        """Add (or reuse) the output layers at the click, so that none is created mid-run.
 
-        Labels are called "<image> prediction", probabilities one layer per foreground class
-        ("<image> probability class k"; channel 0 is background unless the model has a single
-        output channel); all are placed like the input, shifted to the region's start.
+        Adding a layer costs napari 0.1–0.3 s on the GUI thread (0.6–1.8 s for the first
+        ones, imports and colour bars included): at the click the user waits for it; during
+        the run it would freeze a viewer they are already using. Labels are called "<image>
+        prediction"; probabilities one layer per foreground class ("<image> probability class
+        k"; channel 0 is background unless the model has a single output channel), added here
+        when the model's channel count is known without running it (``channels``), else at the
+        first result. All are placed like the input, shifted to the region's start. The layers
+        added here are removed again when the run ends before its first result (a failed or
+        cancelled start adds none).
         """
-        image, shape = self._image, tuple(b.stop - b.start for b in self._box)
-        placed = {"like": image, "offset": [b.start for b in self._box], "overlay": False}
-        if update.labels is not None:
-            name = f"{image.name} prediction"
-            data = self._reusable(name, shape, np.int32)
-            self._label_layer = show_layer(self.viewer, name, "labels", data, opacity=0.6, **placed)
+        if labels:
+            name = f"{self._image.name} prediction"
+            data = self._reusable(name, np.int32)
+            self._label_layer = show_layer(
+                self.viewer, name, "labels", data, opacity=0.6, **self._placed
+            )
+        if channels is not None:
+            self._add_probability_layers(channels)
+
+    def _add_probability_layers(self, channels: int) -> None:
+        for channel in range(1, channels) if channels > 1 else [0]:
+            name = f"{self._image.name} probability class {max(channel, 1)}"
+            data = self._reusable(name, np.float32)
+            layer = show_layer(
+                self.viewer,
+                name,
+                "image",
+                data,
+                colormap="magma",
+                blending="additive",
+                contrast_limits=(0, 1),
+                visible=channel <= 1,
+                **self._placed,
+            )
+            layer.metadata["channel"] = channel
+            layer.colorbar.visible = True  # drawn while the layer is shown
+            self._probability_layers.append(layer)
+
+    @property
+    def _placed(self) -> dict[str, Any]:
+        return {"like": self._image, "offset": [b.start for b in self._box], "overlay": False}
+
+    def _complete_outputs(self, update: StepUpdate) -> None:
+        """At the first result: the class legend, and the probability layers if not added yet."""
+        if update.labels is not None and self._label_layer is not None:
             shown = update.class_values or range(1, update.classes)
             self.legend.value = class_legend(self._label_layer, shown)
             self.legend.visible = True
-        if update.probabilities is not None:
-            channels = update.probabilities.shape[0]
-            for channel in range(1, channels) if channels > 1 else [0]:
-                name = f"{image.name} probability class {max(channel, 1)}"
-                data = self._reusable(name, shape, np.float32)
-                layer = show_layer(
-                    self.viewer,
-                    name,
-                    "image",
-                    data,
-                    colormap="magma",
-                    blending="additive",
-                    contrast_limits=(0, 1),
-                    visible=channel <= 1,
-                    **placed,
-                )
-                layer.metadata["channel"] = channel
-                layer.colorbar.visible = True  # drawn while the layer is shown
-                self._probability_layers.append(layer)
+        if update.probabilities is not None and not self._probability_layers:
+            self._add_probability_layers(update.probabilities.shape[0])
 
-    def _reusable(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    def _remove_added_outputs(self) -> None:
+        """The run ended before its first result: take back the layers its click added."""
+        for layer in self._output_layers():
+            if layer.name in self._added_names:
+                self.viewer.layers.remove(layer)
+        self._label_layer, self._probability_layers = None, []
+
+    def _reusable(self, name: str, dtype: Any) -> np.ndarray:
         """The data of the existing layer ``name`` if it fits (a re-run refines it), else zeros."""
+        shape = tuple(b.stop - b.start for b in self._box)
         if name in self.viewer.layers:
             data = self.viewer.layers[name].data
             if isinstance(data, np.ndarray) and data.shape == shape and data.dtype == dtype:
                 return data
+        self._added_names.add(name)
         return np.zeros(shape, dtype)
 
     def _on_step(self, update: StepUpdate) -> None:
@@ -525,9 +578,9 @@ class TiledInferenceWidget(Container):
             )
             self.refresh_seconds.append(time.perf_counter() - start)
             return
-        if not self._outputs_created:
-            self._outputs_created = True
-            self._create_outputs(update)
+        if not self._outputs_complete:
+            self._outputs_complete = True
+            self._complete_outputs(update)
         target = tuple(slice(r.start, r.stop) for r in update.region)  # in the region's voxels
         if update.labels is not None and self._label_layer is not None:
             self._label_layer.data[target] = update.labels
@@ -571,6 +624,8 @@ class TiledInferenceWidget(Container):
             pass  # the status shows this run's error
         elif step is None:
             self.status.value = "cancelled before the first patch (no output)"
+        if step is None:
+            self._remove_added_outputs()
         elif step.done < step.total:
             self.status.value = (
                 f"cancelled at {step.done}/{step.total} patches (partial output kept)"
