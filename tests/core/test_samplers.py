@@ -3,6 +3,8 @@ import collections
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 from torch.utils.data import DataLoader
 
@@ -286,3 +288,31 @@ def test_label_without_foreground_where_patches_fit():
     subject = pw.Subject(seg=pw.LabelMap(labels))
     with pytest.raises(ValueError, match="label_name 'seg'"):
         pw.LabelSampler(subject, 4, "seg")
+
+
+@given(
+    shape=st.tuples(*[st.integers(3, 24)] * 3),
+    fraction=st.sampled_from([0.002, 0.05, 0.5, 1.0]),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+@settings(max_examples=60, deadline=None)
+def test_foreground_label_sampler_draws_what_the_weight_map_draws(shape, fraction, seed, data):
+    """The LabelSampler's default (uniform over label > 0) skips the 0/1 weight map and its
+    cumulative sum; its draws must still be exactly those of the map (WeightedSampler)."""
+    patch = tuple(data.draw(st.integers(1, s)) for s in shape)
+    labels = (np.random.default_rng(seed).random(shape) < fraction).astype(np.uint8)
+    subject = pw.Subject(
+        t1=pw.ScalarImage(torch.rand(1, *shape)),
+        seg=pw.LabelMap(torch.from_numpy(labels)[None]),
+        weights=pw.ScalarImage(torch.from_numpy(labels.astype(np.float32))[None]),
+    )
+    try:
+        by_map = pw.WeightedSampler(subject, patch, "weights", num_patches=40, seed=seed)
+    except ValueError as error:  # no foreground where a patch fits: both refuse alike
+        with pytest.raises(ValueError) as refused:
+            pw.LabelSampler(subject, patch, label_name="seg", num_patches=40, seed=seed)
+        assert str(refused.value).split(" is zero")[1] == str(error).split(" is zero")[1]
+        return
+    by_labels = pw.LabelSampler(subject, patch, label_name="seg", num_patches=40, seed=seed)
+    assert [p.patch_location for p in by_labels] == [p.patch_location for p in by_map]

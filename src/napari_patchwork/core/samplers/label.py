@@ -14,7 +14,7 @@ import torch
 from napari_patchwork.core.data.subject import Subject
 
 from ..types import TypeSize
-from .weighted import WeightedSampler, admissible_slices
+from .weighted import WeightedSampler, _CentreTable, _SupportTable, admissible_slices
 
 
 def _check_label_probabilities(probabilities: object) -> dict[int, float]:
@@ -224,6 +224,13 @@ class LabelSampler(WeightedSampler):
                 )
             labels = labels.to(torch.int64)
         return labels
+
+    def _table(self, subject: Subject) -> _CentreTable | _SupportTable:
+        if self.label_probabilities is None:  # uniform over the foreground: no weight map
+            labels = self._label_volume(subject).cpu().numpy()
+            inside = labels[admissible_slices(labels.shape, self.patch_size)]
+            return _SupportTable(np.greater(inside, 0), self.patch_size, self._map_description())
+        return super()._table(subject)
 
     def _weights(self, subject: Subject) -> torch.Tensor:
         # numpy (one thread): this runs in the Queue's loading threads, beside training.

@@ -72,6 +72,33 @@ class _CentreTable:
         return PatchLocation(corner, self.patch_size)
 
 
+class _SupportTable:
+    """Uniform draws over the admissible centres where a mask holds, without a weight map.
+
+    Draws exactly what a :class:`_CentreTable` of the 0/1 weights draws (its cumulative sum
+    counts the mask, so the binary search lands on mask voxel ``floor(u * count)``), from the
+    flat indices of the mask alone: no float64 map of the volume and no cumulative sum.
+    """
+
+    def __init__(self, admissible: np.ndarray, patch_size: TypeTriplet, name: str) -> None:
+        """``admissible``: the mask over the admissible centres (:func:`admissible_slices`)."""
+        self.shape = tuple(admissible.shape)
+        self.indices = np.flatnonzero(admissible)
+        self.total = float(len(self.indices))
+        if not self.total > 0:
+            raise ValueError(
+                f"{name} is zero at every centre where a patch of size {patch_size} fits"
+            )
+        self.patch_size = patch_size
+
+    def draw(self, generator: torch.Generator | None) -> PatchLocation:
+        target = torch.rand(1, dtype=torch.float64, generator=generator) * self.total
+        flat = int(self.indices[min(int(target), len(self.indices) - 1)])
+        _, j, k = self.shape
+        corner = (flat // (j * k), (flat // k) % j, flat % k)
+        return PatchLocation(corner, self.patch_size)
+
+
 class WeightedSampler(RandomSampler):
     """Random patches whose centres follow a probability map.
 
@@ -142,7 +169,7 @@ class WeightedSampler(RandomSampler):
     def _map_description(self) -> str:
         return f"probability_map {self.probability_map_name!r}"
 
-    def _table(self, subject: Subject) -> _CentreTable:
+    def _table(self, subject: Subject) -> _CentreTable | _SupportTable:
         return _CentreTable(self._weights(subject), self.patch_size, self._map_description())
 
     def _prepare(self, subject: Subject) -> Callable[[torch.Generator | None], PatchLocation]:
