@@ -1,7 +1,7 @@
 """Out-of-core tiled inference: peak memory of zarr-to-zarr runs, counted in slabs.
 
     python benchmarks/bench_large.py [--rows 512] [--sides 1024 256] [--patch 64 128 128]
-                                     [--overlap 16] [--model identity|demo] [--dask]
+                                     [--overlap 16] [--model identity|demo] [--dask] [--quick]
 
 A *slab* is one patch height of rows of the full cross-section in float32
 (``patch[0] × J × K × 4`` bytes): the input slab of a one-channel image, and the output rows
@@ -51,29 +51,33 @@ streaming.TUNE_ALLOCATOR = settings.get("tune", True)
 if settings["engine"] == "model":  # the model alone, on one batch of patches
     torch.set_num_threads(settings["threads"])
     model = demo_model() if settings["model"] == "demo" else (lambda x: x * 2.0)
-    baseline, start = status("VmRSS"), time.perf_counter()
+    baseline, code, start = status("VmRSS"), status("RssFile"), time.perf_counter()
     batch = torch.empty((2, 1, *settings["patch"]))
     batch.fill_(0.5)
     with torch.no_grad():
         for _ in range(2):
             outputs = model(batch)
             del outputs
-    baseline += batch.numel() * 4  # the input batch is the run's, not the model's
+    batch_bytes = batch.numel() * 4  # the input batch: the run's buffer (reported apart)
 elif settings["engine"] == "local":
     torch.set_num_threads(settings["threads"])
     model = demo_model() if settings["model"] == "demo" else (lambda x: x * 2.0)
     array = zarr.open_array(settings["input"], mode="r")
-    baseline, start = status("VmRSS"), time.perf_counter()
+    baseline, code, start = status("VmRSS"), status("RssFile"), time.perf_counter()
     pw.infer(model, array, patch_size=settings["patch"], patch_overlap=settings["overlap"],
              batch_size=2, output=settings["output"], output_chunks=settings["chunks"])
 else:
     from napari_patchwork.distributed import infer_dask
-    baseline, start = status("VmRSS"), time.perf_counter()
+    baseline, code, start = status("VmRSS"), status("RssFile"), time.perf_counter()
     infer_dask("demo", settings["input"], settings["output"], patch_size=settings["patch"],
                patch_overlap=settings["overlap"], batch_size=2, workers=settings["workers"],
                block_rows=64)
 seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds, "peak": status("VmHWM"), "baseline": baseline}))
+result = {"seconds": seconds, "peak": status("VmHWM"), "baseline": baseline}
+result["code"] = status("RssFile") - code  # file-backed pages first touched by the run
+if settings["engine"] == "model":
+    result["batch"] = batch_bytes
+print(json.dumps(result))
 """
 
 TUNED = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "262144"}
@@ -112,28 +116,24 @@ def above(measured: dict) -> int:
 
 
 def measure_memory(args: argparse.Namespace, folder: str) -> None:
-    model = above(
-        run(
-            {
-                "engine": "model",
-                "threads": os.cpu_count(),
-                "model": args.model,
-                "patch": args.patch,
-            }
-        )
+    measured = run(
+        {"engine": "model", "threads": os.cpu_count(), "model": args.model, "patch": args.patch}
     )
+    with_batch = above(measured)
+    model = with_batch - measured["batch"]
     print(
         f"patch {tuple(args.patch)}, overlap {args.overlap}, model {args.model}, batch 2,"
         f" {os.cpu_count()} cores; slabs = peak RSS above the imports ÷ slab; model's working"
         f" set (peak above the imports running it on one batch, less the batch):"
-        f" {model / 2**20:.1f} MiB\n"
+        f" {model / 2**20:.1f} MiB ({with_batch / 2**20:.1f} MiB with its input batch)\n"
     )
     print(
         "| volume | output chunks | slab MiB | seconds | above imports MiB | **slabs** |"
-        " slabs − model | fixed buffers MiB (above 2 slabs + model) |"
+        " slabs − model | slabs − model with its batch |"
+        " fixed buffers MiB (above 2 slabs + model) | of which code pages MiB |"
         " slabs, allocator untouched | slabs, `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144` |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for side in args.sides:
         source = os.path.join(folder, f"in{side}.zarr")
         make_volume(source, args.rows, side)
@@ -150,15 +150,19 @@ def measure_memory(args: argparse.Namespace, folder: str) -> None:
                 "chunks": chunks,
             }
             default = run(settings)
-            untouched = above(run({**settings, "tune": False}))
-            tuned = above(run(settings, TUNED))
+            if args.quick:
+                untouched = tuned = "–"
+            else:
+                untouched = f"{above(run({**settings, 'tune': False})) / slab:.2f}"
+                tuned = f"{above(run(settings, TUNED)) / slab:.2f}"
             peak = above(default)
             print(
                 f"| 1×{args.rows}×{side}² | {'grid step' if chunks is None else '64³'} |"
                 f" {slab / 2**20:.0f} | {default['seconds']:.1f} | {peak / 2**20:.0f} |"
                 f" **{peak / slab:.2f}** | {(peak - model) / slab:.2f} |"
-                f" {(peak - model - 2 * slab) / 2**20:.0f} | {untouched / slab:.2f} |"
-                f" {tuned / slab:.2f} |",
+                f" {(peak - with_batch) / slab:.2f} |"
+                f" {(peak - model - 2 * slab) / 2**20:.0f} | {default['code'] / 2**20:.0f} |"
+                f" {untouched} | {tuned} |",
                 flush=True,
             )
         shutil.rmtree(source, ignore_errors=True)
@@ -194,6 +198,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=16)
     parser.add_argument("--model", choices=["identity", "demo"], default="identity")
     parser.add_argument("--dask", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="skip the two allocator columns")
     parser.add_argument("--dask-rows", type=int, default=192)
     args = parser.parse_args()
     folder = tempfile.mkdtemp()

@@ -13,6 +13,7 @@ zarr, lives in :mod:`napari_patchwork.io.zarr_io`, as do the error and ``open_za
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol, TypeGuard
 
 import numpy as np
@@ -54,13 +55,46 @@ def is_lazy_array(data: object) -> TypeGuard[SliceableArray]:
     return all(hasattr(data, name) for name in ("shape", "dtype", "__getitem__"))
 
 
+#: Input chunks read by one call to the array (its reader decodes them concurrently: more,
+#: more memory in flight). Slab reads are cut into pieces of at most this many chunks.
+READ_CHUNKS = max(2, os.cpu_count() or 1)
+_STRIP = 64  # columns per strip for arrays without chunks (numpy memmaps, …)
+
+
+def _chunk_shape(array: Any, ndim: int) -> tuple[int, ...] | None:
+    """The array's regular chunk shape (zarr, h5py), None without one (numpy, dask…)."""
+    chunks = getattr(array, "chunks", None)
+    if (
+        isinstance(chunks, tuple)
+        and len(chunks) == ndim
+        and all(isinstance(c, (int, np.integer)) and c > 0 for c in chunks)
+    ):
+        return tuple(int(c) for c in chunks)
+    return None
+
+
+def _bounds(axis: slice, size: int) -> tuple[int, int] | None:
+    """``[start, stop)`` of a unit-step slice (None for other steps)."""
+    start, stop, step = axis.indices(size)
+    return (start, max(start, stop)) if step == 1 else None
+
+
 class LazyVolume:
     """A ``(C, I, J, K)`` view of a lazily read array, returning torch tensors for slices.
 
-    Indexing (``volume[:, rows, columns, depth]``) goes through a cache of ``slab_rows`` full
-    rows (for tiled inference, which visits the volume first axis slowest); :meth:`read`
-    reads just the region asked for (for random patches). The old slab is dropped before the
-    next is read, so at most one slab is held.
+    Indexing (``volume[:, rows, columns, depth]``) goes through a cache made for tiled
+    inference, which visits the volume first axis slowest and, within one band of rows, second
+    axis slowest: the cache holds ``slab_rows`` rows of a *window of columns* (whole strips of
+    the input's chunk columns, the full third axis), sliding it in place as the columns move on
+    and refilling it when the rows move on. A band of rows is therefore read once per band, as
+    a whole slab would be, but only the columns the current patches touch are held (192 of
+    1024 columns for patches 128 wide on 64-column chunks). Strips are read a few chunks at a
+    time (:data:`READ_CHUNKS`) into the preallocated cache, so the array's reader never holds
+    a whole slab of decoded chunks. :meth:`read` reads just the region asked for (for random
+    patches), without the cache.
+
+    The tensors indexing returns are views of the cache, valid until the next indexing (copy
+    them to keep them: the gatherer copies each patch into its batch at once).
 
     Parameters
     ----------
@@ -99,8 +133,13 @@ class LazyVolume:
         self.shape = shape if self.channels_first else (1, *shape)
         self.dtype = np.dtype(array.dtype)
         self.slab_rows = max(1, int(slab_rows))
-        self._slab: torch.Tensor | None = None
-        self._slab_start = 0
+        chunks = _chunk_shape(array, len(shape))
+        self._chunks = chunks[-3:] if chunks is not None else None  # (rows, columns, depth)
+        self._channel_bands = -(-shape[0] // chunks[0]) if chunks and len(shape) == 4 else 1
+        self._strip = self._chunks[1] if self._chunks is not None else _STRIP
+        self._cache: torch.Tensor | None = None  # (C, rows, width, K), preallocated
+        self._rows = (0, 0)  # rows the cache is for
+        self._columns = (0, 0)  # columns it holds, from its first column on
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -131,35 +170,108 @@ class LazyVolume:
 
     def __getitem__(self, index: tuple[slice, ...]) -> torch.Tensor:
         channels, rows, columns, depth = index
-        lo, hi = rows.start or 0, self.shape[1] if rows.stop is None else rows.stop
-        cached = self._slab
-        if cached is None or lo < self._slab_start or hi > self._slab_start + cached.shape[1]:
-            cached = self._slab = None  # drop the old slab before reading the next one
+        row_bounds, column_bounds = _bounds(rows, self.shape[1]), _bounds(columns, self.shape[2])
+        if row_bounds is None or column_bounds is None:  # not a patch: read it as asked
+            return self.read(rows, columns, depth)[channels]
+        (lo, hi), (left, right) = row_bounds, column_bounds
+        if not self._holds(lo, hi, left, right):
+            self._load(lo, hi, left, right)
+        assert self._cache is not None
+        top, first = self._rows[0], self._columns[0]
+        return self._cache[channels, lo - top : hi - top, left - first : right - first, depth]
+
+    def _holds(self, lo: int, hi: int, left: int, right: int) -> bool:
+        return (
+            self._cache is not None
+            and self._rows[0] <= lo
+            and hi <= self._rows[1]
+            and self._columns[0] <= left
+            and right <= self._columns[1]
+        )
+
+    def _load(self, lo: int, hi: int, left: int, right: int) -> None:
+        """Make the cache hold rows ``[lo, hi)`` × columns ``[left, right)`` (whole strips)."""
+        strip, length = self._strip, self.shape[2]
+        first = left - left % strip
+        last = min(-(-right // strip) * strip, length)
+        cache, (held_first, held_last) = self._cache, self._columns
+        if (
+            cache is not None
+            and self._rows[0] == lo
+            and hi <= self._rows[1]
+            and first >= held_first
+            and last - first <= cache.shape[2]
+        ):  # the same rows, further on: slide the columns still needed, read the new ones
+            self._slide(first - held_first, max(held_last - first, 0))
+            start = max(held_last, first)
+        else:
             stop = min(max(hi, lo + self.slab_rows), self.shape[1])
-            whole = slice(0, None)
-            cached = self._slab = self.read(slice(lo, stop), whole, whole)
-            self._slab_start = lo
-        offset = self._slab_start
-        return cached[channels, lo - offset : hi - offset, columns, depth]
+            width = min(max(last - first, -(-(right - left + strip - 1) // strip) * strip), length)
+            if cache is None or cache.shape[1] != stop - lo or cache.shape[2] < width:
+                self._cache = cache = None  # dropped before the next one is allocated
+                dtype = torch.from_numpy(torch_compatible(np.empty(0, self.dtype))).dtype
+                self._cache = torch.empty(
+                    (self.shape[0], stop - lo, width, self.shape[3]), dtype=dtype
+                )
+            self._rows, start = (lo, stop), first
+        self._columns = (first, max(last, start))
+        self._fill(start, last)
+
+    def _slide(self, shift: int, keep: int) -> None:
+        """Move ``keep`` cached columns from ``shift`` on to the front (non-overlapping blocks)."""
+        cache = self._cache
+        if cache is None or shift <= 0 or keep <= 0:
+            return
+        for start in range(0, keep, shift):
+            count = min(shift, keep - start)
+            cache[:, :, start : start + count].copy_(
+                cache[:, :, start + shift : start + shift + count]
+            )
+
+    def _fill(self, start: int, stop: int) -> None:
+        """Read columns ``[start, stop)`` of the cached rows, a few chunks per read."""
+        cache = self._cache
+        if cache is None or start >= stop:
+            return
+        lo, hi = self._rows
+        first, depth = self._columns[0], self.shape[3]
+        if self._chunks is None:
+            deep = depth
+        else:
+            row_chunk, _, depth_chunk = self._chunks
+            bands = ((hi - 1) // row_chunk - lo // row_chunk + 1) * self._channel_bands
+            deep = depth_chunk * max(1, READ_CHUNKS // bands)
+        rows = slice(lo, hi)
+        for column in range(start, stop, self._strip):
+            columns = slice(column, min(column + self._strip, stop))
+            for top in range(0, depth, deep):
+                planes = slice(top, min(top + deep, depth))
+                index = (rows, columns, planes)
+                piece = self._fetch((slice(None), *index) if self.channels_first else index)
+                piece = torch_compatible(piece if self.channels_first else piece[None], self._name)
+                target = cache[:, :, column - first : columns.stop - first, planes]
+                np.copyto(target.numpy(), piece)
 
     def cached_or_read(self, rows: slice, columns: slice, depth: slice) -> torch.Tensor:
-        """``[:, rows, columns, depth]`` from the cached slab when it holds them, else read.
+        """``[:, rows, columns, depth]`` from the cache when it holds them, else read.
 
-        Never replaces the slab (for reads off the first-axis order, e.g. mirrored borders).
+        Never changes the cache (for reads off the patch order, e.g. mirrored borders).
         """
-        cached, lo, hi = self._slab, rows.start, rows.stop
+        row_bounds, column_bounds = _bounds(rows, self.shape[1]), _bounds(columns, self.shape[2])
         if (
-            cached is not None
-            and lo >= self._slab_start
-            and hi <= self._slab_start + cached.shape[1]
+            row_bounds is not None
+            and column_bounds is not None
+            and self._holds(*row_bounds, *column_bounds)
         ):
-            offset = self._slab_start
-            return cached[:, lo - offset : hi - offset, columns, depth]
+            assert self._cache is not None
+            top, first = self._rows[0], self._columns[0]
+            (lo, hi), (left, right) = row_bounds, column_bounds
+            return self._cache[:, lo - top : hi - top, left - first : right - first, depth]
         return self.read(rows, columns, depth)
 
     def release(self) -> None:
-        """Drop the cached slab (e.g. at the end of a run)."""
-        self._slab = None
+        """Drop the cache (e.g. at the end of a run)."""
+        self._cache, self._rows, self._columns = None, (0, 0), (0, 0)
 
     def load(self) -> torch.Tensor:
         """The whole volume in memory (what the lazy path avoids: only for small arrays)."""
@@ -169,4 +281,4 @@ class LazyVolume:
         return f"LazyVolume({type(self.array).__name__}, shape={self.shape}, dtype={self.dtype})"
 
 
-__all__ = ["LazyVolume", "SliceableArray", "is_lazy_array"]
+__all__ = ["READ_CHUNKS", "LazyVolume", "SliceableArray", "is_lazy_array"]
