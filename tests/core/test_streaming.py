@@ -454,3 +454,90 @@ def test_streamed_runs_set_the_mmap_threshold_once_unless_told_not_to(monkeypatc
     expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert streaming.return_freed_memory() is expected
     assert streaming.return_freed_memory() is expected  # once: later calls change nothing
+
+
+@pytest.mark.parametrize("mode", ["hann", "gaussian", "average"])
+@pytest.mark.parametrize("size", [(64, 128, 128), (1, 1, 1), (3, 50, 7), (12, 12, 12)])
+def test_window_by_rows_is_the_blending_window_bit_for_bit(mode, size):
+    from napari_patchwork.core.inference.blending import blending_window
+    from napari_patchwork.core.inference.streaming import window_by_rows
+
+    assert torch.equal(window_by_rows(mode, size), blending_window(mode, size))
+
+
+class RecordingArray:
+    """A real zarr array, with every region read recorded (the chunks each read touches)."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, []
+        self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
+
+    def __getitem__(self, index):
+        chunks = []
+        for axis, size, chunk in zip(index, self.shape, self.chunks):
+            start, stop, _ = axis.indices(size)
+            chunks.append(range(start // chunk, (stop - 1) // chunk + 1))
+        self.reads.append(list(itertools.product(*chunks)))
+        return self.array[index]
+
+
+def test_lazy_volume_holds_a_window_of_columns_and_reads_chunks_once_per_band(tmp_path):
+    """Patches in rank order: every read covers at most READ_CHUNKS chunks, each chunk is read
+    once per band of rows that touches it (as a whole-slab read would), the cache holds a
+    window of whole chunk columns (not the cross-section), and the patches are exact."""
+    from napari_patchwork.core.data import lazy
+    from napari_patchwork.core.inference.grid import GridPlan
+
+    data = np.random.default_rng(2).random((2, 40, 150, 37)).astype(np.float32)
+    stored = zarr.create_array(
+        tmp_path / "in.zarr", shape=data.shape, chunks=(1, 16, 16, 16), dtype="float32"
+    )
+    stored[:] = data
+    recording = RecordingArray(stored)
+    volume = LazyVolume(recording, slab_rows=12)
+    plan = GridPlan(data.shape[1:], (12, 24, 20), (4, 6, 2))
+    widths = set()
+    for rank in range(len(plan)):
+        index = (slice(None), *plan.location(rank).to_slices())
+        assert torch.equal(volume[index], torch.from_numpy(data[index]))
+        widths.add(volume._cache.shape[2])
+    assert max(len(chunks) for chunks in recording.reads) <= lazy.READ_CHUNKS
+    assert widths == {48}  # 24 columns, unaligned: at most 3 strips of 16, not 150 columns
+    counts = {}
+    for chunks in recording.reads:
+        for chunk in chunks:
+            counts[chunk] = counts.get(chunk, 0) + 1
+    bands = [(s, s + 12) for s in plan.starts[0]]
+    for (channel, row, column, depth), count in counts.items():
+        touching = sum(lo < (row + 1) * 16 and hi > row * 16 for lo, hi in bands)
+        assert count == touching, (channel, row, column, depth)
+    assert len(counts) == 2 * 3 * 10 * 3  # every chunk
+
+
+@pytest.mark.parametrize("kind", ["zarr-uint16", "memmap", "zarr-3d"])
+def test_lazy_volume_cache_equals_slicing_in_any_order(tmp_path, kind):
+    """Patch order, backwards, other rows, borders (cached_or_read): the values of slicing."""
+    rng = np.random.default_rng(3)
+    if kind == "memmap":
+        data = rng.random((1, 30, 70, 20)).astype(np.float32)
+        np.save(tmp_path / "v.npy", data[0])
+        source, expected = np.load(tmp_path / "v.npy", mmap_mode="r"), data
+    else:
+        dtype = "uint16" if kind == "zarr-uint16" else "float32"
+        data = (rng.random((30, 70, 20)) * 60000).astype(dtype)
+        source = zarr.create_array(
+            tmp_path / "in.zarr", shape=data.shape, chunks=(8, 16, 8), dtype=dtype
+        )
+        source[:] = data
+        expected = data[None].astype(np.int32 if dtype == "uint16" else np.float32)
+    volume = LazyVolume(source, slab_rows=10)
+    regions = [(0, 0, 0), (0, 13, 3), (0, 40, 10), (0, 5, 0), (7, 50, 0), (20, 0, 5), (20, 60, 0)]
+    for i, j, k in regions:
+        index = (slice(None), slice(i, i + 10), slice(j, j + 10), slice(k, k + 10))
+        assert np.array_equal(volume[index].numpy(), expected[index]), (i, j, k)
+        border = (slice(i, i + 3), slice(j, j + 4), slice(k, k + 2))
+        assert np.array_equal(
+            volume.cached_or_read(*border).numpy(), expected[(slice(None), *border)]
+        )
+    volume.release()
+    assert volume._cache is None

@@ -13,6 +13,7 @@ zarr, lives in :mod:`napari_patchwork.io.zarr_io`, as do the error and ``open_za
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any, Protocol, TypeGuard
 
@@ -71,6 +72,18 @@ def _chunk_shape(array: Any, ndim: int) -> tuple[int, ...] | None:
     ):
         return tuple(int(c) for c in chunks)
     return None
+
+
+def _groups(start: int, stop: int, chunk: int, count: int) -> list[slice]:
+    """``[start, stop)`` cut on chunk boundaries into slices of at most ``count`` chunks.
+
+    Examples
+    --------
+    >>> [(s.start, s.stop) for s in _groups(5, 40, 16, 1)]
+    [(5, 16), (16, 32), (32, 40)]
+    """
+    cuts = [start, *range(start - start % chunk + chunk * count, stop, chunk * count), stop]
+    return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if a < b]
 
 
 def _bounds(axis: slice, size: int) -> tuple[int, int] | None:
@@ -136,6 +149,7 @@ class LazyVolume:
         chunks = _chunk_shape(array, len(shape))
         self._chunks = chunks[-3:] if chunks is not None else None  # (rows, columns, depth)
         self._channel_bands = -(-shape[0] // chunks[0]) if chunks and len(shape) == 4 else 1
+        self._channel_chunk = chunks[0] if chunks and len(shape) == 4 else shape[0]
         self._strip = self._chunks[1] if self._chunks is not None else _STRIP
         self._cache: torch.Tensor | None = None  # (C, rows, width, K), preallocated
         self._rows = (0, 0)  # rows the cache is for
@@ -229,27 +243,37 @@ class LazyVolume:
             )
 
     def _fill(self, start: int, stop: int) -> None:
-        """Read columns ``[start, stop)`` of the cached rows, a few chunks per read."""
+        """Read columns ``[start, stop)`` of the cached rows, at most READ_CHUNKS chunks a read."""
         cache = self._cache
         if cache is None or start >= stop:
             return
-        lo, hi = self._rows
-        first, depth = self._columns[0], self.shape[3]
-        if self._chunks is None:
-            deep = depth
-        else:
+        (lo, hi), first = self._rows, self._columns[0]
+        channels, depth = self.shape[0], self.shape[3]
+        if self._chunks is None:  # no chunks: one read per strip
+            channel_groups = [slice(0, channels)]
+            row_groups, depth_groups = [slice(lo, hi)], [slice(0, depth)]
+        else:  # whole chunks, as many depth chunks as fit, then fewer rows, then fewer channels
             row_chunk, _, depth_chunk = self._chunks
-            bands = ((hi - 1) // row_chunk - lo // row_chunk + 1) * self._channel_bands
-            deep = depth_chunk * max(1, READ_CHUNKS // bands)
-        rows = slice(lo, hi)
+            channel_bands = self._channel_bands
+            row_bands = (hi - 1) // row_chunk - lo // row_chunk + 1
+            channel_count = min(channel_bands, READ_CHUNKS)
+            row_count = min(row_bands, max(1, READ_CHUNKS // channel_count))
+            depth_count = max(1, READ_CHUNKS // (channel_count * row_count))
+            channel_groups = _groups(0, channels, self._channel_chunk, channel_count)
+            row_groups = _groups(lo, hi, row_chunk, row_count)
+            depth_groups = _groups(0, depth, depth_chunk, depth_count)
         for column in range(start, stop, self._strip):
             columns = slice(column, min(column + self._strip, stop))
-            for top in range(0, depth, deep):
-                planes = slice(top, min(top + deep, depth))
+            for part, rows, planes in itertools.product(channel_groups, row_groups, depth_groups):
                 index = (rows, columns, planes)
-                piece = self._fetch((slice(None), *index) if self.channels_first else index)
+                piece = self._fetch((part, *index) if self.channels_first else index)
                 piece = torch_compatible(piece if self.channels_first else piece[None], self._name)
-                target = cache[:, :, column - first : columns.stop - first, planes]
+                target = cache[
+                    part,
+                    rows.start - lo : rows.stop - lo,
+                    column - first : columns.stop - first,
+                    planes,
+                ]
                 np.copyto(target.numpy(), piece)
 
     def cached_or_read(self, rows: slice, columns: slice, depth: slice) -> torch.Tensor:
