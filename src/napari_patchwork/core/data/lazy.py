@@ -1,10 +1,12 @@
 """Volumes read patch by patch from arrays that do not live in memory (zarr, dask, memmap).
 
 The core never imports zarr or dask: anything with ``shape``, ``dtype`` and numpy-style
-slicing is accepted. Tiled inference reads through a cache of one slab along the first axis,
-because it visits patches in rank order (first axis slowest): each input voxel is read from
-storage about ``patch / step`` times, not once per patch that contains it. Random access (the
-samplers) reads only the region asked for (:meth:`LazyVolume.read`).
+slicing is accepted. Tiled inference reads through a cache of one patch height of rows and a
+sliding window of whole chunk columns, because it visits patches in rank order (first axis
+slowest, then the second): each input chunk is read once per band of rows that touches it
+(each voxel about ``patch / step`` times), not once per patch that contains it, and only the
+columns the current patches touch are held. Random access (the samplers) reads only the
+region asked for (:meth:`LazyVolume.read`).
 
 A chunk that cannot be decoded raises :class:`~napari_patchwork.io.zarr_io.CorruptChunkError`,
 naming the store and the chunk, instead of the codec's own message (the diagnosis, which knows
