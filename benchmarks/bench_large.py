@@ -4,17 +4,21 @@
                                      [--overlap 16] [--model identity|demo] [--dask] [--quick]
 
 A *slab* is one patch height of rows of the full cross-section in float32
-(``patch[0] × J × K × 4`` bytes): the input slab of a one-channel image, and the output rows
-of a one-channel model. The figure is the peak RSS above the RSS after the imports, divided
+(``patch[0] × J × K × 4`` bytes): the output rows of a one-channel model (the input is held
+as a window of whole chunk columns of one patch height of rows, a fraction of a slab on wide
+cross-sections). The figure is the peak RSS above the RSS after the imports, divided
 by the slab. Each run is a fresh child process; its peak is ``VmHWM`` (``ru_maxrss`` is kept
 across ``exec`` on Linux, so a child would inherit the parent's peak).
 
 The *model's working set* is measured the same way in its own child: the peak RSS above the
 imports of running the model twice on one batch of patches of the run's size, less that
-input batch (the run's batch buffer is counted among its own buffers). The table gives the
-slabs raw and with the model's working set subtracted, and what is left above two slabs
-(input slab and output rows) once the model is subtracted: the run's fixed buffers (batch
-buffer, blending window, zarr's chunks in flight, the code pages the run touches).
+input batch (the run's batch buffer is counted among its own buffers; the header also gives
+the figure with the batch, and a column subtracts that). The table gives the slabs raw and
+with the model's working set subtracted, what is left above two slabs once the model is
+subtracted (the run's fixed buffers: batch, blending window, zarr's chunks in flight, code
+pages; negative when the input window and output rows are less than two slabs), and the code
+pages alone: the growth of the file-backed RSS (``RssFile``) over the run. ``--quick`` skips
+the two allocator columns.
 
 Every volume runs three ways: as users run it (glibc's defaults; a streamed run sets glibc's
 mmap threshold itself, see ``streaming.return_freed_memory``), with that setting off
