@@ -245,6 +245,33 @@ def test_sigint_leaves_no_output_and_input_untouched(volume, tmp_path):
     assert path.read_bytes() == before
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
+def test_sigint_while_torch_is_still_importing_is_one_line_and_130(volume, tmp_path):
+    """Ctrl-C in the seconds torch takes to import (a busy machine) is an interruption like
+    any other: exit 130, one line, no traceback, nothing written."""
+    path = volume[0]
+    output = tmp_path / "out.nii.gz"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_patchwork.cli", "infer", str(path), "--model", "demo"]
+        + ["--output", str(output)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    maps = Path(f"/proc/{process.pid}/maps")
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        if "libtorch" in maps.read_text():  # torch's import has begun (inside main)
+            break
+        time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.count("\n") == 1, stderr
+    assert "interrupted" in stderr and not output.exists()
+
+
 def readme_main_job() -> tuple[list[str], str]:
     """The README's main-job command (without the program name) and the flag it suggests."""
     readme = (ROOT / "README.md").read_text()

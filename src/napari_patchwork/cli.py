@@ -15,11 +15,21 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from .cli_args import build_parser, parse_args
-from .cli_infer import run_infer
+if TYPE_CHECKING:
+    from .cli_args import build_parser, parse_args
 
 EXIT_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+def __getattr__(name: str) -> Any:
+    """``build_parser`` and ``parse_args``, imported on first use (they import torch)."""
+    if name in ("build_parser", "parse_args"):
+        from . import cli_args
+
+        return getattr(cli_args, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _demo() -> int:
@@ -38,13 +48,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     Errors are one line on stderr; ``--traceback`` (or ``PATCHWORK_DEBUG=1``) adds the
     traceback.
     """
-    args = parse_args(argv)
+    args: Any = None
     try:
+        # Imported here, inside the handlers: importing torch takes seconds on a busy machine,
+        # and Ctrl-C meanwhile must end like any other interruption (one line, exit 130).
+        from .cli_args import parse_args
+
+        args = parse_args(argv)
         if args.command == "train":
             from .cli_train import run_train
 
             return run_train(args)
-        return _demo() if args.command == "demo" else run_infer(args)
+        if args.command == "demo":
+            return _demo()
+        from .cli_infer import run_infer
+
+        return run_infer(args)
     except KeyboardInterrupt:
         print("napari-patchwork: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -53,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         expected = isinstance(error, (OSError, ValueError, TypeError))
         kind = "" if expected else f"{type(error).__name__}: "  # the model (or torch) failed
-        hint = "" if expected or args.command == "demo" else " (--traceback shows where)"
+        demo = getattr(args, "command", None) == "demo"
+        hint = "" if expected or demo else " (--traceback shows where)"
         print(f"napari-patchwork: error: {kind}{_one_line(error)}{hint}", file=sys.stderr)
         return EXIT_ERROR
 
