@@ -24,7 +24,9 @@ def run_headless(*args: str) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key not in NO_DISPLAY}
     env["PATH"] = bin_dir
     assert shutil.which("Xvfb", path=bin_dir) is None
-    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args]
+    env = {key: value for key, value in env.items() if not key.startswith("PYTEST_XDIST")}
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0"]
+    command += args
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
