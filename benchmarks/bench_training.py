@@ -15,7 +15,14 @@ synthetic sample, and the EPI brain volume that ships with nibabel's tests
 intensities (background / darker tissue / brighter tissue).
 
     python benchmarks/bench_training.py [--seconds 240] [--volumes synthetic real] [--json out]
+    python benchmarks/bench_training.py --iterations 800 --augmentation default contrast
     xvfb-run -a python benchmarks/bench_training.py --volumes synthetic --seconds 5 --widget 60
+
+``--augmentation`` trains one network per setting on each volume, in the same run (the forest
+once per volume): ``default`` (flips, bias fields, noise), ``contrast`` (also gamma, intensity
+scale and shift: :data:`~napari_patchwork.core.training.augmentation.CONTRAST`), ``none``.
+``--iterations`` replaces the time budget by a step count, to compare settings on a busy
+machine.
 """
 
 from __future__ import annotations
@@ -31,10 +38,19 @@ import numpy as np
 import torch
 
 from napari_patchwork.core.training import Trainer, TrainingConfig, scribbles_from_labels
-from napari_patchwork.core.training.augmentation import simulate_scanner
+from napari_patchwork.core.training.augmentation import (
+    CONTRAST,
+    AugmentationConfig,
+    simulate_scanner,
+)
 from napari_patchwork.sample import make_sample
 
 SIGMAS = (0.7, 1.6, 3.5, 5.0)
+AUGMENTATIONS: dict[str, AugmentationConfig | None] = {
+    "default": AugmentationConfig(),
+    "contrast": CONTRAST,
+    "none": None,
+}
 
 
 # ---------------------------------------------------------------------- volumes
@@ -108,35 +124,53 @@ def forest_predict(model: Any, image: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- one volume
-def run_volume(image: np.ndarray, truth: np.ndarray, name: str, args: argparse.Namespace) -> dict:
+def run_volume(image: np.ndarray, truth: np.ndarray, name: str, args: argparse.Namespace) -> list:
+    """One row per augmentation setting: the network's figures, the forest's (same in each)."""
     strokes = scribbles_from_labels(truth, slices=args.slices, disks=args.disks, seed=0)
     shifted = simulate_scanner(torch.from_numpy(image)[None], seed=1)[0].numpy()
-    row: dict[str, Any] = {"volume": name, "annotated": float((strokes > 0).mean())}
-    config = TrainingConfig(
-        patch_size=args.patch_size, seconds=args.seconds, device=args.device, seed=0
-    )
-    trainer = Trainer((image, strokes), config)
-    steps = list(trainer.run())
-    row.update(
-        iterations=trainer.iteration,
-        patches_per_second=steps[-1].patches_per_second,
-        wait_fraction=steps[-1].wait_fraction,
-    )
-    start = time.perf_counter()
-    row["net_dice"] = mean_dice(trainer.predict(image).labels.astype(np.int64) - 1, truth)
-    row["net_predict_seconds"] = time.perf_counter() - start
-    row["net_dice_shifted"] = mean_dice(trainer.predict(shifted).labels.astype(np.int64) - 1, truth)
+    rows = []
+    for augmentation in args.augmentation:
+        row: dict[str, Any] = {
+            "volume": name,
+            "augmentation": augmentation,
+            "annotated": float((strokes > 0).mean()),
+        }
+        config = TrainingConfig(
+            patch_size=args.patch_size,
+            seconds=None if args.iterations else args.seconds,
+            iterations=args.iterations,
+            device=args.device,
+            seed=0,
+            augmentation=AUGMENTATIONS[augmentation],
+        )
+        trainer = Trainer((image, strokes), config)
+        steps = list(trainer.run())
+        row.update(
+            iterations=trainer.iteration,
+            seconds=round(trainer.seconds, 1),
+            patches_per_second=steps[-1].patches_per_second,
+            wait_fraction=steps[-1].wait_fraction,
+        )
+        start = time.perf_counter()
+        row["net_dice"] = mean_dice(trainer.predict(image).labels.astype(np.int64) - 1, truth)
+        row["net_predict_seconds"] = time.perf_counter() - start
+        shifted_labels = trainer.predict(shifted).labels.astype(np.int64) - 1
+        row["net_dice_shifted"] = mean_dice(shifted_labels, truth)
+        rows.append(row)
+        print(f"  {augmentation}: {row}", file=sys.stderr, flush=True)
     try:
         import sklearn  # noqa: F401
     except ImportError:
         print("scikit-learn is not installed: random-forest baseline skipped", file=sys.stderr)
-        return row
+        return rows
     start = time.perf_counter()
     model = forest(image, strokes)
-    row["rf_dice"] = mean_dice(forest_predict(model, image) - 1, truth)
-    row["rf_seconds"] = time.perf_counter() - start
-    row["rf_dice_shifted"] = mean_dice(forest_predict(model, shifted) - 1, truth)
-    return row
+    baseline = {"rf_dice": mean_dice(forest_predict(model, image) - 1, truth)}
+    baseline["rf_seconds"] = time.perf_counter() - start
+    baseline["rf_dice_shifted"] = mean_dice(forest_predict(model, shifted) - 1, truth)
+    for row in rows:
+        row.update(baseline)
+    return rows
 
 
 def widget_heartbeat(seconds: float, size: int) -> dict[str, float]:
@@ -195,15 +229,16 @@ def table(rows: list[dict]) -> str:
         return fmt.format(row[key]) if key in row else "n/a"
 
     lines = [
-        "| volume | annotated | net Dice | forest Dice | net Dice, other scanner |"
-        " forest Dice, other scanner | iterations | patches/s | waiting for patches |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| volume | augmentation | annotated | net Dice | forest Dice | net Dice, other scanner |"
+        " forest Dice, other scanner | iterations | seconds | patches/s | waiting for patches |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['volume']} | {100 * row['annotated']:.2f} % | {number(row, 'net_dice')} |"
+            f"| {row['volume']} | {row['augmentation']} | {100 * row['annotated']:.2f} % |"
+            f" {number(row, 'net_dice')} |"
             f" {number(row, 'rf_dice')} | {number(row, 'net_dice_shifted')} |"
-            f" {number(row, 'rf_dice_shifted')} | {row['iterations']} |"
+            f" {number(row, 'rf_dice_shifted')} | {row['iterations']} | {row['seconds']:.0f} |"
             f" {row['patches_per_second']:.1f} | {100 * row['wait_fraction']:.1f} % |"
         )
     return "\n".join(lines)
@@ -213,6 +248,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=240.0, help="training time per volume")
     parser.add_argument("--volumes", nargs="+", choices=["synthetic", "real"], default=None)
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="train this many steps instead of --seconds"
+    )
+    parser.add_argument(
+        "--augmentation",
+        nargs="+",
+        choices=list(AUGMENTATIONS),
+        default=["default"],
+        help="augmentation settings to train with, one network each",
+    )
     parser.add_argument("--size", type=int, default=96, help="edge of the synthetic volume")
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--slices", type=int, default=5, help="annotated slices per class")
@@ -232,7 +277,7 @@ def main() -> None:
     rows = []
     for key in args.volumes or list(volumes):
         image, truth, name = volumes[key]()
-        rows.append(run_volume(image, truth, name, args))
+        rows += run_volume(image, truth, name, args)
         print(f"done: {name}", file=sys.stderr, flush=True)
     print(table(rows))
     if args.widget > 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,19 @@ def test_no_augmentation_is_the_identity() -> None:
         ramp_subject()
     )
     assert torch.equal(out.image.data, ramp_subject().image.data)
+
+
+def test_gamma_scale_and_shift_are_off_by_default_and_on_in_contrast() -> None:
+    from napari_patchwork.core.training.augmentation import CONTRAST
+
+    quiet = {"bias_field": 0.0, "noise": (0.0, 0.0), "probability": 1.0, "flip_probability": 0.0}
+    default = RandomAugmentation(AugmentationConfig(**quiet), seed=0)(ramp_subject())
+    assert torch.equal(default.image.data, ramp_subject().image.data)
+    assert dataclasses.replace(CONTRAST, gamma=(0.0, 0.0), scale=(0.0, 0.0), shift=0.0) == (
+        AugmentationConfig()
+    )  # the defaults plus contrast changes
+    changed = RandomAugmentation(dataclasses.replace(CONTRAST, **quiet), seed=0)(ramp_subject())
+    assert not torch.allclose(changed.image.data, ramp_subject().image.data)
 
 
 def test_intensity_changes_leave_labels_alone_and_are_reproducible() -> None:

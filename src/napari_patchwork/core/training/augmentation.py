@@ -50,27 +50,40 @@ class AugmentationConfig:
         (0 turns it off; 0.3 gives fields of about ±35 %).
     gamma : (float, float)
         Range of ``log(gamma)``; contrast becomes ``low + span * t ** gamma`` with ``t`` the
-        intensity rescaled to [0, 1] between the 0.5th and 99.5th percentiles.
+        intensity rescaled to [0, 1] between the 0.5th and 99.5th percentiles. Default
+        ``(0, 0)``: off (see below).
     scale : (float, float)
-        Range of ``log`` of the multiplicative intensity scale (default: 0.6–1.65×).
+        Range of ``log`` of the multiplicative intensity scale (default ``(0, 0)``: off;
+        ``(-0.5, 0.5)`` gives 0.6–1.65×).
     shift : float
-        Largest offset added, as a fraction of the intensity span.
+        Largest offset added, as a fraction of the intensity span (default 0: off).
     noise : (float, float)
         Range of the Gaussian noise's standard deviation, as a fraction of the image's.
     probability : float
         Chance of applying each intensity augmentation.
 
+    Notes
+    -----
+    The defaults are flips, bias fields and noise; gamma, scale and shift are off. Measured
+    with ``benchmarks/bench_training.py`` (filter network, 800 steps, same run): on
+    nibabel's EPI volume, where intensity decides the classes, the contrast changes cost 0.105
+    Dice (0.675 vs 0.780) and gave no more on another scanner (0.742 vs 0.755); on the
+    synthetic volume 0.731 vs 0.720, other scanner 0.392 vs 0.461. The bias fields' exponentials
+    already change the overall scale. :data:`CONTRAST` holds the earlier ranges.
+
     Examples
     --------
     >>> AugmentationConfig(flip_probability=0.0).flip_probability
     0.0
+    >>> CONTRAST.gamma, AugmentationConfig().gamma
+    ((-0.4, 0.4), (0.0, 0.0))
     """
 
     flip_probability: float = 0.5
     bias_field: float = 0.3
-    gamma: tuple[float, float] = (-0.4, 0.4)
-    scale: tuple[float, float] = (-0.5, 0.5)
-    shift: float = 0.1
+    gamma: tuple[float, float] = (0.0, 0.0)
+    scale: tuple[float, float] = (0.0, 0.0)
+    shift: float = 0.0
     noise: tuple[float, float] = (0.0, 0.1)
     probability: float = 0.8
 
@@ -84,6 +97,10 @@ class AugmentationConfig:
         object.__setattr__(self, "gamma", _check_range(self.gamma, "gamma", -3.0, 3.0))
         object.__setattr__(self, "scale", _check_range(self.scale, "scale", -5.0, 5.0))
         object.__setattr__(self, "noise", _check_range(self.noise, "noise", 0.0))
+
+
+CONTRAST: AugmentationConfig = AugmentationConfig(gamma=(-0.4, 0.4), scale=(-0.5, 0.5), shift=0.1)
+"""The defaults plus gamma (0.67–1.5), intensity scale (0.6–1.65×) and shift (±10 %)."""
 
 
 def bias_field(
@@ -193,9 +210,9 @@ class RandomAugmentation:
             coefficients = rng.uniform(-config.bias_field, config.bias_field, (4, 4, 4))
             coefficients[0, 0, 0] = 0.0
             data = data * bias_field(tuple(data.shape[1:]), coefficients)  # type: ignore[arg-type]
-        if self._applies():
+        if config.gamma != (0.0, 0.0) and self._applies():
             data = apply_gamma(data, math.exp(rng.uniform(*config.gamma)))
-        if self._applies():
+        if (config.scale != (0.0, 0.0) or config.shift > 0) and self._applies():
             low, high = _span(data)
             offset = rng.uniform(-config.shift, config.shift) * (high - low)
             data = data * math.exp(rng.uniform(*config.scale)) + offset
