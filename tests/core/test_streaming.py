@@ -458,11 +458,16 @@ def test_streamed_runs_set_the_mmap_threshold_once_unless_told_not_to(monkeypatc
 
 @pytest.mark.parametrize("mode", ["hann", "gaussian", "average"])
 @pytest.mark.parametrize("size", [(64, 128, 128), (1, 1, 1), (3, 50, 7), (12, 12, 12)])
-def test_window_by_rows_is_the_blending_window_bit_for_bit(mode, size):
-    from napari_patchwork.core.inference.blending import blending_window
-    from napari_patchwork.core.inference.streaming import window_by_rows
+def test_window_built_by_rows_is_the_outer_product_bit_for_bit(mode, size):
+    """The window is built row by row (no whole float64 temporaries): it must equal the
+    plain float64 outer product, floored at its least positive value, then cast."""
+    from napari_patchwork.core.inference.blending import _WINDOWS_1D, blending_window
 
-    assert torch.equal(window_by_rows(mode, size), blending_window(mode, size))
+    i, j, k = (_WINDOWS_1D[mode](s) for s in size)
+    outer = i[:, None, None] * j[None, :, None] * k[None, None, :]
+    expected = outer.clamp(min=float(outer[outer > 0].min()))[None].float()
+    blending_window.cache_clear()
+    assert torch.equal(blending_window(mode, size), expected)
 
 
 class RecordingArray:

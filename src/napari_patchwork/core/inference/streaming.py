@@ -8,10 +8,10 @@ rows until their band is complete (by default the output's chunk rows follow the
 so every write but possibly the last is whole chunks and zarr never reads a chunk back). The
 buffer holds one patch height of rows plus an eighth, whatever the volume. Each write covers
 one chunk band, one chunk (:data:`WRITE_CHUNKS`) per assignment, so that zarr holds one chunk
-in flight; the blending window is built row by row (:func:`window_by_rows`: bit for bit the
-in-memory window, without its 45 MiB of temporaries); a streamed run also has glibc unmap
-freed large blocks (:func:`return_freed_memory`), which its codec threads and the model would
-otherwise keep.
+in flight; the blending window is built row by row (no 45 MiB of temporaries, see
+:func:`~napari_patchwork.core.inference.blending.blending_window`); a streamed run also has
+glibc unmap freed large blocks (:func:`return_freed_memory`), which its codec threads and the
+model would otherwise keep.
 
 The merger writes to any :class:`RowSink` (``sink[:, rows] = array``) that an
 :class:`OutputStore` creates; this module does not know zarr. :func:`zarr_target` streams to
@@ -27,7 +27,6 @@ writes only the block's rows, so blocks put together equal the single-process re
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
 import os
 import sys
@@ -39,15 +38,13 @@ import numpy as np
 import torch
 
 from napari_patchwork.core._validation import to_triplet
-from napari_patchwork.core.inference.blending import _WINDOWS_1D
 from napari_patchwork.core.inference.grid import GridPlan
-from napari_patchwork.core.inference.merger import GridMerger, _axis_plan
+from napari_patchwork.core.inference.merger import GridMerger
 from napari_patchwork.core.inference.postprocess import ACTIVATIONS, to_labels, to_probabilities
 from napari_patchwork.core.types import TypeTriplet
 from napari_patchwork.io.zarr_io import ZarrOutput
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-_WINDOWED = ("hann", "gaussian")
 
 #: Set to False before a run to leave glibc's malloc as it is (see :func:`return_freed_memory`).
 TUNE_ALLOCATOR = True
@@ -182,38 +179,6 @@ def aligned_chunk_rows(starts: list[int], length: int) -> int:
     return rows if 16 <= rows <= 128 else min(64, length)
 
 
-@functools.lru_cache(maxsize=8)
-def window_by_rows(mode: str, size: TypeTriplet, device: str = "cpu") -> torch.Tensor:
-    """``blending_window(mode, size)`` bit for bit, built one row of the first axis at a time.
-
-    The same float64 products in the same order, the same floor and the same float32
-    rounding, but the temporaries are one ``(J, K)`` row (``blending_window`` makes the whole
-    float64 window, its mask and the mask's int64 indices: 45 MiB for 64×128×128, which a
-    streamed run would hold beside its slab, batch and outputs).
-
-    Examples
-    --------
-    >>> from napari_patchwork.core.inference.blending import blending_window
-    >>> size = (5, 6, 7)
-    >>> bool(torch.equal(window_by_rows("gaussian", size), blending_window("gaussian", size)))
-    True
-    """
-    if mode not in _WINDOWS_1D:
-        raise ValueError(f"mode must be one of {tuple(_WINDOWS_1D)}, got {mode!r}")
-    i, j, k = (_WINDOWS_1D[mode](s) for s in size)
-    floor = math.inf
-    for a in range(size[0]):  # the least positive weight, as window[window > 0].min()
-        row = (i[a] * j)[:, None] * k[None, :]
-        positive = row[row > 0]
-        if positive.numel():
-            floor = min(floor, float(positive.min()))
-    window = torch.empty((1, *size), dtype=torch.float32)
-    for a in range(size[0]):
-        row = (i[a] * j)[:, None] * k[None, :]
-        window[0, a] = row.clamp_(min=floor)
-    return window.to(device)
-
-
 #: Chunks written by one assignment. zarr encodes the chunks of one assignment concurrently,
 #: each with its encoded bytes (and, for a partly written chunk, the chunk read back): one at a
 #: time holds the least (two measured 2–6 MiB more on a 256² cross-section). Raise it to
@@ -289,22 +254,7 @@ class StreamingMerger(GridMerger):
         transform: Transform | None = None,
     ) -> None:
         self.sink = sink
-        windowed = mode in _WINDOWED  # the window is built by rows (no 45 MiB of temporaries)
-        super().__init__(plan, "average" if windowed else mode, channels, output_patch, device)
-        if windowed:
-            self.mode = mode
-            self.axes = [
-                _axis_plan(starts, p, o, length, f, mode, s, plan.padded)
-                for starts, p, o, length, f, s in zip(
-                    plan.starts,
-                    plan.patch_size,
-                    plan.patch_overlap,
-                    self.shape,
-                    self.factor,
-                    plan.spatial_shape,
-                )
-            ]
-            self.window = window_by_rows(mode, tuple(output_patch), str(device))
+        super().__init__(plan, mode, channels, output_patch, device)
         factor = self.factor[0]
         low, high = rows if rows is not None else (0, plan.spatial_shape[0])
         self.write_rows = (int(low * factor + 1e-9), min(int(high * factor + 1e-9), self.shape[0]))
