@@ -5,8 +5,9 @@ A *slab* is one patch height of rows of the full cross-section in float32 (256 M
 imports must stay within what the run holds by design, counted from the settings: the input
 cache (a window of whole chunk columns of one patch height of rows: 192 columns here), the
 output rows (one patch height plus an eighth), the batch in and the model's outputs, the
-blending window, plus 24 MiB for the code pages the run touches (11 MiB measured) and zarr's
-chunks in flight. On the wide cross-section that is also within 1.5 slabs (it used to be 2.2).
+blending window, zarr's chunks in flight (decoded and encoded: twice ``READ_CHUNKS`` input
+chunks, which grows with the cores up to 8, plus one output chunk), plus 16 MiB for the code
+pages the run touches (11 MiB measured) and the rest. On the wide cross-section that is also within 1.5 slabs (it used to be 2.2).
 
 The peak is the child's ``VmHWM`` (``/proc/self/status``), not ``ru_maxrss``: Linux keeps
 ``ru_maxrss`` across ``exec``, so a child of a large pytest process would inherit its peak.
@@ -23,9 +24,12 @@ import sys
 import numpy as np
 import pytest
 
+from napari_patchwork.core.data.lazy import READ_CHUNKS
+
 zarr = pytest.importorskip("zarr")
 
 ROWS, SIDE, PATCH, OVERLAP, BATCH = 256, 1024, (64, 128, 128), 16, 2
+CHUNK_BYTES = 64**3 * 4  # the inputs' chunks, float32
 
 CHILD = r"""
 import json, sys
@@ -86,7 +90,8 @@ def designed_bytes(side):
     input_cache = PATCH[0] * window_columns * side * 4
     output_rows = (PATCH[0] + PATCH[0] // 8) * side * side * 4
     batch_and_outputs = 2 * BATCH * patch_bytes
-    return input_cache + output_rows + batch_and_outputs + patch_bytes + 24 * 2**20
+    chunks_in_flight = (2 * READ_CHUNKS + 1) * CHUNK_BYTES
+    return input_cache + output_rows + batch_and_outputs + patch_bytes + chunks_in_flight + 16 * 2**20
 
 
 def run_child(source, output, chunks):

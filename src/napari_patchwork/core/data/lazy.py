@@ -59,8 +59,10 @@ def is_lazy_array(data: object) -> TypeGuard[SliceableArray]:
 
 
 #: Input chunks read by one call to the array (its reader decodes them concurrently: more,
-#: more memory in flight). Slab reads are cut into pieces of at most this many chunks.
-READ_CHUNKS = max(2, os.cpu_count() or 1)
+#: more memory in flight, about twice this many chunks: decoded and encoded). Slab reads are
+#: cut into pieces of at most this many chunks: one per core, 2 to 8, so that what is in
+#: flight does not grow with the machine (16 cores held 16 MiB more than 2 on 1 MiB chunks).
+READ_CHUNKS = min(8, max(2, os.cpu_count() or 1))
 _STRIP = 64  # columns per strip for arrays without chunks (numpy memmaps, …)
 
 
