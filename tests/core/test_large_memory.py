@@ -6,8 +6,9 @@ imports must stay within what the run holds by design, counted from the settings
 cache (a window of whole chunk columns of one patch height of rows: 192 columns here), the
 output rows (one patch height plus an eighth), the batch in and the model's outputs, the
 blending window, zarr's chunks in flight (decoded and encoded: twice ``READ_CHUNKS`` input
-chunks, which grows with the cores up to 8, plus one output chunk), plus 16 MiB for the code
-pages the run touches (11 MiB measured) and the rest. On the wide cross-section that is also within 1.5 slabs (it used to be 2.2).
+chunks, which grows with the cores up to 8, plus one output chunk), plus 16 MiB for the
+code pages the run touches (11 MiB measured) and the rest. On the wide cross-section that
+is also within 1.5 slabs (it used to be 2.2).
 
 The peak is the child's ``VmHWM`` (``/proc/self/status``), not ``ru_maxrss``: Linux keeps
 ``ru_maxrss`` across ``exec``, so a child of a large pytest process would inherit its peak.
@@ -91,7 +92,8 @@ def designed_bytes(side):
     output_rows = (PATCH[0] + PATCH[0] // 8) * side * side * 4
     batch_and_outputs = 2 * BATCH * patch_bytes
     chunks_in_flight = (2 * READ_CHUNKS + 1) * CHUNK_BYTES
-    return input_cache + output_rows + batch_and_outputs + patch_bytes + chunks_in_flight + 16 * 2**20
+    fixed = batch_and_outputs + patch_bytes + chunks_in_flight + 16 * 2**20
+    return input_cache + output_rows + fixed
 
 
 def run_child(source, output, chunks):
