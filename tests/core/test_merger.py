@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from napari_patchwork.core.inference.blending import blending_window
 from napari_patchwork.core.inference.grid import GridPlan, crop_intervals
+from napari_patchwork.core.inference import merger as merger_module
 from napari_patchwork.core.inference.merger import GridMerger
 
 MODES = ["crop", "average", "hann", "gaussian"]
@@ -89,13 +90,23 @@ def grids(draw):
 
 
 @settings(max_examples=40, deadline=None)
-@given(grid=grids(), mode=st.sampled_from(MODES), seed=st.integers(0, 2**16))
-def test_output_equals_the_brute_force_blend(grid, mode, seed):
+@given(
+    grid=grids(),
+    mode=st.sampled_from(MODES),
+    seed=st.integers(0, 2**16),
+    block_bytes=st.sampled_from([1, 300, merger_module.FINALIZE_BLOCK_BYTES]),
+)
+def test_output_equals_the_brute_force_blend(grid, mode, seed, block_bytes):
+    """Whatever the size of the blocks finalize() normalises (1 byte: one row at a time)."""
     plan, factor = grid
     output_patch = tuple(round(p * factor) for p in plan.patch_size)
     generator = torch.Generator().manual_seed(seed)
     outputs = torch.rand((len(plan), 2, *output_patch), generator=generator)
-    result = merged(plan, mode, outputs).finalize()
+    default, merger_module.FINALIZE_BLOCK_BYTES = merger_module.FINALIZE_BLOCK_BYTES, block_bytes
+    try:
+        result = merged(plan, mode, outputs).finalize()
+    finally:
+        merger_module.FINALIZE_BLOCK_BYTES = default
     if mode == "crop":
         expected = crop_reference(plan, outputs, factor)
     else:
@@ -129,6 +140,26 @@ def test_a_constant_output_stays_constant(mode):
     plan = GridPlan((11, 9, 7), (6, 4, 4), (2, 2, 0), padded=True)
     outputs = torch.full((len(plan), 1, 6, 4, 4), 3.0)
     assert torch.allclose(merged(plan, mode, outputs).finalize(), torch.tensor(3.0))
+
+
+@pytest.mark.parametrize(
+    ("value", "finite"),
+    [(float("nan"), False), (float("inf"), False), (-float("inf"), False), (3e38, True)],
+    ids=["nan", "inf", "-inf", "sum-overflows"],
+)
+def test_all_finite_sees_one_bad_voxel_in_any_block(value, finite, monkeypatch):
+    """A NaN or infinity anywhere is seen; finite values whose block sum overflows are not
+    mistaken for one (the buffer is then read)."""
+    monkeypatch.setattr(merger_module, "FINALIZE_BLOCK_BYTES", 8 * 8 * 4 * 2)  # 2 rows a block
+    plan = GridPlan((8, 8, 8), (4, 4, 4), (2, 2, 2))
+    outputs = torch.ones(len(plan), 1, 4, 4, 4)
+    outputs[-1, 0, -1, -1, -1] = value  # the last voxel: the last block
+    if finite:
+        outputs[-1] = value
+    merger = merged(plan, "gaussian", outputs)
+    merger.finalize()
+    assert merger.all_finite() is finite
+    assert merged(plan, "gaussian", torch.ones_like(outputs)).finalize().isfinite().all()
 
 
 def test_a_retried_batch_is_not_added_twice():

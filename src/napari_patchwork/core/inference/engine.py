@@ -7,6 +7,7 @@ streaming merger writing finished rows to a sink (:mod:`.streaming`). ``run`` yi
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -244,8 +245,10 @@ class TiledInference:
         return self._call(batch)
 
     def _call(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        autocast = torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.config.amp)
+        autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if self.config.amp:
+            amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+            autocast = torch.autocast(self.device.type, dtype=amp_dtype)
         with torch.no_grad(), autocast:
             if not self.config.tta:
                 return _check_outputs(self.model(batch), batch.shape[0])
@@ -385,8 +388,8 @@ class TiledInference:
             assert self._streamed is not None
             return _unwrap(self._streamed)
         outputs = {key: merger.finalize() for key, merger in self.mergers.items()}
-        for key, tensor in outputs.items():
-            if not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+        for key, merger in self.mergers.items():
+            if not merger.all_finite():
                 warnings.warn(
                     "the model returned NaN or infinite values"
                     f" ({key if key != _PLAIN else 'output'})",

@@ -170,6 +170,7 @@ class PatchGatherer:
             raise TypeError(f"fill must be a number, got {fill!r}")
         self.volume = volume
         self.cached = cached
+        self._fits: set[torch.dtype] = set()  # dtypes the padding constant was checked against
         self.mode: str | None = None
         self.fill = float(fill)
         self.statistic = padding_mode in _STATISTICS
@@ -196,8 +197,9 @@ class PatchGatherer:
         if out is None:
             out = torch.empty((len(locations), self.volume.shape[0], *size), dtype=dtype)
         batch = out[: len(locations)]
-        if self.mode is None and not self.statistic:  # a constant written in must fit
-            check_constant_fits(self.fill, batch.dtype, "the patches")
+        if self.mode is None and not self.statistic and batch.dtype not in self._fits:
+            check_constant_fits(self.fill, batch.dtype, "the patches")  # a constant must fit
+            self._fits.add(batch.dtype)
         shape = self.volume.shape[1:]
         for patch, location in zip(batch, locations):
             if location.inside(shape):
