@@ -15,12 +15,13 @@ synthetic sample, and the EPI brain volume that ships with nibabel's tests
 intensities (background / darker tissue / brighter tissue).
 
     python benchmarks/bench_training.py [--seconds 240] [--volumes synthetic real] [--json out]
-    python benchmarks/bench_training.py --iterations 800 --augmentation default contrast
+    python benchmarks/bench_training.py --seconds 240 --augmentation default no-contrast
     xvfb-run -a python benchmarks/bench_training.py --volumes synthetic --seconds 5 --widget 60
 
 ``--augmentation`` trains one network per setting on each volume, in the same run (the forest
-once per volume): ``default`` (flips, bias fields, noise), ``contrast`` (also gamma, intensity
-scale and shift: :data:`~napari_patchwork.core.training.augmentation.CONTRAST`), ``none``.
+once per volume): ``default`` (flips, bias fields, gamma, intensity scale and shift, noise),
+``no-contrast`` (no gamma, scale or shift:
+:data:`~napari_patchwork.core.training.augmentation.NO_CONTRAST`), ``none``.
 ``--iterations`` replaces the time budget by a step count, to compare settings on a busy
 machine.
 """
@@ -39,7 +40,7 @@ import torch
 
 from napari_patchwork.core.training import Trainer, TrainingConfig, scribbles_from_labels
 from napari_patchwork.core.training.augmentation import (
-    CONTRAST,
+    NO_CONTRAST,
     AugmentationConfig,
     simulate_scanner,
 )
@@ -48,7 +49,7 @@ from napari_patchwork.sample import make_sample
 SIGMAS = (0.7, 1.6, 3.5, 5.0)
 AUGMENTATIONS: dict[str, AugmentationConfig | None] = {
     "default": AugmentationConfig(),
-    "contrast": CONTRAST,
+    "no-contrast": NO_CONTRAST,
     "none": None,
 }
 

@@ -40,16 +40,17 @@ def test_no_augmentation_is_the_identity() -> None:
     assert torch.equal(out.image.data, ramp_subject().image.data)
 
 
-def test_gamma_scale_and_shift_are_off_by_default_and_on_in_contrast() -> None:
-    from napari_patchwork.core.training.augmentation import CONTRAST
+def test_no_contrast_turns_gamma_scale_and_shift_off() -> None:
+    from napari_patchwork.core.training.augmentation import NO_CONTRAST
 
     quiet = {"bias_field": 0.0, "noise": (0.0, 0.0), "probability": 1.0, "flip_probability": 0.0}
-    default = RandomAugmentation(AugmentationConfig(**quiet), seed=0)(ramp_subject())
-    assert torch.equal(default.image.data, ramp_subject().image.data)
-    assert dataclasses.replace(CONTRAST, gamma=(0.0, 0.0), scale=(0.0, 0.0), shift=0.0) == (
-        AugmentationConfig()
-    )  # the defaults plus contrast changes
-    changed = RandomAugmentation(dataclasses.replace(CONTRAST, **quiet), seed=0)(ramp_subject())
+    plain = RandomAugmentation(dataclasses.replace(NO_CONTRAST, **quiet), seed=0)(ramp_subject())
+    assert torch.equal(plain.image.data, ramp_subject().image.data)
+    assert (
+        dataclasses.replace(AugmentationConfig(), gamma=(0.0, 0.0), scale=(0.0, 0.0), shift=0.0)
+        == NO_CONTRAST
+    )  # the defaults less the contrast changes
+    changed = RandomAugmentation(AugmentationConfig(**quiet), seed=0)(ramp_subject())
     assert not torch.allclose(changed.image.data, ramp_subject().image.data)
 
 

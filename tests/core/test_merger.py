@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from napari_patchwork.core.inference import merger as merger_module
 from napari_patchwork.core.inference.blending import blending_window
 from napari_patchwork.core.inference.grid import GridPlan, crop_intervals
-from napari_patchwork.core.inference import merger as merger_module
 from napari_patchwork.core.inference.merger import GridMerger
 
 MODES = ["crop", "average", "hann", "gaussian"]
