@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -33,6 +34,17 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(
         max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     )
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` for children a test interrupts: SIGINT back to its default disposition.
+
+    A shell starts background jobs (``cmd &``, as CI scripts and nohup runs do) with SIGINT
+    ignored, children inherit that across exec, and Python then never installs its
+    KeyboardInterrupt handler: the test's Ctrl-C would be silently dropped.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 #: Why a test that opens a window is skipped, and what to install (README, "Run the tests").
 DISPLAY_HELP = (

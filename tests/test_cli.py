@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import default_sigint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -234,6 +236,7 @@ def test_sigint_leaves_no_output_and_input_untouched(volume, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     time.sleep(3)
     process.send_signal(signal.SIGINT)
@@ -258,6 +261,7 @@ def test_sigint_while_torch_is_still_importing_is_one_line_and_130(volume, tmp_p
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     maps = Path(f"/proc/{process.pid}/maps")
     deadline = time.monotonic() + 60

@@ -6,9 +6,15 @@ imports must stay within what the run holds by design, counted from the settings
 cache (a window of whole chunk columns of one patch height of rows: 192 columns here), the
 output rows (one patch height plus an eighth), the batch in and the model's outputs, the
 blending window, zarr's chunks in flight (decoded and encoded: twice ``READ_CHUNKS`` input
-chunks, which grows with the cores up to 8, plus one output chunk), plus 16 MiB for the
-code pages the run touches (11 MiB measured) and the rest. On the wide cross-section that
-is also within 1.5 slabs (it used to be 2.2).
+chunks, which grows with the cores up to 8, plus one output chunk), plus 8 MiB for the rest
+(allocator arenas, thread stacks, Python objects). On the wide cross-section that is also
+within 1.5 slabs (it used to be 2.2).
+
+Code pages are not counted: the file-backed pages the run touches for the first time (torch's
+kernels, codecs) are subtracted (``RssFile`` at the end less after the imports). They are
+10 MiB in one venv and 18 MiB in a freshly installed one with the same wheels (the kernel
+maps a freshly written library in larger folios), which is why a flat allowance for them
+failed in CI.
 
 The peak is the child's ``VmHWM`` (``/proc/self/status``), not ``ru_maxrss``: Linux keeps
 ``ru_maxrss`` across ``exec``, so a child of a large pytest process would inherit its peak.
@@ -47,7 +53,7 @@ import napari_patchwork as pw
 source, output, chunks, patch, overlap, batch = sys.argv[1:7]
 torch.set_num_threads(1)
 array = zarr.open_array(source, mode="r")
-baseline = status("VmRSS")
+baseline, files = status("VmRSS"), status("RssFile")
 result = pw.infer(
     lambda x: x * 2.0,  # one channel in, one out
     array,
@@ -57,7 +63,12 @@ result = pw.infer(
     output=output,
     output_chunks=json.loads(chunks),
 )
-print(json.dumps({"baseline": baseline, "peak": status("VmHWM"), "chunks": result.chunks}))
+print(json.dumps({
+    "baseline": baseline,
+    "peak": status("VmHWM"),
+    "code": status("RssFile") - files,  # file-backed pages first touched by the run
+    "chunks": result.chunks,
+}))
 """
 
 
@@ -92,7 +103,7 @@ def designed_bytes(side):
     output_rows = (PATCH[0] + PATCH[0] // 8) * side * side * 4
     batch_and_outputs = 2 * BATCH * patch_bytes
     chunks_in_flight = (2 * READ_CHUNKS + 1) * CHUNK_BYTES
-    fixed = batch_and_outputs + patch_bytes + chunks_in_flight + 16 * 2**20
+    fixed = batch_and_outputs + patch_bytes + chunks_in_flight + 8 * 2**20  # + the rest
     return input_cache + output_rows + fixed
 
 
@@ -118,7 +129,7 @@ def run_child(source, output, chunks):
 def test_peak_memory_is_what_the_run_holds_by_design(gib_volume, tmp_path, chunks):
     measured = run_child(gib_volume, tmp_path / "out.zarr", chunks)
     slab = PATCH[0] * SIDE * SIDE * 4  # 256 MiB; the volume is 4 slabs in, 4 slabs out
-    above = measured["peak"] - measured["baseline"]
+    above = measured["peak"] - measured["baseline"] - measured["code"]
     print(f"{chunks}: {above / 2**20:.0f} MiB above the imports = {above / slab:.2f} slabs")
     assert above <= designed_bytes(SIDE), f"{above / 2**20:.0f} MiB above the imports"
     assert above <= 1.5 * slab, f"{above / slab:.2f} slabs above the imports"
@@ -136,7 +147,7 @@ def test_narrow_cross_section_peak_is_what_the_run_holds_by_design(narrow_volume
     """256²: the fixed buffers are several slabs, but nothing beyond the designed buffers (the
     whole-slab reads and the window's 45 MiB of temporaries used to add 17 MiB)."""
     measured = run_child(narrow_volume, tmp_path / "out.zarr", chunks)
-    above = measured["peak"] - measured["baseline"]
+    above = measured["peak"] - measured["baseline"] - measured["code"]
     slab = PATCH[0] * 256 * 256 * 4
     print(f"{chunks}: {above / 2**20:.0f} MiB above the imports = {above / slab:.2f} slabs")
     assert above <= designed_bytes(256), f"{above / 2**20:.0f} MiB above the imports"

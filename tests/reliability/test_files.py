@@ -23,6 +23,7 @@ from napari_patchwork.cli import main
 from napari_patchwork.core.data.image import ScalarImage
 from napari_patchwork.io.nifti import read_nifti
 from napari_patchwork.napari_contributions import get_reader
+from tests.conftest import default_sigint
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -198,6 +199,7 @@ def test_sigint_at_a_random_moment_leaves_no_partial_file(tmp_path, delay):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     time.sleep(delay)
     process.send_signal(signal.SIGINT)

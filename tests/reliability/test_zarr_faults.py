@@ -17,6 +17,7 @@ import pytest
 import napari_patchwork as pw
 from napari_patchwork.core.inference.streaming import zarr_target
 from napari_patchwork.io.zarr_io import CorruptChunkError
+from tests.conftest import default_sigint
 
 zarr = pytest.importorskip("zarr")
 
@@ -162,7 +163,11 @@ def test_sigint_mid_run_leaves_no_output_and_no_partial(tmp_path):
         )
     )
     child = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,
     )
     deadline = time.monotonic() + 120
     while not any(p.startswith(".out.zarr.partial-") for p in leftovers(tmp_path)):
