@@ -6,6 +6,7 @@ and a plain copy-add of every patch (the memory-bound floor). Prints a markdown 
 ratios ours/peer, overhead over the model-only time and peak resident memory above baseline.
 
     python benchmarks/bench_inference.py [--sizes 128 256] [--repeats 5] [--device cpu|cuda]
+                                         [--blending gaussian|average]
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ import napari_patchwork as pw
 
 warnings.filterwarnings("ignore")
 PATCH, OVERLAP, BATCH = 64, 32, 4
+#: Blending per ``--blending``: (ours, MONAI's mode, TorchIO's overlap_mode). TorchIO has no
+#: gaussian window: its Hann stands in.
+BLENDINGS = {
+    "gaussian": ("gaussian", "gaussian", "hann"),
+    "average": ("average", "constant", "average"),
+}
+BLENDING = "gaussian"
 
 
 class PeakMemory:
@@ -95,7 +103,7 @@ def run_ours(model, volume, device, amp=False):
         volume,
         patch_size=PATCH,
         patch_overlap=OVERLAP,
-        overlap_mode="gaussian",
+        overlap_mode=BLENDINGS[BLENDING][0],
         batch_size=BATCH,
         device=device,
         amp=amp,
@@ -112,7 +120,7 @@ def run_monai(model, volume, device, amp=False):
             BATCH,
             model,
             overlap=OVERLAP / PATCH,
-            mode="gaussian",
+            mode=BLENDINGS[BLENDING][1],
             sigma_scale=0.125,
             device=device,
             sw_device=device,
@@ -124,7 +132,7 @@ def run_torchio(model, volume, device, amp=False):
 
     subject = tio.Subject(t1=tio.ScalarImage(tensor=volume))
     sampler = tio.GridSampler(subject, PATCH, OVERLAP)
-    aggregator = tio.inference.GridAggregator(sampler, overlap_mode="hann")
+    aggregator = tio.inference.GridAggregator(sampler, overlap_mode=BLENDINGS[BLENDING][2])
     with torch.autocast(torch.device(device).type, enabled=amp):
         for batch in tio.SubjectsLoader(sampler, batch_size=BATCH):
             output = model(batch["t1"][tio.DATA].to(device))
@@ -214,6 +222,7 @@ def memory_in_child(size: int, model_name: str, device: str, amp: bool) -> dict[
         model_name,
         device,
         str(int(amp)),
+        BLENDING,
     ]
     output = subprocess.run(
         command, env=environment, capture_output=True, text=True, check=True
@@ -233,7 +242,11 @@ def bench(size: int, model_name: str, device: str, repeats: int, amp: bool) -> l
             overhead = f"{value / model_time:.3f}×"
         elif model_name == "identity" and device == "cpu" and name != "copy-add floor":
             overhead = f"{value / seconds['copy-add floor']:.2f}× floor"
-        label = model_name + (" amp" if amp else "")
+        label = (
+            model_name
+            + (" amp" if amp else "")
+            + ("" if BLENDING == "gaussian" else f", {BLENDING}")
+        )
         table.append(
             (
                 f"{size}³",
@@ -257,8 +270,9 @@ def bench(size: int, model_name: str, device: str, repeats: int, amp: bool) -> l
 
 
 def main() -> None:
+    global BLENDING
     if len(sys.argv) > 1 and sys.argv[1] == "--memory-child":
-        size, model_name, device, amp = sys.argv[2:6]
+        size, model_name, device, amp, BLENDING = sys.argv[2:7]
         print(json.dumps(peaks(methods(int(size), model_name, device, amp == "1"), device)))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -267,10 +281,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--amp", action="store_true", help="also run with autocast")
+    parser.add_argument(
+        "--blending", choices=sorted(BLENDINGS), default="gaussian", help="overlap blending"
+    )
     args = parser.parse_args()
+    BLENDING = args.blending
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-        f"patch {PATCH}, overlap {OVERLAP}, batch {BATCH}\n"
+        f"patch {PATCH}, overlap {OVERLAP}, batch {BATCH}, blending {BLENDING}\n"
     )
     print(
         "| volume | model | method | median s | ours / method"
