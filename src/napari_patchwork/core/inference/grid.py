@@ -133,7 +133,6 @@ class GridPlan:
         self.padded = padded
         self.starts = [grid_starts(s, p, o, padded) for s, p, o in zip(shape, patch, overlap)]
         self.counts = tuple(len(starts) for starts in self.starts)
-        self._recent: dict[tuple[int, int], tuple[PatchLocation, ...]] = {}
 
     def __len__(self) -> int:
         return self.counts[0] * self.counts[1] * self.counts[2]
@@ -157,18 +156,8 @@ class GridPlan:
         )
 
     def locations(self, first: int, stop: int) -> list[PatchLocation]:
-        """Locations of the patches of ranks ``first .. stop - 1``.
-
-        The last two ranges asked for are kept (tiled inference asks for each batch twice:
-        to gather it and to report it).
-        """
-        cached = self._recent.get((first, stop))
-        if cached is None:
-            cached = tuple(self.location(rank) for rank in range(first, stop))
-            if len(self._recent) >= 2:
-                del self._recent[next(iter(self._recent))]
-            self._recent[(first, stop)] = cached
-        return list(cached)
+        """Locations of the patches of ranks ``first .. stop - 1``."""
+        return [self.location(rank) for rank in range(first, stop)]
 
     def axis_ranks_containing(self, axis: int, voxel: int) -> list[int]:
         """Start indices along ``axis`` whose patches contain ``voxel``."""
