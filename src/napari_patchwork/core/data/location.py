@@ -11,8 +11,14 @@ from napari_patchwork.core.types import TypeTriplet
 
 
 def _as_triplet(value: Sequence[int], name: str) -> TypeTriplet:
-    if type(value) is tuple and len(value) == 3 and all(type(v) is int for v in value):
-        return value  # the common case, built by our own grids and samplers
+    if (
+        type(value) is tuple
+        and len(value) == 3
+        and type(value[0]) is int
+        and type(value[1]) is int
+        and type(value[2]) is int
+    ):
+        return value  # the common case, built by our own grids and samplers (no generator)
     values = list(value.tolist() if hasattr(value, "tolist") else value)
     if len(values) != 3 or not all(_is_int(v) for v in values):
         raise TypeError(f"{name} must be 3 integers, got {value!r}")
@@ -53,7 +59,7 @@ class PatchLocation:
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", _as_triplet(self.index, "index"))
         object.__setattr__(self, "size", _as_triplet(self.size, "size"))
-        if any(s < 1 for s in self.size):
+        if min(self.size) < 1:
             raise ValueError(f"size must be positive, got {self.size}")
 
     @property
@@ -64,8 +70,8 @@ class PatchLocation:
     @property
     def index_fin(self) -> TypeTriplet:
         """One past the last voxel of the patch."""
-        i, j, k = (a + s for a, s in zip(self.index, self.size))
-        return (i, j, k)
+        (a, b, c), (i, j, k) = self.index, self.size
+        return (a + i, b + j, c + k)
 
     @property
     def center(self) -> TypeTriplet:
@@ -75,8 +81,8 @@ class PatchLocation:
 
     def to_slices(self) -> tuple[slice, slice, slice]:
         """Spatial slices for indexing a ``(..., I, J, K)`` tensor."""
-        a, b, c = (slice(ini, fin) for ini, fin in zip(self.index_ini, self.index_fin))
-        return (a, b, c)
+        (a, b, c), (i, j, k) = self.index, self.size
+        return (slice(a, a + i), slice(b, b + j), slice(c, c + k))
 
     def scaled(self, factor: float | Sequence[float]) -> PatchLocation:
         """Return the location in a grid scaled by ``factor`` (e.g. 0.5 for a stride-2 output).
@@ -98,10 +104,9 @@ class PatchLocation:
 
     def inside(self, spatial_shape: Sequence[int]) -> bool:
         """Whether the patch lies entirely inside a volume of ``spatial_shape``."""
-        return all(
-            ini >= 0 and fin <= s
-            for ini, fin, s in zip(self.index_ini, self.index_fin, spatial_shape)
-        )
+        (a, b, c), (i, j, k) = self.index, self.size
+        x, y, z = spatial_shape
+        return a >= 0 and b >= 0 and c >= 0 and a + i <= x and b + j <= y and c + k <= z
 
 
 def _as_factors(factor: float | Sequence[float]) -> tuple[float, float, float]:

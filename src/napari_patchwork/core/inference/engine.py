@@ -185,12 +185,12 @@ class TiledInference:
         prefetcher = Prefetcher(gatherer, self.plan, config.batch_size, self.device, self.ranks)
         try:
             with prefetcher as batches:
-                for first, stop, batch in batches:
+                for first, stop, locations, batch in batches:
                     self._process(batch, first)
                     self.done = stop
                     if self.stream is not None and stop == self.ranks.stop:
                         self._finish_stream()  # the last rows, renamed, before the last step
-                    yield self._step(first, stop, start, previews)
+                    yield self._step(first, stop, locations, start, previews)
         except BaseException:  # failed, cancelled (GeneratorExit) or interrupted
             self._discard_stream()
             raise
@@ -346,7 +346,14 @@ class TiledInference:
         return torch.device("cpu")
 
     # ------------------------------------------------------------------ results
-    def _step(self, first: int, stop: int, start: float, previews: bool) -> InferenceStep:
+    def _step(
+        self,
+        first: int,
+        stop: int,
+        locations: list[PatchLocation],
+        start: float,
+        previews: bool,
+    ) -> InferenceStep:
         assert self.plan is not None
         regions, outputs = {}, {}
         if previews:
@@ -360,7 +367,7 @@ class TiledInference:
         return InferenceStep(
             stop,
             self.ranks.stop,
-            self.plan.locations(first, stop),
+            locations,
             _unwrap(regions),
             _unwrap(outputs),
             time.perf_counter() - start,

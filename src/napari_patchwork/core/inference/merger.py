@@ -9,6 +9,7 @@ exact weight of any region from 1D vectors, for previews and for the final divis
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,9 +25,9 @@ def _scale(value: int, factor: float) -> int:
     return math.floor(value * factor + 1e-9)
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Axis:
-    """One axis of the output grid: starts, sizes and 1D weight sums."""
+    """One axis of the output grid: starts, sizes and 1D weight sums (shared: never modified)."""
 
     starts: list[int]  # patch starts in output coordinates
     size: int  # output patch size
@@ -34,10 +35,14 @@ class _Axis:
     owned: list[tuple[int, int]]  # crop mode: voxels each start owns
     prefix: torch.Tensor  # (n + 1, length): sum of the windows of the first m starts
     windows: torch.Tensor  # (n, length): the window of start m alone
+    #: Per start: the (buffer, patch) slices where its patch lands, and whether the patch
+    #: slice is the whole patch.
+    placements: list[tuple[slice, slice, bool]]
+    inverse: torch.Tensor  # (length,) float32: 1 / the complete weight sum where positive, else 0
 
 
 def _axis_plan(
-    starts: list[int],
+    starts: tuple[int, ...],
     patch: int,
     overlap: int,
     length: int,
@@ -58,7 +63,36 @@ def _axis_plan(
     if mode == "crop":
         intervals = crop_intervals(input_length, patch, overlap, padded)
         owned = [(_scale(intervals[s][0], factor), _scale(intervals[s][1], factor)) for s in starts]
-    return _Axis(scaled, size, length, owned, prefix, windows)
+    placements = []
+    for index, start in enumerate(scaled):
+        if mode == "crop":
+            lo, hi = owned[index]
+        else:
+            lo, hi = max(start, 0), min(start + size, length)
+        placements.append((slice(lo, hi), slice(lo - start, hi - start), hi - lo == size))
+    inverse = torch.where(prefix[-1] > 0, 1 / prefix[-1], 0).to(torch.float32)
+    return _Axis(scaled, size, length, owned, prefix, windows, placements, inverse)
+
+
+_cached_axis_plan = functools.lru_cache(maxsize=12)(_axis_plan)
+#: Axes of at most this many (starts x voxels) are kept for the next run of the same grid
+#: (8 MiB of float64 each, twice); longer ones are planned afresh each run.
+CACHED_AXIS_ENTRIES = 1 << 20
+
+
+def _planned_axis(
+    starts: list[int],
+    patch: int,
+    overlap: int,
+    length: int,
+    factor: float,
+    mode: str,
+    input_length: int,
+    padded: bool,
+) -> _Axis:
+    """The plan of one axis; the last few small ones are cached (a widget re-running a grid)."""
+    plan = _cached_axis_plan if len(starts) * length <= CACHED_AXIS_ENTRIES else _axis_plan
+    return plan(tuple(starts), patch, overlap, length, factor, mode, input_length, padded)
 
 
 #: Bytes of the buffer :meth:`GridMerger.finalize` normalises at a time (a block stays in the
@@ -111,8 +145,8 @@ class GridMerger:
         self.next_rank = 0  # patches before this rank are merged (a retried batch skips them)
         self.factor = tuple(q / p for q, p in zip(output_patch, plan.patch_size))
         self.shape = tuple(int(s * f) for s, f in zip(plan.spatial_shape, self.factor))
-        self.axes = [
-            _axis_plan(starts, p, o, length, f, mode, s, plan.padded)
+        self.axes = [  # cached: a run of the same grid again (the widget, a benchmark) reuses them
+            _planned_axis(starts, p, o, length, f, mode, s, plan.padded)
             for starts, p, o, length, f, s in zip(
                 plan.starts,
                 plan.patch_size,
@@ -122,7 +156,6 @@ class GridMerger:
                 plan.spatial_shape,
             )
         ]
-        self._axis_slices = [self._placements(axis) for axis in self.axes]
         self.values = self._allocate(channels, device)
         self._sums: torch.Tensor | None = None  # per-block sums taken by finalize()
         self.window = (
@@ -143,19 +176,20 @@ class GridMerger:
     def add(self, outputs: torch.Tensor, first_rank: int) -> None:
         """Add ``(B, C, I', J', K')`` outputs of the patches of ranks ``first_rank …``."""
         outputs = outputs.to(self.values.device, torch.float32, non_blocking=True)
+        crop, window = self.mode == "crop", self.window
         for offset, patch in enumerate(outputs):
             rank = first_rank + offset
             if rank < self.next_rank:
                 continue
-            target, source = self._slices(rank)
+            target, source, whole = self._slices(rank)
             region = self._buffer_region(rank, target)
-            part = patch[(slice(None), *source)]
-            if self.mode == "crop":
+            part = patch if whole else patch[(slice(None), *source)]
+            if crop:
                 region.copy_(part)
-            elif self.window is None:
+            elif window is None:
                 region.add_(part)
             else:
-                region.addcmul_(part, self.window[(slice(None), *source)])
+                region.addcmul_(part, window if whole else window[(slice(None), *source)])
             self.next_rank = rank + 1
 
     def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
@@ -164,31 +198,17 @@ class GridMerger:
 
     def _inverse_axes(self) -> list[torch.Tensor]:
         """Per axis, ``1 / F`` where the complete 1D weight sum ``F`` is positive, else 0."""
-        device = self.values.device
-        return [
-            torch.where(axis.prefix[-1] > 0, 1 / axis.prefix[-1], 0).to(device, torch.float32)
-            for axis in self.axes
-        ]
+        return [axis.inverse.to(self.values.device) for axis in self.axes]
 
-    def _slices(self, rank: int) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    def _slices(self, rank: int) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
+        """Buffer slices, patch slices and whether the whole patch lands (output coordinates)."""
         a, b, c = self.plan.unravel(rank)
-        (ti, si), (tj, sj), (tk, sk) = (
-            self._axis_slices[0][a],
-            self._axis_slices[1][b],
-            self._axis_slices[2][c],
+        (ti, si, wi), (tj, sj, wj), (tk, sk, wk) = (
+            self.axes[0].placements[a],
+            self.axes[1].placements[b],
+            self.axes[2].placements[c],
         )
-        return (ti, tj, tk), (si, sj, sk)
-
-    def _placements(self, axis: _Axis) -> list[tuple[slice, slice]]:
-        """Per start of one axis: the (buffer, patch) slices where its patch lands."""
-        placements = []
-        for index, start in enumerate(axis.starts):
-            if self.mode == "crop":
-                lo, hi = axis.owned[index]
-            else:
-                lo, hi = max(start, 0), min(start + axis.size, axis.length)
-            placements.append((slice(lo, hi), slice(lo - start, hi - start)))
-        return placements
+        return (ti, tj, tk), (si, sj, sk), wi and wj and wk
 
     def region(self, rank: int) -> tuple[slice, slice, slice]:
         """The output voxels the patch of this rank touches."""

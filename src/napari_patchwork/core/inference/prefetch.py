@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from napari_patchwork.core.data.location import PatchLocation
 from napari_patchwork.core.inference.grid import GridPlan
 from napari_patchwork.core.inference.patches import PatchGatherer
 
@@ -37,7 +38,7 @@ class Prefetcher:
     >>> plan = GridPlan((4, 4, 4), (2, 2, 2))
     >>> gatherer = PatchGatherer(torch.rand(1, 4, 4, 4))
     >>> with Prefetcher(gatherer, plan, 3, torch.device("cpu")) as batches:
-    ...     [(first, stop, tuple(batch.shape)) for first, stop, batch in batches][-1]
+    ...     [(first, stop, tuple(batch.shape)) for first, stop, _, batch in batches][-1]
     (6, 8, (2, 1, 2, 2, 2))
     """
 
@@ -68,35 +69,37 @@ class Prefetcher:
             else None
         )
 
-    def _prepare(self, index: int) -> torch.Tensor:
+    def _prepare(self, index: int) -> tuple[list[PatchLocation], torch.Tensor]:
         first, stop = self.ranges[index]
         slot = index % len(self.buffers)
         if self.events[slot] is not None:
             self.events[slot].synchronize()  # the device copy from this buffer has finished
+        locations = self.plan.locations(first, stop)
         with torch.inference_mode(self.inference_mode):
-            batch = self.gatherer.gather(self.plan.locations(first, stop), out=self.buffers[slot])
+            batch = self.gatherer.gather(locations, out=self.buffers[slot])
         if self.device.type == "cpu":
-            return batch
+            return locations, batch
         moved = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             self.events[slot] = torch.cuda.Event()  # type: ignore[no-untyped-call]
             self.events[slot].record()
-        return moved
+        return locations, moved
 
-    def __enter__(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def __enter__(self) -> Iterator[tuple[int, int, list[PatchLocation], torch.Tensor]]:
         return self._batches()
 
-    def _batches(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+    def _batches(self) -> Iterator[tuple[int, int, list[PatchLocation], torch.Tensor]]:
+        """``(first, stop, locations, batch)`` per batch, ranks ``first .. stop - 1``."""
         if self.executor is None:  # CPU: a second thread only fights the model's OpenMP threads
             for index, (first, stop) in enumerate(self.ranges):
-                yield first, stop, self._prepare(index)
+                yield (first, stop, *self._prepare(index))
             return
         future = self.executor.submit(self._prepare, 0)
         for index, (first, stop) in enumerate(self.ranges):
-            batch = future.result()
+            locations, batch = future.result()
             if index + 1 < len(self.ranges):
                 future = self.executor.submit(self._prepare, index + 1)
-            yield first, stop, batch
+            yield first, stop, locations, batch
 
     def __exit__(self, *_: Any) -> None:
         if self.executor is not None:
