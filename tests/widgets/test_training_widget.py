@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -72,8 +74,10 @@ def test_stop_keeps_the_weights_and_continue_resumes(widget, qtbot) -> None:
     widget.seconds.value = 600.0
     widget.train()
     qtbot.waitUntil(lambda: widget.last_step is not None, timeout=60_000)
+    assert gc.get_freeze_count() > 0 and gc.isenabled()  # set up: frozen, collecting again
     widget.stop()
     wait(qtbot, widget)
+    qtbot.waitUntil(lambda: gc.get_freeze_count() == 0, timeout=5_000)
     done = widget.trainer.iteration
     assert 0 < done and widget.continue_button.enabled
     strokes = widget.viewer.layers["strokes"]

@@ -42,12 +42,14 @@ from ._napari import (
     lazy_data_of,
     message_label,
     parse_size,
+    redraw_values,
     shape_of,
     show_layer,
     slice_position,
     volume_of,
     watch_layers,
 )
+from ._workers import start_worker
 
 MODEL_SOURCES = ("demo", "file", "module:factory")
 OUTPUTS = ("labels", "probabilities", "both")
@@ -436,7 +438,7 @@ class TiledInferenceWidget(Container):
         )
         self.worker = worker
         self._set_running(True)
-        worker.start()
+        start_worker(worker)
         return worker
 
     def _stream_target(self) -> StreamTarget | None:
@@ -604,7 +606,7 @@ class TiledInferenceWidget(Container):
         start = time.perf_counter()
         for layer in self._output_layers():
             if layer.visible:
-                layer.refresh()
+                redraw_values(layer)
         self._dirty = False
         self._last_refresh = time.perf_counter()
         # Costly refreshes (3D views re-slice whole volumes) come less often: ≤ 10% of the time.

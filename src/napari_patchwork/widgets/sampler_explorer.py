@@ -66,6 +66,7 @@ from ._sampling import (
     exhaust,
     sampling_steps,
 )
+from ._workers import start_worker
 
 __all__ = [  # the names importable from here before the split (issue 14), and the widget
     "BOX_COLOUR",
@@ -279,7 +280,7 @@ class SamplerExplorerWidget(Container):
         self.progress.max, self.progress.value = request.count, 0
         self.info.value = f"sampling {request.count:,} patches…"
         self._set_running(True)
-        self.worker.start()
+        start_worker(self.worker)
         return self.worker
 
     def reroll(self, *_: Any) -> Any:

@@ -36,11 +36,13 @@ from ._napari import (
     Lifecycle,
     layer_choices,
     message_label,
+    redraw_values,
     show_layer,
     slice_position,
     volume_of,
     watch_layers,
 )
+from ._workers import start_worker
 
 INITS = ("scratch", "demo", "file")
 WIDGET_WORDS = {
@@ -268,7 +270,7 @@ class TrainingWidget(Container):
             self._steps, config, pair, fresh, _start_thread=False, _connect=handlers
         )
         self._set_running(True)
-        self.worker.start()
+        start_worker(self.worker)
         return self.worker
 
     def _steps(self, config: TrainingConfig, pair: Any, fresh: bool) -> Any:
@@ -324,7 +326,7 @@ class TrainingWidget(Container):
         start = time.perf_counter()
         if isinstance(update, _Finished):
             if update.prediction is not None:
-                self._show(update.prediction)
+                self._show(update.prediction, final=True)
                 self._agreement = update.prediction.painted_agreement
             return
         self.last_step = update
@@ -361,11 +363,14 @@ class TrainingWidget(Container):
         )
         return True
 
-    def _show(self, prediction: Prediction) -> None:
+    def _show(self, prediction: Prediction, final: bool = False) -> None:
         if self._layer is None or self._layer not in self.viewer.layers:
             self._prediction_layer()
         self._layer.data[prediction.region] = prediction.labels
-        self._layer.refresh()
+        if final:
+            self._layer.refresh()  # thumbnail too
+        else:
+            redraw_values(self._layer)
 
     def _done(self) -> None:
         if self.lifecycle.closed:
