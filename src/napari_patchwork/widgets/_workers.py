@@ -13,8 +13,9 @@ any widget's worker runs:
   :data:`SETUP_SECONDS` at most, what was created is frozen too and the collector resumes:
   the collections the run triggers from then on only walk the objects it makes per step;
 - when the last running worker finishes, errors or is quit, ``gc.unfreeze()`` hands the
-  frozen objects back to the oldest generation: cycles among them are collected later, not
-  leaked. A program that calls ``gc.freeze()`` itself sees that undone then, and one that
+  frozen objects back to the oldest generation and collects once (one full collection, after
+  the run, not during it): cycles among them are freed then, not leaked. A program that
+  calls ``gc.freeze()`` itself sees that undone then, and one that
   disabled the collector keeps it disabled.
 """
 
@@ -54,6 +55,10 @@ class _CollectorHold:
         cls.running -= 1
         if cls.running == 0:
             gc.unfreeze()
+            # Collect now, on the GUI thread, once: what became garbage while frozen (a dock
+            # closed mid-run, its Qt widgets) is freed here, not inside napari's teardown,
+            # where PyQt crashed collecting it (tests/widgets/test_sampler_explorer_worker.py).
+            gc.collect()
 
 
 def start_worker(worker: Any) -> None:

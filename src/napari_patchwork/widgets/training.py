@@ -377,6 +377,8 @@ class TrainingWidget(Container):
             return
         self.worker = None
         self._set_running(False)
+        if self._layer is not None and self._layer in self.viewer.layers:
+            self._layer.refresh()  # the thumbnail, also after a run that failed mid-way
         if self.trainer is not None and self.trainer.iteration and not self._failed_now():
             agreement = self._agreement
             score = "" if agreement is None else f" · painted voxels reproduced: {agreement:.0%}"
