@@ -54,22 +54,19 @@ def _axis_plan(
     size = round(patch * factor)
     scaled = [_scale(s, factor) for s in starts]
     window = _WINDOWS_1D.get(mode, _WINDOWS_1D["average"])(size)
-    windows = torch.zeros(len(starts), length, dtype=torch.float64)
-    for m, start in enumerate(scaled):
-        lo, hi = max(start, 0), min(start + size, length)
-        windows[m, lo:hi] = window[lo - start : hi - start]
-    prefix = torch.cat([torch.zeros(1, length, dtype=torch.float64), windows.cumsum(0)])
     owned = []
     if mode == "crop":
         intervals = crop_intervals(input_length, patch, overlap, padded)
         owned = [(_scale(intervals[s][0], factor), _scale(intervals[s][1], factor)) for s in starts]
+    windows = torch.zeros(len(starts), length, dtype=torch.float64)
     placements = []
-    for index, start in enumerate(scaled):
+    for m, start in enumerate(scaled):
+        lo, hi = max(start, 0), min(start + size, length)
+        windows[m, lo:hi] = window[lo - start : hi - start]
         if mode == "crop":
-            lo, hi = owned[index]
-        else:
-            lo, hi = max(start, 0), min(start + size, length)
+            lo, hi = owned[m]
         placements.append((slice(lo, hi), slice(lo - start, hi - start), hi - lo == size))
+    prefix = torch.cat([torch.zeros(1, length, dtype=torch.float64), windows.cumsum(0)])
     inverse = torch.where(prefix[-1] > 0, 1 / prefix[-1], 0).to(torch.float32)
     return _Axis(scaled, size, length, owned, prefix, windows, placements, inverse)
 
