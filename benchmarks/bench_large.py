@@ -2,6 +2,13 @@
 
     python benchmarks/bench_large.py [--rows 512] [--sides 1024 256] [--patch 64 128 128]
                                      [--overlap 16] [--model identity|demo] [--dask] [--quick]
+                                     [--input-chunks 64x64x64 ...]
+                                     [--output-chunks grid 64x64x64 ...]
+
+``--input-chunks`` and ``--output-chunks`` take spatial chunk shapes ``IxJxK`` (clamped to the
+volume; ``slice`` is ``1×J×K``, whole planes; ``grid`` as an output chunking is the default one:
+rows on the grid step, 64 in-plane). Each input chunking is written once per cross-section and
+run with each output chunking.
 
 A *slab* is one patch height of rows of the full cross-section in float32
 (``patch[0] × J × K × 4`` bytes): the output rows of a one-channel model (the input is held
@@ -30,6 +37,7 @@ mmap threshold itself, see ``streaming.return_freed_memory``), with that setting
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -87,17 +95,42 @@ print(json.dumps(result))
 TUNED = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "262144"}
 
 
-def make_volume(path: str, rows: int, side: int) -> None:
-    """A ``1 × rows × side²`` float32 zarr, 64³ chunks, written band by band."""
+def chunk_shape(spec: str, rows: int, side: int) -> list[int] | None:
+    """``IxJxK`` (clamped to the volume), ``slice`` (whole planes) or ``grid`` (None)."""
+    if spec == "grid":
+        return None
+    if spec == "slice":
+        return [1, side, side]
+    try:
+        sizes = [int(part) for part in spec.lower().split("x")]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise SystemExit(f"chunks must be IxJxK, 'slice' or 'grid', got {spec!r}")
+    return [min(sizes[0], rows), min(sizes[1], side), min(sizes[2], side)]
+
+
+def chunk_label(chunks: list[int] | None) -> str:
+    if chunks is None:
+        return "grid step"
+    if len(set(chunks)) == 1:
+        return f"{chunks[0]}³"
+    return "×".join(str(c) for c in chunks)
+
+
+def make_volume(path: str, rows: int, side: int, chunks: list[int] | None = None) -> None:
+    """A ``1 × rows × side²`` float32 zarr (64³ chunks by default), written band by band."""
     import numpy as np
     import zarr
 
+    chunks = chunks or [64, 64, 64]
     array = zarr.create_array(
-        path, shape=(1, rows, side, side), chunks=(1, 64, 64, 64), dtype="float32"
+        path, shape=(1, rows, side, side), chunks=(1, *chunks), dtype="float32"
     )
     generator = np.random.default_rng(0)
-    for start in range(0, rows, 64):
-        stop = min(start + 64, rows)
+    band = max(64, chunks[0])
+    for start in range(0, rows, band):
+        stop = min(start + band, rows)
         array[:, start:stop] = generator.random((1, stop - start, side, side), np.float32)
 
 
@@ -132,17 +165,20 @@ def measure_memory(args: argparse.Namespace, folder: str) -> None:
         f" {model / 2**20:.1f} MiB ({with_batch / 2**20:.1f} MiB with its input batch)\n"
     )
     print(
-        "| volume | output chunks | slab MiB | seconds | above imports MiB | **slabs** |"
+        "| volume | input chunks | output chunks | slab MiB | seconds | above imports MiB |"
+        " **slabs** |"
         " slabs − model | slabs − model with its batch |"
         " fixed buffers MiB (above 2 slabs + model) | of which code pages MiB |"
         " slabs, allocator untouched | slabs, `MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144` |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for side in args.sides:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for side, input_spec in itertools.product(args.sides, args.input_chunks):
         source = os.path.join(folder, f"in{side}.zarr")
-        make_volume(source, args.rows, side)
+        input_chunks = chunk_shape(input_spec, args.rows, side) or [64, 64, 64]
+        make_volume(source, args.rows, side, input_chunks)
         slab = args.patch[0] * side * side * 4
-        for chunks in (None, [64, 64, 64]):
+        for output_spec in args.output_chunks:
+            chunks = chunk_shape(output_spec, args.rows, side)
             settings = {
                 "engine": "local",
                 "input": source,
@@ -161,7 +197,7 @@ def measure_memory(args: argparse.Namespace, folder: str) -> None:
                 tuned = f"{above(run(settings, TUNED)) / slab:.2f}"
             peak = above(default)
             print(
-                f"| 1×{args.rows}×{side}² | {'grid step' if chunks is None else '64³'} |"
+                f"| 1×{args.rows}×{side}² | {chunk_label(input_chunks)} | {chunk_label(chunks)} |"
                 f" {slab / 2**20:.0f} | {default['seconds']:.1f} | {peak / 2**20:.0f} |"
                 f" **{peak / slab:.2f}** | {(peak - model) / slab:.2f} |"
                 f" {(peak - with_batch) / slab:.2f} |"
@@ -204,6 +240,15 @@ def main() -> None:
     parser.add_argument("--dask", action="store_true")
     parser.add_argument("--quick", action="store_true", help="skip the two allocator columns")
     parser.add_argument("--dask-rows", type=int, default=192)
+    parser.add_argument(
+        "--input-chunks", nargs="+", default=["64x64x64"], help="input chunkings (IxJxK, slice)"
+    )
+    parser.add_argument(
+        "--output-chunks",
+        nargs="+",
+        default=["grid", "64x64x64"],
+        help="output chunkings (grid, IxJxK, slice)",
+    )
     args = parser.parse_args()
     folder = tempfile.mkdtemp()
     try:

@@ -31,7 +31,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_patchwork.core.data.lazy import READ_CHUNKS
+from napari_patchwork.core.data.lazy import READ_BYTES, READ_CHUNKS
 
 zarr = pytest.importorskip("zarr")
 
@@ -72,10 +72,10 @@ print(json.dumps({
 """
 
 
-def make_volume(path, side):
-    """A 1×256×side² float32 zarr (1 GiB for 1024²), 64³ chunks, uncompressed."""
+def make_volume(path, side, chunks=(64, 64, 64)):
+    """A 1×256×side² float32 zarr (1 GiB for 1024²), 64³ chunks by default, uncompressed."""
     array = zarr.create_array(
-        path, shape=(1, ROWS, side, side), chunks=(1, 64, 64, 64), dtype="float32", compressors=None
+        path, shape=(1, ROWS, side, side), chunks=(1, *chunks), dtype="float32", compressors=None
     )
     plane = np.linspace(0, 1, side * side, dtype=np.float32).reshape(side, side)
     for start in range(0, ROWS, 64):
@@ -90,21 +90,35 @@ def gib_volume(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def plane_chunked_volume(tmp_path_factory):
+    """The same 1 GiB volume in whole-plane chunks (1×1024×1024: 4 MiB each), as a stack of
+    images converted slice by slice is often stored."""
+    return make_volume(tmp_path_factory.mktemp("planes") / "in.zarr", SIDE, (1, SIDE, SIDE))
+
+
+@pytest.fixture(scope="module")
 def narrow_volume(tmp_path_factory):
     """A 1×256×256×256 float32 zarr (64 MiB), 64³ chunks: a slab is only 16 MiB."""
     return make_volume(tmp_path_factory.mktemp("narrow") / "in.zarr", 256)
 
 
-def designed_bytes(side):
-    """What a run holds by design on a side² cross-section, counted from the settings."""
+def designed_bytes(side, strip=64, chunk_bytes=CHUNK_BYTES, output_rows=PATCH[0] + PATCH[0] // 8):
+    """What a run holds by design on a side² cross-section, counted from the settings.
+
+    ``strip``: columns of the input's chunks (its window holds whole strips);
+    ``chunk_bytes``: bytes of one input (and output) chunk; ``output_rows``: rows the output
+    buffer holds (one patch height, plus an eighth for rows held until their chunk band is
+    complete).
+    """
     patch_bytes = int(np.prod(PATCH)) * 4
-    window_columns = min(side, -(-(PATCH[1] + 63) // 64) * 64)  # whole 64-column strips
+    window_columns = min(side, -(-(PATCH[1] + strip - 1) // strip) * strip)  # whole strips
     input_cache = PATCH[0] * window_columns * side * 4
-    output_rows = (PATCH[0] + PATCH[0] // 8) * side * side * 4
+    output_buffer = output_rows * side * side * 4
     batch_and_outputs = 2 * BATCH * patch_bytes
-    chunks_in_flight = (2 * READ_CHUNKS + 1) * CHUNK_BYTES
+    per_read = max(1, min(READ_CHUNKS, READ_BYTES // chunk_bytes))
+    chunks_in_flight = (2 * per_read + 1) * chunk_bytes
     fixed = batch_and_outputs + patch_bytes + chunks_in_flight + 8 * 2**20  # + the rest
-    return input_cache + output_rows + fixed
+    return input_cache + output_buffer + fixed
 
 
 def run_child(source, output, chunks):
@@ -154,3 +168,21 @@ def test_narrow_cross_section_peak_is_what_the_run_holds_by_design(narrow_volume
     rows = (0, slice(100, 102), slice(None), slice(50, 200))
     expected = 2 * zarr.open_array(narrow_volume)[rows]
     assert np.allclose(zarr.open_array(tmp_path / "out.zarr")[rows], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_whole_plane_chunks_in_and_out_stay_within_the_target(plane_chunked_volume, tmp_path):
+    """Chunks spanning the cross-section: the input window is a whole slab (a chunk is read
+    once per band of rows), the output is written one plane chunk per assignment (one
+    assignment per band had zarr encode up to 10 chunks at once: 2.46 slabs in all)."""
+    measured = run_child(plane_chunked_volume, tmp_path / "out.zarr", [1, SIDE, SIDE])
+    slab = PATCH[0] * SIDE * SIDE * 4
+    above = measured["peak"] - measured["baseline"] - measured["code"]
+    print(f"planes: {above / 2**20:.0f} MiB above the imports = {above / slab:.2f} slabs")
+    designed = designed_bytes(SIDE, strip=SIDE, chunk_bytes=SIDE * SIDE * 4, output_rows=PATCH[0])
+    assert above <= designed, f"{above / 2**20:.0f} MiB above the imports"
+    assert above <= 2.2 * slab, f"{above / slab:.2f} slabs above the imports"
+    written = zarr.open_array(tmp_path / "out.zarr")
+    assert tuple(measured["chunks"]) == (1, 1, SIDE, SIDE)
+    rows = (0, slice(100, 102), slice(None), slice(500, 700))
+    expected = 2 * zarr.open_array(plane_chunked_volume)[rows]
+    assert np.allclose(written[rows], expected, rtol=1e-5, atol=1e-6)

@@ -12,9 +12,10 @@ any widget's worker runs:
 - at its first result (its model, queue and threads exist by then), or after
   :data:`SETUP_SECONDS` at most, what was created is frozen too and the collector resumes:
   the collections the run triggers from then on only walk the objects it makes per step;
-- when the last running worker finishes, errors or is quit, ``gc.unfreeze()`` hands the
-  frozen objects back to the oldest generation and collects once (one full collection, after
-  the run, not during it): cycles among them are freed then, not leaked. A program that
+- when the last running worker's work ends (it finishes, errors or is quit),
+  ``gc.unfreeze()`` hands the frozen objects back to the oldest generation, and once its
+  ``finished`` signal reaches the GUI thread the collector runs once (one full collection,
+  after the run, not during it): cycles among them are freed then, not leaked. A program that
   calls ``gc.freeze()`` itself sees that undone then, and one that
   disabled the collector keeps it disabled.
 """
@@ -22,65 +23,109 @@ any widget's worker runs:
 from __future__ import annotations
 
 import gc
+import threading
 from typing import Any
 
 SETUP_SECONDS = 5.0  # the collector resumes at a run's first result, or this long after its start
 
 
 class _CollectorHold:
-    """Process-wide counts of running and setting-up workers (one per process, like gc)."""
+    """Process-wide counts of running and setting-up workers (one per process, like gc).
 
+    ``start`` and ``settle`` run on the GUI thread; ``finish`` runs on the worker's thread
+    as its work ends (so a worker whose ``finished`` signal never comes still releases its
+    hold), and ``collect`` on the GUI thread after that signal. A lock keeps the counts
+    consistent between them.
+    """
+
+    lock = threading.Lock()
     running = 0
     setting_up = 0
     was_enabled = True
 
     @classmethod
     def start(cls) -> None:
-        if cls.running == 0:
-            cls.was_enabled = gc.isenabled()
-        gc.freeze()
-        gc.disable()
-        cls.running += 1
-        cls.setting_up += 1
+        with cls.lock:
+            if cls.running == 0:
+                cls.was_enabled = gc.isenabled()
+            gc.freeze()
+            gc.disable()
+            cls.running += 1
+            cls.setting_up += 1
 
     @classmethod
     def settle(cls) -> None:
-        cls.setting_up -= 1
-        gc.freeze()
-        if cls.setting_up == 0 and cls.was_enabled:
-            gc.enable()
+        with cls.lock:
+            cls.setting_up -= 1
+            gc.freeze()
+            if cls.setting_up == 0 and cls.was_enabled:
+                gc.enable()
 
     @classmethod
     def finish(cls) -> None:
-        cls.running -= 1
-        if cls.running == 0:
-            gc.unfreeze()
-            # Collect now, on the GUI thread, once: what became garbage while frozen (a dock
-            # closed mid-run, its Qt widgets) is freed here, not inside napari's teardown,
-            # where PyQt crashed collecting it (tests/widgets/test_sampler_explorer_worker.py).
+        with cls.lock:
+            cls.running -= 1
+            if cls.running == 0:
+                gc.unfreeze()
+
+    @classmethod
+    def collect(cls) -> None:
+        """One collection on the GUI thread once no run holds the collector."""
+        with cls.lock:
+            idle = cls.running == 0
+        if idle:
+            # What became garbage while frozen (a dock closed mid-run, its Qt widgets) is
+            # freed here, on the GUI thread, not inside napari's teardown, where PyQt crashed
+            # collecting it (tests/widgets/test_sampler_explorer_worker.py).
             gc.collect()
 
 
 def start_worker(worker: Any) -> None:
-    """Start a widget's worker (a superqt/napari worker) with collections held off as above."""
+    """Start a widget's worker (a superqt/napari worker) with collections held off as above.
+
+    The hold is released when the worker's work ends, in its own thread, whatever way it
+    ends: superqt does not emit ``finished`` when the work ends in a ``RuntimeError`` (it
+    takes it for a deleted Qt object). If ``worker.start()`` itself raises, the hold is
+    released before the error propagates.
+    """
     from qtpy.QtCore import QTimer
 
     state = {"settled": False, "finished": False}
+    guard = threading.Lock()
 
     def settle(*_: Any) -> None:
-        if not state["settled"]:
+        with guard:
+            if state["settled"] or state["finished"]:
+                return
             state["settled"] = True
-            _CollectorHold.settle()
+        _CollectorHold.settle()
 
-    def finish(*_: Any) -> None:
-        if not state["finished"]:
-            settle()
+    def finish() -> None:
+        with guard:
+            if state["finished"]:
+                return
             state["finished"] = True
-            _CollectorHold.finish()
+            settled, state["settled"] = state["settled"], True
+        if not settled:
+            _CollectorHold.settle()
+        _CollectorHold.finish()
+
+    work = worker.work
+
+    def held_work() -> Any:
+        try:
+            return work()
+        finally:
+            finish()
 
     _CollectorHold.start()
+    worker.work = held_work
     if hasattr(worker, "yielded"):
         worker.yielded.connect(settle)
-    worker.finished.connect(finish)
+    worker.finished.connect(lambda *_: _CollectorHold.collect())
     QTimer.singleShot(int(1000 * SETUP_SECONDS), settle)
-    worker.start()
+    try:
+        worker.start()
+    except BaseException:
+        finish()
+        raise

@@ -63,6 +63,9 @@ def is_lazy_array(data: object) -> TypeGuard[SliceableArray]:
 #: cut into pieces of at most this many chunks: one per core, 2 to 8, so that what is in
 #: flight does not grow with the machine (16 cores held 16 MiB more than 2 on 1 MiB chunks).
 READ_CHUNKS = min(8, max(2, os.cpu_count() or 1))
+#: ... and at most this many bytes of decoded chunks (at least one chunk): 4 MiB whole-plane
+#: chunks (1 × 1024 × 1024 float32) are read one at a time, 64³ float32 ones up to four.
+READ_BYTES = 4 << 20
 _STRIP = 64  # columns per strip for arrays without chunks (numpy memmaps, …)
 
 
@@ -247,7 +250,8 @@ class LazyVolume:
             )
 
     def _fill(self, start: int, stop: int) -> None:
-        """Read columns ``[start, stop)`` of the cached rows, at most READ_CHUNKS chunks a read."""
+        """Read columns ``[start, stop)`` of the cached rows, at most READ_CHUNKS chunks (and
+        READ_BYTES) a read."""
         cache = self._cache
         if cache is None or start >= stop:
             return
@@ -257,12 +261,14 @@ class LazyVolume:
             channel_groups = [slice(0, channels)]
             row_groups, depth_groups = [slice(lo, hi)], [slice(0, depth)]
         else:  # whole chunks, as many depth chunks as fit, then fewer rows, then fewer channels
-            row_chunk, _, depth_chunk = self._chunks
+            row_chunk, column_chunk, depth_chunk = self._chunks
+            chunk_bytes = self._channel_chunk * row_chunk * column_chunk * depth_chunk
+            most = max(1, min(READ_CHUNKS, READ_BYTES // (chunk_bytes * self.dtype.itemsize)))
             channel_bands = self._channel_bands
             row_bands = (hi - 1) // row_chunk - lo // row_chunk + 1
-            channel_count = min(channel_bands, READ_CHUNKS)
-            row_count = min(row_bands, max(1, READ_CHUNKS // channel_count))
-            depth_count = max(1, READ_CHUNKS // (channel_count * row_count))
+            channel_count = min(channel_bands, most)
+            row_count = min(row_bands, max(1, most // channel_count))
+            depth_count = max(1, most // (channel_count * row_count))
             channel_groups = _groups(0, channels, self._channel_chunk, channel_count)
             row_groups = _groups(lo, hi, row_chunk, row_count)
             depth_groups = _groups(0, depth, depth_chunk, depth_count)
@@ -309,4 +315,4 @@ class LazyVolume:
         return f"LazyVolume({type(self.array).__name__}, shape={self.shape}, dtype={self.dtype})"
 
 
-__all__ = ["READ_CHUNKS", "LazyVolume", "SliceableArray", "is_lazy_array"]
+__all__ = ["READ_BYTES", "READ_CHUNKS", "LazyVolume", "SliceableArray", "is_lazy_array"]

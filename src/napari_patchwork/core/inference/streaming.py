@@ -219,6 +219,14 @@ def _pieces(sink: Any, plane: tuple[int, ...], most: int) -> list[tuple[slice, s
     ]
 
 
+def _has_chunks(sink: Any) -> bool:
+    """Whether the sink is chunked (zarr, h5py…), not a plain array."""
+    return any(
+        isinstance(getattr(sink, name, None), tuple) and len(getattr(sink, name)) >= 2
+        for name in ("shards", "chunks")
+    )
+
+
 def _chunk_rows(sink: Any) -> int:
     """Rows of a sink's chunks (or shards) along the first spatial axis; 1 for plain arrays."""
     for name in ("shards", "chunks"):
@@ -268,6 +276,9 @@ class StreamingMerger(GridMerger):
         self._inverse: list[torch.Tensor] = []
         self._normalised = self.base  # rows before this are divided by their weights
         self._pieces = _pieces(sink, self.shape[1:], WRITE_CHUNKS)
+        # Chunked sinks get one chunk band per assignment even when a band is one piece (whole
+        # planes): one assignment of many bands had zarr encode up to 10 chunks at once.
+        self._chunked = _has_chunks(sink)
         self._finished = False
 
     def _allocate(self, channels: int, device: torch.device) -> torch.Tensor:
@@ -330,7 +341,7 @@ class StreamingMerger(GridMerger):
         low, high = max(start, self.write_rows[0]), min(stop, self.write_rows[1])
         if low >= high:
             return
-        band, top = (self.chunk_rows if len(self._pieces) > 1 else high), low
+        band, top = (self.chunk_rows if self._chunked else high), low
         while top < high:  # one chunk band, a few chunks at a time
             bottom = min(top - top % band + band, high)
             part = self.values[:, top - self.base : bottom - self.base]

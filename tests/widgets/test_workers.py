@@ -1,0 +1,88 @@
+"""``start_worker``: the collector hold is released however a worker's run ends.
+
+Real superqt workers on real threads; the checks are the interpreter's own collector state.
+"""
+
+import gc
+import threading
+
+import pytest
+from superqt.utils import GeneratorWorker
+
+from napari_patchwork.widgets import _workers
+from napari_patchwork.widgets._workers import start_worker
+
+
+def released() -> bool:
+    return gc.get_freeze_count() == 0 and gc.isenabled() and _workers._CollectorHold.running == 0
+
+
+def steps(event: threading.Event, error: BaseException | None):
+    yield 1
+    event.wait(10)
+    if error is not None:
+        raise error
+    yield 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        None,
+        ValueError("model failed"),
+        # superqt warns and returns without `finished` (as it would for a user, whose warnings
+        # are not errors)
+        pytest.param(
+            RuntimeError("bare runtime error"),
+            marks=pytest.mark.filterwarnings("ignore:RuntimeError in aborted thread"),
+        ),
+    ],
+    ids=["returns", "raises", "raises RuntimeError (superqt emits no finished)"],
+)
+def test_the_hold_is_released_when_the_work_ends(qtbot, error):
+    assert released()
+    event = threading.Event()
+    worker = GeneratorWorker(steps, event, error)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    errors = []
+    worker.errored.connect(errors.append)
+    start_worker(worker)
+    assert gc.get_freeze_count() > 0  # frozen from the start of the run
+    assert not gc.isenabled()  # paused until its first result
+    qtbot.waitUntil(lambda: gc.isenabled(), timeout=5_000)  # first result: collecting again
+    assert _workers._CollectorHold.running == 1
+    event.set()
+    qtbot.waitUntil(released, timeout=10_000)
+    if isinstance(error, RuntimeError):
+        qtbot.wait(200)
+        assert not finished  # superqt's choice: the hold did not wait for this signal
+    else:
+        qtbot.waitUntil(lambda: bool(finished), timeout=5_000)
+        assert [str(e) for e in errors] == ([] if error is None else ["model failed"])
+
+
+class UnstartableWorker(GeneratorWorker):
+    def start(self) -> None:
+        raise RuntimeError("no thread available")
+
+
+def test_a_worker_that_fails_to_start_releases_the_hold(qtbot):
+    assert released()
+    worker = UnstartableWorker(steps, threading.Event(), None)
+    with pytest.raises(RuntimeError, match="no thread available"):
+        start_worker(worker)
+    assert released()
+
+
+def test_two_runs_release_only_when_both_ended(qtbot):
+    first, second = threading.Event(), threading.Event()
+    workers = [GeneratorWorker(steps, e, None) for e in (first, second)]
+    for worker in workers:
+        start_worker(worker)
+    qtbot.waitUntil(lambda: _workers._CollectorHold.setting_up == 0, timeout=5_000)
+    first.set()
+    qtbot.waitUntil(lambda: _workers._CollectorHold.running == 1, timeout=10_000)
+    assert gc.get_freeze_count() > 0  # the second run still holds its objects frozen
+    second.set()
+    qtbot.waitUntil(released, timeout=10_000)
