@@ -86,3 +86,31 @@ def test_two_runs_release_only_when_both_ended(qtbot):
     assert gc.get_freeze_count() > 0  # the second run still holds its objects frozen
     second.set()
     qtbot.waitUntil(released, timeout=10_000)
+
+
+def test_a_dock_closed_during_a_run_is_collected_when_the_run_ends(qtbot):
+    """Garbage frozen during a run (a closed dock's Qt widgets) is collected once, on the GUI
+    thread, when the run ends; runs without a closed dock end without that full collection."""
+    full = []
+
+    def record(phase, info):
+        if phase == "start" and info["generation"] == 2:
+            full.append(threading.current_thread() is threading.main_thread())
+
+    event = threading.Event()
+    worker = GeneratorWorker(steps, event, None)
+    finished = []
+    worker.finished.connect(lambda: finished.append(True))
+    start_worker(worker)
+    _workers.note_dock_closed()
+    assert _workers._CollectorHold.dock_closed
+    gc.callbacks.append(record)
+    try:
+        event.set()
+        qtbot.waitUntil(lambda: bool(finished) and released(), timeout=10_000)
+        qtbot.waitUntil(lambda: not _workers._CollectorHold.dock_closed, timeout=5_000)
+    finally:
+        gc.callbacks.remove(record)
+    assert full and all(full)  # a full collection, on the GUI thread
+    _workers.note_dock_closed()  # no run holds the collector: nothing to do later
+    assert not _workers._CollectorHold.dock_closed

@@ -13,11 +13,16 @@ any widget's worker runs:
   :data:`SETUP_SECONDS` at most, what was created is frozen too and the collector resumes:
   the collections the run triggers from then on only walk the objects it makes per step;
 - when the last running worker's work ends (it finishes, errors or is quit),
-  ``gc.unfreeze()`` hands the frozen objects back to the oldest generation, and once its
-  ``finished`` signal reaches the GUI thread the collector runs once (one full collection,
-  after the run, not during it): cycles among them are freed then, not leaked. A program that
-  calls ``gc.freeze()`` itself sees that undone then, and one that
-  disabled the collector keeps it disabled.
+  ``gc.unfreeze()`` hands the frozen objects back to the oldest generation: cycles among them
+  are freed by the collector's next full collection, as napari's own are. A program that
+  calls ``gc.freeze()`` itself sees that undone then, and one that disabled the collector
+  keeps it disabled;
+- if a dock closed while a run held the collector (:func:`note_dock_closed`), its Qt
+  widgets are garbage in the frozen set: then, and only then, the collector runs once on
+  the GUI thread when that signal arrives (a full collection: about 300 ms with napari,
+  Qt and torch loaded, a freeze a user feels at the end of every run if always done).
+  Left to a later collection, they were collected inside napari's teardown, where PyQt
+  crashed (tests/widgets/test_sampler_explorer_worker.py).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class _CollectorHold:
     running = 0
     setting_up = 0
     was_enabled = True
+    dock_closed = False  # a dock closed during a run: collect once the runs have ended
 
     @classmethod
     def start(cls) -> None:
@@ -70,14 +76,24 @@ class _CollectorHold:
 
     @classmethod
     def collect(cls) -> None:
-        """One collection on the GUI thread once no run holds the collector."""
+        """One collection on the GUI thread once no run holds the collector, if a dock
+        closed during a run."""
         with cls.lock:
-            idle = cls.running == 0
-        if idle:
-            # What became garbage while frozen (a dock closed mid-run, its Qt widgets) is
-            # freed here, on the GUI thread, not inside napari's teardown, where PyQt crashed
-            # collecting it (tests/widgets/test_sampler_explorer_worker.py).
+            due = cls.running == 0 and cls.dock_closed
+            if due:
+                cls.dock_closed = False
+        if due:
+            # What became garbage while frozen (the closed dock's Qt widgets) is freed here,
+            # on the GUI thread, not inside napari's teardown, where PyQt crashed collecting it.
             gc.collect()
+
+
+def note_dock_closed() -> None:
+    """A dock widget closed (called by :class:`~._napari.Lifecycle`): if a run holds the
+    collector, collect once when the runs have ended."""
+    with _CollectorHold.lock:
+        if _CollectorHold.running:
+            _CollectorHold.dock_closed = True
 
 
 def start_worker(worker: Any) -> None:
