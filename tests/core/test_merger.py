@@ -174,3 +174,31 @@ def test_region_is_the_touched_box():
     plan = GridPlan((10, 8, 8), (4, 4, 4), (2, 0, 0), padded=True)
     merger = GridMerger(plan, "average", 1, (8, 8, 8), CPU)  # upsampled twice
     assert merger.region(0) == (slice(0, 6), slice(0, 8), slice(0, 8))  # starts at -1: -2 out
+
+
+def test_axis_plans_are_reused_within_a_byte_budget(monkeypatch):
+    """A grid run again reuses its axis plans; the cache never holds more than its budget."""
+    from napari_patchwork.core.inference import merger as merging
+
+    monkeypatch.setattr(merging, "AXIS_CACHE_BYTES", 2 << 20)
+    monkeypatch.setattr(merging, "_axis_cache", merging.OrderedDict())
+    small = GridPlan((40, 40, 40), (16, 16, 16), (8, 8, 8))
+    first = GridMerger(small, "gaussian", 1, (16, 16, 16), torch.device("cpu"))
+    again = GridMerger(small, "gaussian", 1, (16, 16, 16), torch.device("cpu"))
+    assert all(a is b for a, b in zip(first.axes, again.axes))
+    for length in (800, 900, 1000):  # an axis plan is ~(2n + 1) x length x 8 bytes: 1.2-1.9 MiB
+        GridMerger(
+            GridPlan((length, 8, 8), (16, 8, 8), (8, 0, 0)),
+            "average",
+            1,
+            (16, 8, 8),
+            torch.device("cpu"),
+        )
+        held = sum(size for _, size in merging._axis_cache.values())
+        assert held <= merging.AXIS_CACHE_BYTES
+    assert all(axis is not first.axes[0] for axis, _ in merging._axis_cache.values())  # evicted
+    huge = GridPlan((2000, 8, 8), (16, 8, 8), (8, 0, 0))  # a plan over the budget: not kept
+    plan = GridMerger(huge, "average", 1, (16, 8, 8), torch.device("cpu")).axes[0]
+    assert all(axis is not plan for axis, _ in merging._axis_cache.values())
+    result = GridMerger(huge, "average", 1, (16, 8, 8), torch.device("cpu"))
+    assert result.axes[0] is not plan and torch.equal(result.axes[0].prefix, plan.prefix)

@@ -9,8 +9,9 @@ exact weight of any region from 1D vectors, for previews and for the final divis
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -71,10 +72,16 @@ def _axis_plan(
     return _Axis(scaled, size, length, owned, prefix, windows, placements, inverse)
 
 
-_cached_axis_plan = functools.lru_cache(maxsize=12)(_axis_plan)
-#: Axes of at most this many (starts x voxels) are kept for the next run of the same grid
-#: (8 MiB of float64 each, twice); longer ones are planned afresh each run.
-CACHED_AXIS_ENTRIES = 1 << 20
+#: Bytes of axis plans kept for the next run of the same grid (the widget re-running a grid, a
+#: benchmark): the most recently used plans, up to this many bytes of tensors in all; a plan
+#: larger than this is planned afresh each run.
+AXIS_CACHE_BYTES = 32 << 20
+_axis_cache: OrderedDict[tuple[object, ...], tuple[_Axis, int]] = OrderedDict()
+_axis_cache_lock = threading.Lock()
+
+
+def _plan_bytes(axis: _Axis) -> int:
+    return sum(t.numel() * t.element_size() for t in (axis.prefix, axis.windows, axis.inverse))
 
 
 def _planned_axis(
@@ -87,9 +94,23 @@ def _planned_axis(
     input_length: int,
     padded: bool,
 ) -> _Axis:
-    """The plan of one axis; the last few small ones are cached (a widget re-running a grid)."""
-    plan = _cached_axis_plan if len(starts) * length <= CACHED_AXIS_ENTRIES else _axis_plan
-    return plan(tuple(starts), patch, overlap, length, factor, mode, input_length, padded)
+    """The plan of one axis, from the cache of recent plans when it holds it."""
+    key = (tuple(starts), patch, overlap, length, factor, mode, input_length, padded)
+    with _axis_cache_lock:
+        held = _axis_cache.get(key)
+        if held is not None:
+            _axis_cache.move_to_end(key)
+            return held[0]
+    axis = _axis_plan(*key)
+    size = _plan_bytes(axis)
+    if size <= AXIS_CACHE_BYTES:
+        with _axis_cache_lock:
+            _axis_cache[key] = (axis, size)
+            total = sum(bytes_ for _, bytes_ in _axis_cache.values())
+            while total > AXIS_CACHE_BYTES:
+                _, (_, evicted) = _axis_cache.popitem(last=False)
+                total -= evicted
+    return axis
 
 
 #: Bytes of the buffer :meth:`GridMerger.finalize` normalises at a time (a block stays in the
