@@ -6,7 +6,8 @@ imports must stay within what the run holds by design, counted from the settings
 cache (a window of whole chunk columns of one patch height of rows: 192 columns here), the
 output rows (one patch height plus an eighth), the batch in and the model's outputs, the
 blending window, zarr's chunks in flight (decoded and encoded: twice ``READ_CHUNKS`` input
-chunks, which grows with the cores up to 8, plus one output chunk), plus 8 MiB for the rest
+chunks, which grows with the cores up to 8, at most ``READ_BYTES`` of them per read, plus one
+output chunk, decoded and encoded), plus 8 MiB for the rest
 (allocator arenas, thread stacks, Python objects). On the wide cross-section that is also
 within 1.5 slabs (it used to be 2.2).
 
@@ -116,7 +117,7 @@ def designed_bytes(side, strip=64, chunk_bytes=CHUNK_BYTES, output_rows=PATCH[0]
     output_buffer = output_rows * side * side * 4
     batch_and_outputs = 2 * BATCH * patch_bytes
     per_read = max(1, min(READ_CHUNKS, READ_BYTES // chunk_bytes))
-    chunks_in_flight = (2 * per_read + 1) * chunk_bytes
+    chunks_in_flight = 2 * (per_read + 1) * chunk_bytes  # decoded and encoded, in and out
     fixed = batch_and_outputs + patch_bytes + chunks_in_flight + 8 * 2**20  # + the rest
     return input_cache + output_buffer + fixed
 

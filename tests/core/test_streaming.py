@@ -551,17 +551,20 @@ def test_lazy_volume_holds_a_window_of_columns_and_reads_chunks_once_per_band(tm
     assert len(counts) == 2 * 3 * 10 * 3  # every chunk
 
 
-@pytest.mark.parametrize("chunks_per_read", [1, 2])
-def test_lazy_volume_reads_at_most_read_bytes_of_chunks(tmp_path, monkeypatch, chunks_per_read):
-    """Large chunks (whole planes) are read fewer at a time: READ_BYTES caps each read."""
+@pytest.mark.parametrize("chunks_per_read", [1, 2, 8])
+@pytest.mark.parametrize("ndim", [3, 4])
+def test_lazy_volume_reads_at_most_read_bytes_of_chunks(
+    tmp_path, monkeypatch, chunks_per_read, ndim
+):
+    """Large chunks (whole planes) are read fewer at a time: READ_BYTES caps each read, for
+    3D (I, J, K) arrays as for 4D ones."""
     from napari_patchwork.core.data import lazy
     from napari_patchwork.core.inference.grid import GridPlan
 
     data = np.random.default_rng(4).random((1, 20, 30, 26)).astype(np.float32)
-    stored = zarr.create_array(
-        tmp_path / "in.zarr", shape=data.shape, chunks=(1, 1, 30, 26), dtype="float32"
-    )
-    stored[:] = data
+    shape, chunks = (data.shape, (1, 1, 30, 26)) if ndim == 4 else (data.shape[1:], (1, 30, 26))
+    stored = zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=chunks, dtype="float32")
+    stored[:] = data.reshape(shape)
     monkeypatch.setattr(lazy, "READ_CHUNKS", 8)
     monkeypatch.setattr(lazy, "READ_BYTES", chunks_per_read * 30 * 26 * 4)
     recording = RecordingArray(stored)

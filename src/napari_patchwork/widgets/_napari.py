@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from ._workers import note_dock_closed
-
 OVERLAY = "napari_patchwork_overlay"  # metadata key marking layers our widgets draw
 
 
@@ -239,7 +237,6 @@ class Lifecycle:
         if getattr(self, "closed", True):  # True too while Python tears the object down
             return
         self.closed = True
-        note_dock_closed()
         if self._on_close is not None:
             self._on_close()
         for undo in reversed(self._undo):

@@ -156,7 +156,7 @@ class LazyVolume:
         chunks = _chunk_shape(array, len(shape))
         self._chunks = chunks[-3:] if chunks is not None else None  # (rows, columns, depth)
         self._channel_bands = -(-shape[0] // chunks[0]) if chunks and len(shape) == 4 else 1
-        self._channel_chunk = chunks[0] if chunks and len(shape) == 4 else shape[0]
+        self._channel_chunk = chunks[0] if chunks and len(shape) == 4 else self.shape[0]
         self._strip = self._chunks[1] if self._chunks is not None else _STRIP
         self._cache: torch.Tensor | None = None  # (C, rows, width, K), preallocated
         self._rows = (0, 0)  # rows the cache is for
