@@ -95,7 +95,7 @@ print(json.dumps(result))
 TUNED = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "262144"}
 
 
-def chunk_shape(spec: str, rows: int, side: int) -> list[int] | None:
+def chunk_shape(spec: str, rows: int, side: int, flag: str) -> list[int] | None:
     """``IxJxK`` (clamped to the volume), ``slice`` (whole planes) or ``grid`` (None)."""
     if spec == "grid":
         return None
@@ -106,7 +106,7 @@ def chunk_shape(spec: str, rows: int, side: int) -> list[int] | None:
     except ValueError:
         sizes = []
     if len(sizes) != 3 or min(sizes) < 1:
-        raise SystemExit(f"chunks must be IxJxK, 'slice' or 'grid', got {spec!r}")
+        raise SystemExit(f"{flag} must be IxJxK, 'slice' or 'grid', got {spec!r}")
     return [min(sizes[0], rows), min(sizes[1], side), min(sizes[2], side)]
 
 
@@ -174,11 +174,11 @@ def measure_memory(args: argparse.Namespace, folder: str) -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for side, input_spec in itertools.product(args.sides, args.input_chunks):
         source = os.path.join(folder, f"in{side}.zarr")
-        input_chunks = chunk_shape(input_spec, args.rows, side) or [64, 64, 64]
+        input_chunks = chunk_shape(input_spec, args.rows, side, "--input-chunks") or [64, 64, 64]
         make_volume(source, args.rows, side, input_chunks)
         slab = args.patch[0] * side * side * 4
         for output_spec in args.output_chunks:
-            chunks = chunk_shape(output_spec, args.rows, side)
+            chunks = chunk_shape(output_spec, args.rows, side, "--output-chunks")
             settings = {
                 "engine": "local",
                 "input": source,

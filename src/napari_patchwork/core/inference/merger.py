@@ -84,18 +84,12 @@ def _plan_bytes(axis: _Axis) -> int:
     return sum(t.numel() * t.element_size() for t in (axis.prefix, axis.windows, axis.inverse))
 
 
-def _planned_axis(
-    starts: list[int],
-    patch: int,
-    overlap: int,
-    length: int,
-    factor: float,
-    mode: str,
-    input_length: int,
-    padded: bool,
-) -> _Axis:
+#: ``_axis_plan``'s arguments: starts, patch, overlap, length, factor, mode, input length, padded.
+_AxisKey = tuple[tuple[int, ...], int, int, int, float, str, int, bool]
+
+
+def _planned_axis(key: _AxisKey) -> _Axis:
     """The plan of one axis, from the cache of recent plans when it holds it."""
-    key = (tuple(starts), patch, overlap, length, factor, mode, input_length, padded)
     with _axis_cache_lock:
         held = _axis_cache.get(key)
         if held is not None:
@@ -164,7 +158,7 @@ class GridMerger:
         self.factor = tuple(q / p for q, p in zip(output_patch, plan.patch_size))
         self.shape = tuple(int(s * f) for s, f in zip(plan.spatial_shape, self.factor))
         self.axes = [  # cached: a run of the same grid again (the widget, a benchmark) reuses them
-            _planned_axis(starts, p, o, length, f, mode, s, plan.padded)
+            _planned_axis((tuple(starts), p, o, length, f, mode, s, plan.padded))
             for starts, p, o, length, f, s in zip(
                 plan.starts,
                 plan.patch_size,
