@@ -278,3 +278,27 @@ def test_a_local_cluster_starts_while_another_holds_port_8787(source, tmp_path):
     finally:
         holder.close()
     assert result.shape[1:] == data.shape[1:]
+
+
+def test_a_harmonised_run_on_dask_equals_one_process(source, tmp_path):
+    """The input's field is fitted once in the driver and shipped to every block."""
+    from napari_patchwork.core.data.harmonisation import Harmonisation, IntensityField
+
+    path, data = source
+    reference = IntensityField.fit(torch.from_numpy(data) ** 1.3 * 2)
+    harmonisation = Harmonisation(reference=reference)
+    settings = {"patch_size": 12, "patch_overlap": 4, "batch_size": 2}
+    result = infer_dask(
+        "tests.test_distributed:ramp_net",
+        path,
+        tmp_path / "harmonised.zarr",
+        workers=2,
+        block_rows=16,
+        harmonisation=harmonisation,
+        **settings,
+    )
+    volume = torch.from_numpy(data)
+    expected = pw.infer(ramp_net(), volume, harmonisation=harmonisation, **settings)
+    raw = pw.infer(ramp_net(), volume, **settings)
+    assert np.allclose(result[:], expected.numpy(), atol=1e-5)
+    assert not np.allclose(result[:], raw.numpy(), atol=1e-2)

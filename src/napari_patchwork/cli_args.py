@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+from napari_patchwork.core.data.harmonisation import Harmonisation
 from napari_patchwork.core.inference.config import InferenceConfig
 
 from .core.types import OVERLAP_MODES
 from .core.wording import reworded
+from .io.models import read_model_metadata
 
 _T = TypeVar("_T")
 
@@ -264,6 +266,7 @@ def inference_config(args: argparse.Namespace, device: str, source: str) -> Infe
         tta=args.tta,
         compile=args.compile,
         fixed_batch=str(source).endswith(".pt2"),
+        harmonisation=Harmonisation.from_metadata(read_model_metadata(source)),
     )
 
 

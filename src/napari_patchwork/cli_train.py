@@ -85,6 +85,12 @@ def add_train_parser(subparsers: Any, **parser_options: Any) -> argparse.Argumen
     add("--seed", type=int, default=0, help="for a reproducible run (default: 0)")
     add("--device", default=None, help="cpu, cuda… (default: cuda if present)")
     add("--no-augmentation", action="store_true", help="train without augmentation")
+    add(
+        "--no-harmonise",
+        action="store_true",
+        help="do not record the first image's intensity field and contrast (other volumes are"
+        " then segmented as they are, not mapped onto the first image's intensities)",
+    )
     add("--overwrite", action="store_true", help="replace an existing --output")
     add("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -107,6 +113,7 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         "learning_rate": args.learning_rate,
         "seed": args.seed,
         "device": args.device,
+        "harmonise": not args.no_harmonise,
     }
     try:
         config = TrainingConfig(**settings)

@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Unpack
 
 import torch
@@ -263,6 +263,8 @@ def infer_dask(
     target = store_target(store, labels=output_labels, activation=output_activation)
     volume = LazyVolume(open_zarr(input_path, level))
     config.check_fits(volume.spatial_shape)  # before starting a cluster
+    if config.harmonisation is not None:  # the whole input's field, once, for every block
+        config = replace(config, harmonisation=config.harmonisation.bound(volume))
     outputs = _probe(_model(str(model_source), None), volume, config)
     try:
         _create_outputs(outputs, volume, config, target, block_rows)

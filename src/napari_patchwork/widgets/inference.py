@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
+from napari_patchwork.core.data.harmonisation import Harmonisation
 from napari_patchwork.core.inference.config import InferenceConfig
 from napari_patchwork.core.inference.functional import InferenceStep, TiledInference
 from napari_patchwork.core.inference.postprocess import to_labels, to_probabilities
@@ -31,7 +32,13 @@ from napari_patchwork.core.inference.streaming import StreamTarget, zarr_target
 from ..core.devices import available_devices
 from ..core.types import OVERLAP_MODES
 from ..core.wording import reworded
-from ..io.models import DEMO, apply_class_values, load_model, model_class_values
+from ..io.models import (
+    DEMO,
+    apply_class_values,
+    load_model,
+    model_class_values,
+    read_model_metadata,
+)
 from ..io.zarr_io import is_zarr_path
 from ..models import DEMO_CLASSES
 from ..napari_contributions import read_zarr_layers
@@ -369,6 +376,13 @@ class TiledInferenceWidget(Container):
             options["weights"] = weights
         return options
 
+    def _harmonisation(self) -> Harmonisation | None:
+        """The intensity reference of a model trained by "Train from annotations", if any."""
+        try:
+            return Harmonisation.from_metadata(read_model_metadata(self._model_source()))
+        except (OSError, ValueError):  # a bad file: the worker reports it, with the widget's words
+            return None
+
     def config(self) -> InferenceConfig:
         """The run's settings, from the controls."""
         try:
@@ -383,6 +397,7 @@ class TiledInferenceWidget(Container):
                 compile=bool(self.compile.value),
                 fixed_batch=str(self.model_file.value).endswith(".pt2")
                 and self.source.value == "file",
+                harmonisation=self._harmonisation(),
             )
         except (ValueError, TypeError) as error:
             raise reworded(error, WIDGET_WORDS) from None
@@ -422,6 +437,8 @@ class TiledInferenceWidget(Container):
         self.status.value = "loading the model…"
         if stream is None:
             region: Any = torch.from_numpy(np.ascontiguousarray(volume[box]))[None]
+            if config.harmonisation is not None:  # fitted on the whole image, in the worker
+                region = (volume, box)
         else:  # read lazily by the engine, written to zarr as rows finish: nothing held here
             data = lazy_data_of(image)
             region = torch.from_numpy(data)[None] if isinstance(data, np.ndarray) else data
@@ -469,6 +486,11 @@ class TiledInferenceWidget(Container):
     ) -> Any:
         want_labels, want_probabilities = options.pop("outputs")
         try:
+            if isinstance(region, tuple):  # (whole image, box): harmonise the box as in the whole
+                assert config.harmonisation is not None
+                whole, box = region
+                region = config.harmonisation.apply(whole[None], box)
+                config = replace(config, harmonisation=None)
             model = load_model(source, device=config.device, **options)
             values = model_class_values(source)  # None unless trained by "Train from annotations"
             engine = TiledInference(model, config, stream)

@@ -14,6 +14,7 @@ from napari_patchwork.core._validation import (
     check_positive_int,
     to_triplet,
 )
+from napari_patchwork.core.data.harmonisation import Harmonisation
 from napari_patchwork.core.types import OVERLAP_MODES, TypeSize, TypeTriplet
 
 
@@ -46,6 +47,7 @@ class InferenceSettings(TypedDict, total=False):
     tta: bool
     fixed_batch: bool
     compile: bool
+    harmonisation: Harmonisation | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +84,10 @@ class InferenceConfig:
         Wrap the model in ``torch.compile`` (a one-off compilation, then faster calls for some
         networks: 1.34x for MONAI's UNet, ~1.0x for the demo U-Net on this project's CPU; see
         docs/benchmarks.md). Off by default.
+    harmonisation : Harmonisation, optional
+        Map the input onto the training volume's intensity field and contrast before tiling
+        (:mod:`~napari_patchwork.core.data.harmonisation`; a model file trained here carries
+        its reference). Its input field is fitted when the run starts unless already bound.
 
     Examples
     --------
@@ -100,6 +106,7 @@ class InferenceConfig:
     tta: bool = False
     fixed_batch: bool = False
     compile: bool = False
+    harmonisation: Harmonisation | None = None
 
     def __post_init__(self) -> None:
         patch = to_triplet(self.patch_size, "patch_size")
@@ -116,6 +123,12 @@ class InferenceConfig:
         for name in ("amp", "tta", "fixed_batch", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.harmonisation, dict):  # from to_dict (a dask job's settings)
+            object.__setattr__(self, "harmonisation", Harmonisation.from_dict(self.harmonisation))
+        if self.harmonisation is not None and not isinstance(self.harmonisation, Harmonisation):
+            raise TypeError(
+                f"harmonisation must be a Harmonisation or None, got {type(self.harmonisation)}"
+            )
         object.__setattr__(self, "device", _check_device(self.device, "device"))
         object.__setattr__(
             self, "aggregate_device", _check_device(self.aggregate_device, "aggregate_device")
@@ -170,4 +183,6 @@ class InferenceConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         for name in ("device", "aggregate_device"):
             values[name] = None if values[name] is None else str(values[name])
+        if self.harmonisation is not None:
+            values["harmonisation"] = self.harmonisation.to_dict()
         return values

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from napari_patchwork.core.data.harmonisation import Harmonisation, HarmonisedArray
 from napari_patchwork.core.data.image import Image, _as_tensor
 from napari_patchwork.core.data.lazy import LazyVolume, is_lazy_array
 from napari_patchwork.core.data.location import PatchLocation
@@ -95,6 +96,18 @@ def _as_volume(image: Any, image_name: str | None) -> torch.Tensor | LazyVolume:
     )
 
 
+def _harmonised(
+    volume: torch.Tensor | LazyVolume, harmonisation: Harmonisation | None
+) -> torch.Tensor | LazyVolume:
+    """The volume mapped onto the training volume's intensities (lazily for a lazy volume)."""
+    if harmonisation is None:
+        return volume
+    if isinstance(volume, torch.Tensor):
+        return harmonisation.apply(volume)
+    bound = harmonisation.bound(volume)
+    return LazyVolume(HarmonisedArray(volume.array, bound), slab_rows=volume.slab_rows)
+
+
 def _model_device(model: Any, device: torch.device | None) -> torch.device:
     parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     if device is None:
@@ -168,8 +181,8 @@ class TiledInference:
         self, image: Any, image_name: str | None = None, previews: bool = True
     ) -> Generator[InferenceStep, None, None]:
         """Process every patch, yielding a step after each batch; closing it cancels."""
-        volume = _as_volume(image, image_name)
         config = self.config
+        volume = _harmonised(_as_volume(image, image_name), config.harmonisation)
         padded = config.padding_mode is not None
         config.check_fits(volume.shape[1:])
         self.plan = GridPlan(volume.shape[1:], config.patch, config.overlap, padded)

@@ -103,6 +103,12 @@ class AugmentationConfig:
 NO_CONTRAST: AugmentationConfig = AugmentationConfig(gamma=(0.0, 0.0), scale=(0.0, 0.0), shift=0.0)
 """The defaults less gamma, intensity scale and shift: flips, bias fields and noise."""
 
+FLIPS_AND_NOISE: AugmentationConfig = AugmentationConfig(
+    bias_field=0.0, gamma=(0.0, 0.0), scale=(0.0, 0.0), shift=0.0
+)
+"""Flips and noise only: what is left to vary once volumes are harmonised
+(:mod:`~napari_patchwork.core.data.harmonisation` maps bias fields, gamma and scale away)."""
+
 
 def bias_field(
     shape: tuple[int, int, int], coefficients: np.ndarray, order: int = 3

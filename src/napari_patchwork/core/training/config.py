@@ -69,6 +69,11 @@ class TrainingConfig:
         Patches drawn per loaded (augmented) volume, and the Queue's buffer.
     preview_every : float
         Seconds between previews when a preview region is requested.
+    harmonise : bool
+        Record the first image's intensity field and contrast in the model
+        (:mod:`~napari_patchwork.core.data.harmonisation`): the other training images, and
+        every volume the model segments later, are mapped onto them first (another scanner's
+        bias field, gamma and scale). On by default.
 
     Examples
     --------
@@ -93,6 +98,7 @@ class TrainingConfig:
     queue_length: int = 64
     preview_every: float = 3.0
     schedule: str = "constant"
+    harmonise: bool = True
 
     def _check_network(self) -> None:
         check_positive(self.width, "width", allow_none=True)
@@ -100,6 +106,12 @@ class TrainingConfig:
             raise ValueError(f"network must be one of {NETWORKS}, got {self.network!r}")
         if self.width is None:
             object.__setattr__(self, "width", 32 if self.network == "filters" else 8)
+
+    def _check_switches(self) -> None:
+        if not isinstance(self.harmonise, bool):
+            raise TypeError(f"harmonise must be True or False, got {self.harmonise!r}")
+        if self.amp is not None and not isinstance(self.amp, bool):
+            raise TypeError(f"amp must be True, False or None, got {self.amp!r}")
 
     def __post_init__(self) -> None:
         check_positive(self.patch_size, "patch_size")
@@ -121,8 +133,7 @@ class TrainingConfig:
             raise ValueError(f"seed must be an int >= 0 or None, got {self.seed!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.amp is not None and not isinstance(self.amp, bool):
-            raise TypeError(f"amp must be True, False or None, got {self.amp!r}")
+        self._check_switches()
         if self.augmentation is not None and not isinstance(self.augmentation, AugmentationConfig):
             raise TypeError(
                 f"augmentation must be an AugmentationConfig or None, got {self.augmentation!r}"

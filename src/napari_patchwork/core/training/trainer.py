@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from napari_patchwork.core.batching.queue import Queue
+from napari_patchwork.core.data.harmonisation import Harmonisation, IntensityField
 from napari_patchwork.core.data.image import LabelMap, ScalarImage
 from napari_patchwork.core.data.subject import Subject
 from napari_patchwork.core.training.annotations import (
@@ -144,6 +145,7 @@ class Trainer:
         self.images: list[torch.Tensor] = []
         self.annotations: list[torch.Tensor] = []
         self.class_values: list[int] = []
+        self.harmonisation: Harmonisation | None = None
         self._channels_last = False
         self.set_annotations(pairs, _first=True)
         seed = self.config.seed
@@ -198,6 +200,10 @@ class Trainer:
                 raise ValueError(
                     f"annotations {number} are empty: paint strokes there or leave that image out"
                 )
+        if _first and self.config.harmonise:  # the first image is the intensity reference
+            self.harmonisation = Harmonisation(reference=IntensityField.fit(images[0]))
+        if self.harmonisation is not None:  # the others are mapped onto it
+            images[1:] = [self.harmonisation.apply(image) for image in images[1:]]
         self.images, self.annotations, self.class_values = images, annotations, values
 
     def _subjects(self) -> list[Subject]:
@@ -361,6 +367,8 @@ class Trainer:
         from napari_patchwork.core.inference.functional import infer
 
         volume = self.images[0] if image is None else as_volume(image, "image", ScalarImage).float()
+        if image is not None and self.harmonisation is not None:  # another volume: its field
+            volume = self.harmonisation.apply(volume)
         shape = tuple(volume.shape[1:])
         region = region or (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
         box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, shape))
@@ -412,6 +420,8 @@ class Trainer:
             "iterations": self.iteration,
             "training_seconds": round(self.seconds, 1),
         }
+        if self.harmonisation is not None:
+            metadata["intensity_reference"] = self.harmonisation.reference.to_dict()
         if isinstance(net, TinyUNet3D):
             width = net.encoder[0].out_channels
             metadata["architecture"] = {
