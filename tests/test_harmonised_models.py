@@ -75,3 +75,18 @@ def test_a_second_training_scan_is_mapped_onto_the_first(scans) -> None:
     raw = np.corrcoef(scans["other"].ravel(), scans["image"].ravel())[0, 1]
     mapped = np.corrcoef(second.numpy().ravel(), scans["image"].ravel())[0, 1]
     assert raw < 0.96 and mapped > 0.99
+
+
+def test_continuing_a_model_on_the_next_scan_keeps_its_reference(scans, tmp_path) -> None:
+    """init=FILE on another scanner's volume: that volume is mapped onto the file's reference."""
+    first = Trainer((scans["image"], scans["strokes"]), TrainingConfig(**FAST, iterations=1))
+    list(first.run())
+    path = first.save(tmp_path / "first.pt2")
+    config = TrainingConfig(**FAST, iterations=1, init=str(path))
+    resumed = Trainer((scans["other"], scans["strokes"]), config)
+    assert resumed.harmonisation.reference == first.harmonisation.reference
+    mapped = np.corrcoef(resumed.images[0].numpy().ravel(), scans["image"].ravel())[0, 1]
+    assert mapped > 0.99
+    list(resumed.run())
+    again = read_model_metadata(resumed.save(tmp_path / "resumed.pt2"))
+    assert again["intensity_reference"] == read_model_metadata(path)["intensity_reference"]

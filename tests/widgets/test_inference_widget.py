@@ -297,3 +297,57 @@ def test_unknown_channel_count_adds_probability_layers_at_the_first_result(
         torch.softmax(torch.from_numpy(np.stack([image, -image])), 0)[1].numpy(),
         atol=1e-5,
     )
+
+
+@pytest.fixture
+def harmonised_model(small_sample, tmp_path):
+    """A model trained here on the sample (its file records the sample's intensity field)."""
+    from napari_patchwork.core.training import Trainer, TrainingConfig, scribbles_from_labels
+
+    strokes = scribbles_from_labels(small_sample.labels, slices=3, disks=2, seed=0)
+    config = TrainingConfig(patch_size=8, batch_size=2, width=4, iterations=2, seed=0)
+    trainer = Trainer((small_sample.image, strokes), config)
+    list(trainer.run())
+    return trainer.save(tmp_path / "trained.pt2"), trainer.class_values
+
+
+@pytest.mark.parametrize("with_region", [False, True])
+def test_a_trained_model_harmonises_another_scanner(
+    viewer_with_sample, qtbot, harmonised_model, with_region
+):
+    """The other scanner's image is mapped onto the training image before tiling, also when
+    only a region is run (the field is fitted on the whole image)."""
+    from napari_patchwork.core.data.harmonisation import Harmonisation
+    from napari_patchwork.core.training import simulate_scanner
+    from napari_patchwork.io.models import read_model_metadata
+
+    path, class_values = harmonised_model
+    viewer = viewer_with_sample
+    sample = np.asarray(viewer.layers["image"].data)
+    other = simulate_scanner(torch.from_numpy(sample)[None], seed=1)[0].numpy()
+    layer = viewer.add_image(other, name="other", scale=(0.5, 0.5, 0.8))
+    widget = TiledInferenceWidget(viewer)
+    widget.image.value = layer
+    widget.source.value = "file"
+    widget.model_file.value = str(path)
+    widget.patch_size.value = "8"
+    widget.patch_overlap.value = "0"
+    widget.outputs.value = "labels"
+    box = (slice(0, 40), slice(0, 36), slice(0, 32))
+    if with_region:
+        corners = np.array([[10, 4, 4], [10, 4, 20], [10, 20, 20], [10, 20, 4]])
+        widget.roi.value = viewer.add_shapes(
+            [corners * [0.5, 0.5, 0.8]], shape_type="polygon", name="roi"
+        )
+    widget.run()
+    wait(qtbot, widget)
+    if with_region:
+        box = widget._box
+    harmonisation = Harmonisation.from_metadata(read_model_metadata(path))
+    region = harmonisation.apply(other[None], box)
+    logits = pw.infer(load_model(path), region, patch_size=8, patch_overlap=0)
+    expected = np.asarray(class_values)[logits.argmax(0).numpy()]
+    assert np.array_equal(viewer.layers["other prediction"].data, expected)
+    raw = pw.infer(load_model(path), torch.from_numpy(other[box])[None], patch_size=8)
+    assert not torch.allclose(raw, logits, atol=1e-3)  # harmonising changed what the model saw
+    assert np.array_equal(np.asarray(layer.data), other)  # the input layer is untouched

@@ -146,6 +146,7 @@ class Trainer:
         self.annotations: list[torch.Tensor] = []
         self.class_values: list[int] = []
         self.harmonisation: Harmonisation | None = None
+        self._inherited = False  # the reference comes from the init model file
         self._channels_last = False
         self.set_annotations(pairs, _first=True)
         seed = self.config.seed
@@ -200,11 +201,23 @@ class Trainer:
                 raise ValueError(
                     f"annotations {number} are empty: paint strokes there or leave that image out"
                 )
-        if _first and self.config.harmonise:  # the first image is the intensity reference
-            self.harmonisation = Harmonisation(reference=IntensityField.fit(images[0]))
-        if self.harmonisation is not None:  # the others are mapped onto it
-            images[1:] = [self.harmonisation.apply(image) for image in images[1:]]
+        if _first and self.config.harmonise:
+            self.harmonisation, self._inherited = self._intensity_reference(images[0])
+        if self.harmonisation is not None:  # the others (all, for a resumed model) mapped onto it
+            first = 0 if self._inherited else 1
+            images[first:] = [self.harmonisation.apply(image) for image in images[first:]]
         self.images, self.annotations, self.class_values = images, annotations, values
+
+    def _intensity_reference(self, first: torch.Tensor) -> tuple[Harmonisation, bool]:
+        """The init model file's intensity reference if it has one, else the first image's."""
+        from napari_patchwork.io.models import read_model_metadata
+
+        init = self.config.init
+        if init not in INITS and ":" not in init and Path(init).is_file():
+            saved = Harmonisation.from_metadata(read_model_metadata(init))
+            if saved is not None:
+                return saved, True
+        return Harmonisation(reference=IntensityField.fit(first)), False
 
     def _subjects(self) -> list[Subject]:
         """One subject per pair: padded by half a patch (every annotated voxel can be a patch
