@@ -15,13 +15,15 @@ synthetic sample, and the EPI brain volume that ships with nibabel's tests
 intensities (background / darker tissue / brighter tissue).
 
     python benchmarks/bench_training.py [--seconds 240] [--volumes synthetic real] [--json out]
-    python benchmarks/bench_training.py --seconds 240 --augmentation default no-contrast
+    python benchmarks/bench_training.py --seconds 240 --augmentation full flips-noise none
     xvfb-run -a python benchmarks/bench_training.py --volumes synthetic --seconds 5 --widget 60
 
 ``--augmentation`` trains one network per setting on each volume, in the same run (the forest
-once per volume): ``default`` (flips, bias fields, gamma, intensity scale and shift, noise),
-``no-contrast`` (no gamma, scale or shift:
-:data:`~napari_patchwork.core.training.augmentation.NO_CONTRAST`), ``none``.
+once per volume): ``default`` (training's default,
+:data:`~napari_patchwork.core.training.augmentation.FLIPS_AND_NOISE`), ``full`` (flips, bias
+fields, gamma, intensity scale and shift, noise: ``AugmentationConfig()``), ``no-contrast`` (no
+gamma, scale or shift: :data:`~napari_patchwork.core.training.augmentation.NO_CONTRAST`),
+``flips-noise``, ``none``.
 ``--iterations`` replaces the time budget by a step count, to compare settings on a busy
 machine.
 """
@@ -51,7 +53,8 @@ from napari_patchwork.sample import make_sample
 
 SIGMAS = (0.7, 1.6, 3.5, 5.0)
 AUGMENTATIONS: dict[str, AugmentationConfig | None] = {
-    "default": AugmentationConfig(),
+    "default": TrainingConfig().augmentation,
+    "full": AugmentationConfig(),
     "no-contrast": NO_CONTRAST,
     "flips-noise": FLIPS_AND_NOISE,
     "none": None,
