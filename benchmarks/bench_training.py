@@ -17,6 +17,7 @@ intensities (background / darker tissue / brighter tissue).
     python benchmarks/bench_training.py [--seconds 240] [--volumes synthetic real] [--json out]
     python benchmarks/bench_training.py --seconds 240 --augmentation full flips-noise none
     xvfb-run -a python benchmarks/bench_training.py --volumes synthetic --seconds 5 --widget 60
+    xvfb-run -a python benchmarks/bench_training.py --widget-only --widget 60
 
 ``--augmentation`` trains one network per setting on each volume, in the same run (the forest
 once per volume): ``default`` (training's default,
@@ -31,9 +32,11 @@ machine.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,7 @@ from napari_patchwork.core.training.augmentation import (
 from napari_patchwork.sample import make_sample
 
 SIGMAS = (0.7, 1.6, 3.5, 5.0)
+PAINTING_SECONDS = 5.0  # the widget bench's dock is open this long before Train
 AUGMENTATIONS: dict[str, AugmentationConfig | None] = {
     "default": TrainingConfig().augmentation,
     "full": AugmentationConfig(),
@@ -185,19 +189,60 @@ def run_volume(image: np.ndarray, truth: np.ndarray, name: str, args: argparse.N
     return rows
 
 
-def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float]]:
+class FullCollections:
+    """The full (generation 2) collections on the GUI thread: ``spans`` of (start, end)."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+
+    def record(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2 or threading.current_thread() is not threading.main_thread():
+            return
+        if phase == "start":
+            self.spans.append((time.perf_counter(), math.nan))
+        elif self.spans:
+            self.spans[-1] = (self.spans[-1][0], time.perf_counter())
+
+
+def idle_heartbeat(seconds: float) -> list[float]:
+    """The gaps between a 5 ms GUI-thread timer's beats for ``seconds``, no run going."""
+    from qtpy.QtCore import QTimer  # noqa: TID251
+    from qtpy.QtWidgets import QApplication  # noqa: TID251
+
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def beat() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(beat)
+    timer.start(5)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.001)
+    timer.stop()
+    return gaps
+
+
+def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
     """The GUI thread's longest stall while the widget trains and previews the visible slice.
 
     Train for ``seconds``, then Continue for ``seconds`` (the correction loop: same weights,
     same process). A 5 ms QTimer on the GUI thread records the gaps between its beats (the
     worst freeze a user can feel), as ``bench_widgets.py`` does for tiled inference, from the
-    click to the end of the run, and apart in the second after it (the end-of-run garbage
-    collection, see ``widgets/_workers.py``). Needs a display (``xvfb-run -a``).
+    click to the end of the run, apart in the second after it, and apart again the full
+    garbage collection that waits for the user's pause (no input here: about a second after
+    the end, see ``widgets/_workers.py``). Needs a display (``xvfb-run -a``).
     """
     import napari  # noqa: TID251 (this measurement needs a real viewer)
     from qtpy.QtCore import QTimer  # noqa: TID251
     from qtpy.QtWidgets import QApplication  # noqa: TID251
 
+    from napari_patchwork.widgets._workers import idle_collection
     from napari_patchwork.widgets.training import TrainingWidget
 
     image, truth, _ = synthetic(size)
@@ -205,10 +250,26 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float]]:
     viewer.add_image(image, name="image")
     viewer.add_labels(scribbles_from_labels(truth, seed=0).astype(np.int32), name="strokes")
     viewer.dims.ndisplay = 2
+    opened_at = time.perf_counter()
     widget = TrainingWidget(viewer)
     widget.annotations.value = viewer.layers["strokes"]
     widget.seconds.value, widget.device.value = seconds, "cpu"
-    results = []
+    results: list[dict[str, float | str]] = []
+    # the dock open, the user painting: the optimiser's imports run in the background then
+    full = FullCollections()
+    gc.callbacks.append(full.record)
+    opened = idle_heartbeat(PAINTING_SECONDS)
+    gc.callbacks.remove(full.record)
+    results.append(
+        {
+            "run": f"dock open, {PAINTING_SECONDS:.0f} s before Train",
+            "heartbeat max gap ms": 1000 * max(opened),
+            "heartbeat p99 gap ms": 1000 * float(np.percentile(opened, 99)),
+            "full collections on the GUI thread, s after the dock opened: ms": ", ".join(
+                f"{a - opened_at:+.1f}: {1000 * (b - a):.0f}" for a, b in full.spans
+            ),
+        }
+    )
     for name, click_button in (("Train", widget.train), ("Continue", widget.resume)):
         gaps: list[tuple[float, float]] = []  # (gap, when it ended)
         last, ended = [time.perf_counter()], [math.inf]
@@ -221,6 +282,8 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float]]:
         timer = QTimer()
         timer.timeout.connect(beat)
         handled = len(widget.refresh_seconds)
+        full = FullCollections()
+        gc.callbacks.append(full.record)
         start = time.perf_counter()
         click_button()  # Train: the prediction layer is created here ...
         QApplication.processEvents()  # ... and drawn for the first time
@@ -235,12 +298,22 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float]]:
         while widget.running:
             QApplication.processEvents()
             time.sleep(0.001)
-        end = time.perf_counter() + 1.0  # the second after the run, apart
+        # the second after the run, apart; then, no input arriving, until the collection
+        # that waits for the user's pause has run (widgets/_workers.py)
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end or idle_collection().pending:
+            QApplication.processEvents()
+            time.sleep(0.001)
+            if time.perf_counter() > end + 10:
+                raise RuntimeError("the idle-time collection did not run")
+        end = time.perf_counter() + 0.3  # the beats after it, which measure it
         while time.perf_counter() < end:
             QApplication.processEvents()
             time.sleep(0.001)
         timer.stop()
-        after = [gap for gap, when in gaps if when >= ended[0]] or [0.0]
+        gc.callbacks.remove(full.record)
+        after = [gap for gap, when in gaps if ended[0] <= when < ended[0] + 1.0] or [0.0]
+        paused = [gap for gap, when in gaps if when >= ended[0] + 1.0] or [0.0]
         during = [gap for gap, when in gaps if when < ended[0]]
         handler = widget.refresh_seconds[handled:]
         results.append(
@@ -250,8 +323,13 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float]]:
                 "click (layer created, drawn) ms": 1000 * click,
                 "handler max ms": 1000 * max(handler),
                 "heartbeat max gap ms": 1000 * max(during),
+                "at s after the click": max((g, w) for g, w in gaps if w < ended[0])[1] - start,
                 "heartbeat p99 gap ms": 1000 * float(np.percentile(during, 99)),
                 "max gap at the end and in the second after ms": 1000 * max(after),
+                "collection at the pause (no input) ms": 1000 * max(paused),
+                "full collections on the GUI thread, s after the end: ms": ", ".join(
+                    f"{a - ended[0]:+.1f}: {1000 * (b - a):.0f}" for a, b in full.spans
+                ),
             }
         )
     viewer.close()
@@ -313,17 +391,27 @@ def main() -> None:
         help="also train this long in the napari widget and report GUI heartbeat gaps"
         " (needs a display: xvfb-run -a)",
     )
+    parser.add_argument(
+        "--widget-only",
+        action="store_true",
+        help="skip the training table: the widget is then the process's first training",
+    )
     args = parser.parse_args()
     volumes = {"synthetic": lambda: synthetic(args.size), "real": real_epi}
     rows = []
-    for key in args.volumes or list(volumes):
+    for key in [] if args.widget_only else args.volumes or list(volumes):
         image, truth, name = volumes[key]()
         rows += run_volume(image, truth, name, args)
         print(f"done: {name}", file=sys.stderr, flush=True)
-    print(table(rows))
+    if rows:
+        print(table(rows))
     if args.widget > 0:
         for result in widget_heartbeat(args.widget, args.size):
-            figures = ", ".join(f"{k} {v:.1f}" for k, v in result.items() if k != "run")
+            figures = ", ".join(
+                f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in result.items()
+                if k != "run"
+            )
             print(f"widget training, 2D, {result['run']}: {figures}")
             rows.append({"widget": result})
     if args.json is not None:

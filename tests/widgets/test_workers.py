@@ -29,6 +29,12 @@ def released() -> bool:
     return gc.get_freeze_count() == 0 and gc.isenabled() and _workers._CollectorHold.running == 0
 
 
+def run_ended() -> bool:
+    """No run holds the collector; its objects may still be frozen, awaiting the pause."""
+    hold = _workers._CollectorHold
+    return gc.isenabled() and hold.running == 0 and hold.setting_up == 0
+
+
 def steps(event: threading.Event, error: BaseException | None):
     yield 1
     event.wait(10)
@@ -84,7 +90,8 @@ def test_a_worker_that_fails_to_start_releases_the_hold(qtbot):
     worker = UnstartableWorker(steps, threading.Event(), None)
     with pytest.raises(RuntimeError, match="no thread available"):
         start_worker(worker)
-    assert released()
+    assert run_ended()
+    qtbot.waitUntil(released, timeout=5_000)  # collected at the pause that follows
 
 
 def test_two_runs_release_only_when_both_ended(qtbot):
@@ -144,3 +151,63 @@ def test_a_first_result_settling_while_the_work_ends_leaves_nothing_frozen(qtbot
     qtbot.waitUntil(released, timeout=10_000)
     qtbot.wait(500)
     assert released()
+
+
+def test_the_collection_waits_until_the_user_pauses(qtbot):
+    """No full collection in the frames that end a run: the objects stay frozen while input
+    keeps arriving (here: key presses and mouse moves every 150 ms, for 2.5 s), and are
+    handed back and collected once, on the GUI thread, IDLE_SECONDS after the last one."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtWidgets import QLineEdit
+
+    field = QLineEdit()
+    qtbot.addWidget(field)
+    field.show()
+    full = []
+
+    def record(phase, info):
+        if phase == "start" and info["generation"] == 2:
+            full.append(threading.current_thread() is threading.main_thread())
+
+    event = threading.Event()
+    worker = GeneratorWorker(steps, event, None)
+    finished = []
+    worker.finished.connect(lambda: finished.append(time.perf_counter()))
+    start_worker(worker)
+    qtbot.waitUntil(lambda: gc.isenabled(), timeout=5_000)
+    gc.callbacks.append(record)
+    try:
+        event.set()
+        qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
+        assert run_ended() and gc.get_freeze_count() > 0  # the end of the run: still frozen
+        typing_until = time.perf_counter() + 2.5
+        x = 0
+        while time.perf_counter() < typing_until:
+            qtbot.keyClick(field, Qt.Key.Key_A)
+            x = (x + 7) % 50
+            qtbot.mouseMove(field, QPoint(5 + x, 5))
+            qtbot.wait(150)
+        last_input = time.perf_counter()
+        assert gc.get_freeze_count() > 0, "collected while the user was typing"
+        assert not full, "a full collection ran while the user was typing"
+        qtbot.waitUntil(released, timeout=5_000)
+        collected = time.perf_counter()
+    finally:
+        gc.callbacks.remove(record)
+    assert full == [True]  # once, on the GUI thread
+    assert collected - last_input >= _workers.IDLE_SECONDS - 0.2
+    assert not _workers.idle_collection().pending
+
+
+def test_a_run_starting_before_the_pause_keeps_the_objects_frozen(qtbot):
+    first, second = threading.Event(), threading.Event()
+    worker = GeneratorWorker(steps, first, None)
+    start_worker(worker)
+    first.set()
+    qtbot.waitUntil(run_ended, timeout=10_000)
+    worker = GeneratorWorker(steps, second, None)  # the next run, before the pause
+    start_worker(worker)
+    qtbot.wait(int(1000 * (_workers.IDLE_SECONDS + 0.5)))
+    assert gc.get_freeze_count() > 0 and _workers._CollectorHold.running == 1
+    second.set()
+    qtbot.waitUntil(released, timeout=10_000)

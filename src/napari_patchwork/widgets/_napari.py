@@ -215,7 +215,13 @@ class Lifecycle:
         self._widget = widget
         self._watcher = Watcher()
         native.installEventFilter(self._watcher)
-        native.destroyed.connect(lambda *_: lifecycle.close())
+        on_destroyed = lambda *_: lifecycle.close()  # noqa: E731
+        native.destroyed.connect(on_destroyed)
+        # once closed, nothing of ours runs from Qt any more: a closed viewer's widgets can be
+        # collected later (widgets/_workers.py waits for the user's pause), and a `destroyed`
+        # slot or event filter called from that collection crashed PyQt
+        self._undo.append(lambda: native.destroyed.disconnect(on_destroyed))
+        self._undo.append(lambda: native.removeEventFilter(self._watcher))
 
     def connect(self, emitter: Any, callback: Callable[..., Any]) -> None:
         """``emitter.connect(callback)``, disconnected on close."""

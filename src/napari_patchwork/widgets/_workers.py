@@ -12,33 +12,43 @@ any widget's worker runs:
 - at its first result (its model, queue and threads exist by then), or after
   :data:`SETUP_SECONDS` at most, what was created is frozen too and the collector resumes:
   the collections the run triggers from then on only walk the objects it makes per step;
-- when the last running worker finishes, errors or is quit (its ``finished`` signal, on the
-  GUI thread), ``gc.unfreeze()`` hands the frozen objects back to the oldest generation and
-  the collector runs once: one full collection, at the end of the run, not during it, which
-  frees what became garbage while frozen (a dock closed mid-run: left to a later collection,
-  its Qt widgets were collected inside napari's teardown, where PyQt crashed,
-  tests/widgets/test_sampler_explorer_worker.py). Skipping it only defers it: the unfrozen
-  objects make the collector's next automatic full collection due soon after. A program that
+- when the last running worker finishes, errors or is quit, the objects stay frozen (the
+  collector keeps running on what is not frozen) and the full collection waits for the user
+  to pause: once no run is left and no input event (mouse, key, wheel, touch) has reached
+  the application for :data:`IDLE_SECONDS`, ``gc.unfreeze()`` hands the frozen objects back
+  to the oldest generation and the collector runs once, on the GUI thread, from the event
+  loop. It frees what became garbage while frozen (a dock closed mid-run: left to a later
+  automatic collection, its Qt widgets were collected inside napari's teardown, where PyQt
+  crashed, tests/widgets/test_sampler_explorer_worker.py). It cannot be made shorter (CPython
+  3.11 walks every tracked object in one go, 280–460 ms here) nor skipped (the unfrozen
+  objects would make the next automatic full collection due soon after), so it is moved to
+  where nobody is touching the viewer, not into the last frame of a run. A run starting
+  before then keeps everything frozen and the collection waits for its end; a program that
+  exits before the pause collects at exit (``atexit``, the application still intact). A program that
   calls ``gc.freeze()`` itself sees that undone then, and one that disabled the collector
   keeps it disabled;
 - superqt emits no ``finished`` when the work ends in a ``RuntimeError`` (it takes it for a
   deleted Qt object) or a ``BaseException``: then the hold is released in the worker's thread
-  as its work ends, without the collection.
+  as its work ends, and the GUI thread's idle check collects as above.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
 import threading
+import time
 from typing import Any
 
 SETUP_SECONDS = 5.0  # the collector resumes at a run's first result, or this long after its start
+IDLE_SECONDS = 1.0  # no input event this long after the last run: the full collection runs
+IDLE_POLL_MS = 200  # how often the GUI thread checks for that
 
 
 class _CollectorHold:
     """Process-wide counts of running and setting-up workers (one per process, like gc).
 
-    ``start``, ``settle``, ``finish`` and ``collect`` run on the GUI thread, ``finish`` also on
+    ``start``, ``settle``, ``finish`` and ``release`` run on the GUI thread, ``finish`` also on
     a worker's thread when superqt will not emit ``finished``; a lock keeps the counts and
     the collector's state consistent between them.
     """
@@ -71,16 +81,121 @@ class _CollectorHold:
     def finish(cls) -> None:
         with cls.lock:
             cls.running -= 1
-            if cls.running == 0:
-                gc.unfreeze()
 
     @classmethod
-    def collect(cls) -> None:
-        """One full collection on the GUI thread, once no run holds the collector."""
+    def idle(cls) -> bool:
         with cls.lock:
-            idle = cls.running == 0
-        if idle:
-            gc.collect()
+            return cls.running == 0
+
+    @classmethod
+    def release(cls) -> bool:
+        """Unfreeze and collect once (GUI thread) if no run holds the collector; whether it did."""
+        with cls.lock:
+            if cls.running:
+                return False
+            gc.unfreeze()
+        gc.collect()
+        return True
+
+
+class _IdleCollection:
+    """The GUI thread's wait for a pause in the user's input before the full collection.
+
+    A timer polls every :data:`IDLE_POLL_MS` from the first run's start; once no run is left,
+    an application-wide event filter (installed only then, so runs never pay for it) notes
+    each input event, and :data:`IDLE_SECONDS` after the last one ``_CollectorHold.release``
+    runs and the timer stops.
+    """
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QEvent, QObject, QTimer
+        from qtpy.QtWidgets import QApplication
+
+        kinds = QEvent.Type
+        inputs = frozenset(
+            getattr(kinds, name)
+            for name in (
+                "MouseButtonPress",
+                "MouseButtonRelease",
+                "MouseButtonDblClick",
+                "MouseMove",
+                "HoverMove",
+                "Wheel",
+                "KeyPress",
+                "KeyRelease",
+                "TouchBegin",
+                "TouchUpdate",
+                "TabletPress",
+                "TabletMove",
+            )
+        )
+        watch = self
+
+        class InputFilter(QObject):
+            def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
+                if event.type() in inputs:
+                    watch.last_input = time.perf_counter()
+                return False
+
+        app = QApplication.instance()
+        if app is None:
+            raise RuntimeError("start_worker needs a running QApplication")
+        self.app = app
+        self.filter = InputFilter(self.app)
+        self.timer = QTimer(self.app)
+        self.timer.setInterval(IDLE_POLL_MS)
+        self.timer.timeout.connect(lambda: self.tick())
+        self.filtering = False
+        self.last_input = time.perf_counter()
+        # a program that ends before the pause: collect while the application is intact
+        # (left frozen, a closed dock's Qt widgets crashed the interpreter's exit)
+        atexit.register(self.at_exit)
+
+    def at_exit(self) -> None:
+        if self.pending:
+            self.timer.stop()
+            self.stop_filtering()
+            _CollectorHold.release()
+
+    def watch(self) -> None:
+        """A run starts (GUI thread): poll until the collection after it has run."""
+        self.stop_filtering()
+        self.timer.start()
+
+    def tick(self) -> None:
+        if not _CollectorHold.idle():
+            self.stop_filtering()
+        elif not self.filtering:
+            self.app.installEventFilter(self.filter)
+            self.filtering = True
+            self.last_input = time.perf_counter()  # idle from the end of the last run
+        elif time.perf_counter() - self.last_input >= IDLE_SECONDS:
+            self.stop_filtering()
+            if _CollectorHold.release():
+                self.timer.stop()
+
+    def stop_filtering(self) -> None:
+        if self.filtering:
+            self.app.removeEventFilter(self.filter)
+            self.filtering = False
+
+    @property
+    def pending(self) -> bool:
+        """Whether a collection is still to come."""
+        return bool(self.timer.isActive())
+
+
+_idle_collection: _IdleCollection | None = None
+
+
+def idle_collection() -> _IdleCollection:
+    """The process's one idle collection, made on the GUI thread at the first run."""
+    global _idle_collection
+    from qtpy.QtWidgets import QApplication
+
+    if _idle_collection is None or _idle_collection.app is not QApplication.instance():
+        _idle_collection = _IdleCollection()
+    return _idle_collection
 
 
 class _WorkerHold:
@@ -108,9 +223,8 @@ class _WorkerHold:
             _CollectorHold.finish()
 
     def on_finished(self, *_: Any) -> None:
-        """``finished`` (GUI thread): release, then one collection if no run is left."""
+        """``finished`` (GUI thread): release (the collection waits for the user's pause)."""
         self.finish()
-        _CollectorHold.collect()
 
     def held_work(self) -> Any:
         """The worker's ``work``, releasing the hold where superqt emits no ``finished``."""
@@ -136,13 +250,14 @@ class _WorkerHold:
 def start_worker(worker: Any) -> None:
     """Start a widget's worker (a superqt/napari worker) with collections held off as above.
 
-    The hold is released at ``finished`` (then one collection), or in the worker's thread when
-    its work ends in a way superqt emits no ``finished`` for; if ``worker.start()`` raises,
-    it is released before the error propagates.
+    The hold is released at ``finished``, or in the worker's thread when its work ends in a
+    way superqt emits no ``finished`` for; if ``worker.start()`` raises, it is released
+    before the error propagates. The full collection follows at the user's next pause.
     """
     from qtpy.QtCore import QTimer
 
     hold = _WorkerHold(worker)
+    idle_collection().watch()
     _CollectorHold.start()
     try:
         worker.work = hold.held_work

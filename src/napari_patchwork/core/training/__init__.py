@@ -18,6 +18,7 @@ from napari_patchwork.core.training.trainer import (
     Prediction,
     Trainer,
     TrainingStep,
+    import_optimiser_modules,
     iter_train,
     train,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "TrainingConfig",
     "TrainingStep",
     "annotation_loss",
+    "import_optimiser_modules",
     "iter_train",
     "scribbles_from_labels",
     "simulate_scanner",

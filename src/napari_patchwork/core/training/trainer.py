@@ -498,3 +498,22 @@ def train(pairs: Any, config: TrainingConfig | None = None, **settings: Any) -> 
     for _ in trainer.run():
         pass
     return trainer
+
+
+def import_optimiser_modules() -> None:
+    """Import what a torch optimiser imports at its first ``zero_grad``.
+
+    torch wraps ``zero_grad`` to import ``torch._dynamo`` (with sympy: about 820 modules,
+    1.8–3.5 s here) the first time any optimiser calls it; much of an import holds the
+    interpreter lock (unmarshalling bytecode: 100–170 ms at a time), so in a GUI it belongs
+    before a run, in a background thread while the user paints, not in a run's first step.
+    Calling it again costs nothing.
+
+    Examples
+    --------
+    >>> import threading
+    >>> thread = threading.Thread(target=import_optimiser_modules, daemon=True)
+    >>> thread.start(); thread.join()
+    """
+    parameter = torch.zeros(1, requires_grad=True)
+    torch.optim.AdamW([parameter]).zero_grad()
