@@ -33,3 +33,28 @@ def viewer_with_sample(make_napari_viewer, small_sample):
     viewer.add_labels(small_sample.labels.astype(np.int32), name="labels", scale=(0.5, 0.5, 0.8))
     viewer.add_image(small_sample.probability, name="probability", scale=(0.5, 0.5, 0.8))
     return viewer
+
+
+@pytest.fixture(autouse=True)
+def _collector_settled(request):
+    """The first training dock of a process imports torch's optimiser modules in a worker
+    held like a run (widgets/training.py): tests that check the collector's hold wait for it
+    to end, before and after each test, so it never counts as their run; after each test
+    the collection waiting for the user's pause runs (widgets/_workers.py)."""
+
+    def wait() -> None:
+        from napari_patchwork.widgets import training
+
+        if training._optimiser_import is not None and not training._optimiser_imported.is_set():
+            qtbot = request.getfixturevalue("qtbot")
+            qtbot.waitUntil(training._optimiser_imported.is_set, timeout=60_000)
+
+    wait()
+    yield
+    wait()
+    from napari_patchwork.widgets import _workers
+
+    # tests follow each other with no pause for the idle collection: without this, every
+    # closed viewer of the process would stay frozen, uncollected, until the last test
+    if _workers._idle_collection is not None and _workers._CollectorHold.idle():
+        _workers._idle_collection.collect_now()

@@ -9,6 +9,7 @@ import pytest
 
 from napari_patchwork.core.training import scribbles_from_labels
 from napari_patchwork.io.models import model_class_values
+from napari_patchwork.widgets import training
 from napari_patchwork.widgets.training import (
     SAVE_CALLBACKS,
     SAVED_MODELS,
@@ -20,7 +21,7 @@ SCALE = (0.5, 0.5, 0.8)
 
 
 @pytest.fixture
-def widget(make_napari_viewer, small_sample):
+def widget(make_napari_viewer, small_sample, qtbot):
     viewer = make_napari_viewer()
     viewer.add_image(small_sample.image, name="image", scale=SCALE, translate=(3, 2, 1))
     strokes = scribbles_from_labels(small_sample.labels, slices=3, disks=2, seed=0)
@@ -29,6 +30,9 @@ def widget(make_napari_viewer, small_sample):
     widget.annotations.value = viewer.layers["strokes"]
     widget.patch_size.value = 16
     widget.device.value = "cpu"
+    # the process's first dock imports torch's optimiser modules in a held worker: the tests
+    # of the collector's state start once it has ended
+    qtbot.waitUntil(training._optimiser_imported.is_set, timeout=60_000)
     return widget
 
 

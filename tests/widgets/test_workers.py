@@ -15,8 +15,10 @@ from napari_patchwork.widgets._workers import start_worker
 
 
 @pytest.fixture(autouse=True)
-def _restore_the_collector():
-    """A failing test must not leave the collector held for the tests after it."""
+def _restore_the_collector(qtbot):
+    """Each test starts with the collector released; a failing test must not leave it held
+    for the tests after it."""
+    qtbot.waitUntil(released, timeout=10_000)
     yield
     hold = _workers._CollectorHold
     if hold.running or hold.setting_up or gc.get_freeze_count() or not gc.isenabled():
@@ -211,3 +213,28 @@ def test_a_run_starting_before_the_pause_keeps_the_objects_frozen(qtbot):
     assert gc.get_freeze_count() > 0 and _workers._CollectorHold.running == 1
     second.set()
     qtbot.waitUntil(released, timeout=10_000)
+
+
+def test_a_button_held_still_is_not_a_pause(qtbot):
+    """A stroke paused with the mouse button down (no motion events) keeps the collection
+    waiting; it runs IDLE_SECONDS after the release."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtWidgets import QLineEdit
+
+    field = QLineEdit()
+    qtbot.addWidget(field)
+    field.show()
+    event = threading.Event()
+    worker = GeneratorWorker(steps, event, None)
+    start_worker(worker)
+    qtbot.waitUntil(lambda: gc.isenabled(), timeout=5_000)
+    event.set()
+    qtbot.waitUntil(run_ended, timeout=10_000)
+    qtbot.wait(300)  # the filter is installed at the first check after the end
+    qtbot.mousePress(field, Qt.MouseButton.LeftButton, pos=QPoint(5, 5))
+    qtbot.wait(int(1000 * (_workers.IDLE_SECONDS + 1.0)))
+    assert gc.get_freeze_count() > 0, "collected while the button was held"
+    qtbot.mouseRelease(field, Qt.MouseButton.LeftButton, pos=QPoint(5, 5))
+    released_at = time.perf_counter()
+    qtbot.waitUntil(released, timeout=5_000)
+    assert time.perf_counter() - released_at >= _workers.IDLE_SECONDS - 0.2

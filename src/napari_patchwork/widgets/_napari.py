@@ -197,6 +197,8 @@ class Lifecycle:
             watched_windows: set[int] = set()  # ids only: holding windows would leak viewers
 
             def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802 (Qt name)
+                if lifecycle.closed:  # still installed on windows it watched: nothing to do
+                    return False
                 kind = event.type()
                 if kind == QEvent.Type.ParentChange and watched is native:
                     if native.parent() is None:
@@ -217,7 +219,7 @@ class Lifecycle:
         native.installEventFilter(self._watcher)
         on_destroyed = lambda *_: lifecycle.close()  # noqa: E731
         native.destroyed.connect(on_destroyed)
-        # once closed, nothing of ours runs from Qt any more: a closed viewer's widgets can be
+        # once closed, no slot of ours runs from Qt any more: a closed viewer's widgets can be
         # collected later (widgets/_workers.py waits for the user's pause), and a `destroyed`
         # slot or event filter called from that collection crashed PyQt
         self._undo.append(lambda: native.destroyed.disconnect(on_destroyed))

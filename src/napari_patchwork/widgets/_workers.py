@@ -15,18 +15,19 @@ any widget's worker runs:
 - when the last running worker finishes, errors or is quit, the objects stay frozen (the
   collector keeps running on what is not frozen) and the full collection waits for the user
   to pause: once no run is left and no input event (mouse, key, wheel, touch) has reached
-  the application for :data:`IDLE_SECONDS`, ``gc.unfreeze()`` hands the frozen objects back
-  to the oldest generation and the collector runs once, on the GUI thread, from the event
-  loop. It frees what became garbage while frozen (a dock closed mid-run: left to a later
-  automatic collection, its Qt widgets were collected inside napari's teardown, where PyQt
-  crashed, tests/widgets/test_sampler_explorer_worker.py). It cannot be made shorter (CPython
-  3.11 walks every tracked object in one go, 280–460 ms here) nor skipped (the unfrozen
-  objects would make the next automatic full collection due soon after), so it is moved to
-  where nobody is touching the viewer, not into the last frame of a run. A run starting
-  before then keeps everything frozen and the collection waits for its end; a program that
-  exits before the pause collects at exit (``atexit``, the application still intact). A program that
-  calls ``gc.freeze()`` itself sees that undone then, and one that disabled the collector
-  keeps it disabled;
+  the application for :data:`IDLE_SECONDS` (nor a mouse button been held down),
+  ``gc.unfreeze()`` hands the frozen objects back to the oldest generation and the collector
+  runs once, on the GUI thread, from the event loop. It frees what became garbage while
+  frozen (a dock closed mid-run: left to a later automatic collection, its Qt widgets were
+  collected inside napari's teardown, where PyQt crashed,
+  tests/widgets/test_sampler_explorer_worker.py). It cannot be made shorter (CPython 3.11
+  walks every tracked object in one go, 280–460 ms here) nor skipped (the unfrozen objects
+  would make the next automatic full collection due soon after), so it is moved to where
+  nobody is touching the viewer, not into the last frame of a run. A run starting before
+  then keeps everything frozen and the collection waits for its end; a program that exits
+  before the pause collects at exit (``atexit``, the application still intact). A program
+  that calls ``gc.freeze()`` itself sees that undone then, and one that disabled the
+  collector keeps it disabled;
 - superqt emits no ``finished`` when the work ends in a ``RuntimeError`` (it takes it for a
   deleted Qt object) or a ``BaseException``: then the hold is released in the worker's thread
   as its work ends, and the GUI thread's idle check collects as above.
@@ -129,12 +130,18 @@ class _IdleCollection:
                 "TabletMove",
             )
         )
+        press, release = kinds.MouseButtonPress, kinds.MouseButtonRelease
         watch = self
 
         class InputFilter(QObject):
             def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
-                if event.type() in inputs:
+                kind = event.type()
+                if kind in inputs:
                     watch.last_input = time.perf_counter()
+                    if kind == press:  # a button held still (a paused stroke) is not a pause
+                        watch.button_down = True
+                    elif kind == release:
+                        watch.button_down = False
                 return False
 
         app = QApplication.instance()
@@ -145,21 +152,30 @@ class _IdleCollection:
         self.timer = QTimer(self.app)
         self.timer.setInterval(IDLE_POLL_MS)
         self.timer.timeout.connect(lambda: self.tick())
-        self.filtering = False
+        self.filtering = self.waiting = self.button_down = False
         self.last_input = time.perf_counter()
         # a program that ends before the pause: collect while the application is intact
         # (left frozen, a closed dock's Qt widgets crashed the interpreter's exit)
         atexit.register(self.at_exit)
 
     def at_exit(self) -> None:
-        if self.pending:
+        self.collect_now()
+
+    def collect_now(self) -> None:
+        """The waiting collection, now (at exit; tests, between two tests)."""
+        if not self.waiting:
+            return
+        try:
             self.timer.stop()
             self.stop_filtering()
-            _CollectorHold.release()
+        except RuntimeError:  # the application's Qt objects are gone already
+            pass
+        self.waiting = not _CollectorHold.release()
 
     def watch(self) -> None:
         """A run starts (GUI thread): poll until the collection after it has run."""
         self.stop_filtering()
+        self.waiting = True
         self.timer.start()
 
     def tick(self) -> None:
@@ -169,20 +185,23 @@ class _IdleCollection:
             self.app.installEventFilter(self.filter)
             self.filtering = True
             self.last_input = time.perf_counter()  # idle from the end of the last run
+        elif self.button_down:
+            self.last_input = time.perf_counter()
         elif time.perf_counter() - self.last_input >= IDLE_SECONDS:
             self.stop_filtering()
             if _CollectorHold.release():
+                self.waiting = False
                 self.timer.stop()
 
     def stop_filtering(self) -> None:
         if self.filtering:
+            self.filtering = self.button_down = False
             self.app.removeEventFilter(self.filter)
-            self.filtering = False
 
     @property
     def pending(self) -> bool:
         """Whether a collection is still to come."""
-        return bool(self.timer.isActive())
+        return self.waiting
 
 
 _idle_collection: _IdleCollection | None = None
@@ -193,9 +212,15 @@ def idle_collection() -> _IdleCollection:
     global _idle_collection
     from qtpy.QtWidgets import QApplication
 
-    if _idle_collection is None or _idle_collection.app is not QApplication.instance():
-        _idle_collection = _IdleCollection()
-    return _idle_collection
+    old = _idle_collection
+    if old is not None and old.app is QApplication.instance():
+        return old
+    new = _idle_collection = _IdleCollection()
+    if old is not None:  # the application was replaced (tests): the new one takes over
+        atexit.unregister(old.at_exit)
+        if old.waiting:
+            new.watch()
+    return new
 
 
 class _WorkerHold:

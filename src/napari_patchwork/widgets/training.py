@@ -10,6 +10,7 @@ widget use, writing the painted values back.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +102,10 @@ def _import_optimiser_modules_in_background() -> None:
     if _optimiser_import is None:
         _optimiser_import = create_worker(import_optimiser_modules, _start_thread=False)
         start_worker(_optimiser_import)
+        _optimiser_import.finished.connect(lambda: _optimiser_imported.set())  # after the hold
+
+
+_optimiser_imported = threading.Event()  # the background import has ended (tests wait on it)
 
 
 class TrainingWidget(Container):
