@@ -90,22 +90,28 @@ class _Finished:
     prediction: Prediction | None
 
 
-_optimiser_import: Any = None
+_optimiser_import: threading.Thread | None = None
+_optimiser_imported = threading.Event()  # the background import has ended (tests wait on it)
 
 
 def _import_optimiser_modules_in_background() -> None:
     """Once per process, when the dock opens: the first run's optimiser imports (1.8–3.5 s,
-    holding the interpreter lock 100–170 ms at a time) happen while the user paints, in a
-    worker started like a run (``start_worker``): its 800 modules' objects would otherwise
-    trigger a full collection (about 240 ms) under the user's brush."""
+    holding the interpreter lock 100–170 ms at a time) happen while the user paints, not in
+    the first run. A plain daemon thread, not a worker held like a run: a queued worker that
+    napari's thread pool drops never finishes, and its hold would keep the collector paused."""
     global _optimiser_import
     if _optimiser_import is None:
-        _optimiser_import = create_worker(import_optimiser_modules, _start_thread=False)
-        start_worker(_optimiser_import)
-        _optimiser_import.finished.connect(lambda: _optimiser_imported.set())  # after the hold
 
+        def run() -> None:
+            try:
+                import_optimiser_modules()
+            finally:
+                _optimiser_imported.set()
 
-_optimiser_imported = threading.Event()  # the background import has ended (tests wait on it)
+        _optimiser_import = threading.Thread(
+            target=run, daemon=True, name="patchwork-optimiser-import"
+        )
+        _optimiser_import.start()
 
 
 class TrainingWidget(Container):
