@@ -204,30 +204,6 @@ class FullCollections:
             self.spans[-1] = (self.spans[-1][0], time.perf_counter())
 
 
-def idle_heartbeat(seconds: float) -> list[float]:
-    """The gaps between a 5 ms GUI-thread timer's beats for ``seconds``, no run going."""
-    from qtpy.QtCore import QTimer  # noqa: TID251
-    from qtpy.QtWidgets import QApplication  # noqa: TID251
-
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def beat() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(beat)
-    timer.start(5)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        QApplication.processEvents()
-        time.sleep(0.001)
-    timer.stop()
-    return gaps
-
-
 def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
     """The GUI thread's longest stall while the widget trains and previews the visible slice.
 
@@ -239,7 +215,7 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
     the end, see ``widgets/_workers.py``). Needs a display (``xvfb-run -a``).
     """
     import napari  # noqa: TID251 (this measurement needs a real viewer)
-    from qtpy.QtCore import QTimer  # noqa: TID251
+    from heartbeat import Heartbeat, idle_heartbeat, pump_events, pump_events_for
     from qtpy.QtWidgets import QApplication  # noqa: TID251
 
     from napari_patchwork.widgets._workers import idle_collection
@@ -271,16 +247,7 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
         }
     )
     for name, click_button in (("Train", widget.train), ("Continue", widget.resume)):
-        gaps: list[tuple[float, float]] = []  # (gap, when it ended)
-        last, ended = [time.perf_counter()], [math.inf]
-
-        def beat(gaps: list[tuple[float, float]] = gaps, last: list[float] = last) -> None:
-            now = time.perf_counter()
-            gaps.append((now - last[0], now))
-            last[0] = now
-
-        timer = QTimer()
-        timer.timeout.connect(beat)
+        heartbeat, ended = Heartbeat(), [math.inf]
         handled = len(widget.refresh_seconds)
         full = FullCollections()
         gc.callbacks.append(full.record)
@@ -293,24 +260,22 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
         widget.worker.finished.connect(
             lambda ended=ended: ended.__setitem__(0, time.perf_counter())
         )
-        last[0] = time.perf_counter()
-        timer.start(5)
-        while widget.running:
-            QApplication.processEvents()
-            time.sleep(0.001)
+        heartbeat.start()
+        pump_events(lambda: widget.running)
         # the second after the run, apart; then, no input arriving, until the collection
         # that waits for the user's pause has run (widgets/_workers.py)
         end = time.perf_counter() + 1.0
-        while time.perf_counter() < end or idle_collection().pending:
-            QApplication.processEvents()
-            time.sleep(0.001)
-            if time.perf_counter() > end + 10:
-                raise RuntimeError("the idle-time collection did not run")
-        end = time.perf_counter() + 0.3  # the beats after it, which measure it
-        while time.perf_counter() < end:
-            QApplication.processEvents()
-            time.sleep(0.001)
-        timer.stop()
+        pump_events(
+            lambda end=end: (
+                (time.perf_counter() < end or idle_collection().pending)
+                and time.perf_counter() < end + 10
+            )
+        )
+        if idle_collection().pending:
+            raise RuntimeError("the idle-time collection did not run")
+        pump_events_for(0.3)  # the beats after it, which measure it
+        heartbeat.stop()
+        gaps = heartbeat.gaps
         gc.callbacks.remove(full.record)
         after = [gap for gap, when in gaps if ended[0] <= when < ended[0] + 1.0] or [0.0]
         paused = [gap for gap, when in gaps if when >= ended[0] + 1.0] or [0.0]

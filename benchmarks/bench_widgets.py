@@ -18,7 +18,7 @@ import time
 
 import napari
 import numpy as np
-from qtpy.QtCore import QTimer
+from heartbeat import Heartbeat, pump_events
 from qtpy.QtWidgets import QApplication
 
 from napari_patchwork.data import make_sample
@@ -96,20 +96,11 @@ def live_inference(shape: int, ndisplay: int) -> dict[str, float]:
     widget.run()  # the click: output layers are created here, before the run starts
     QApplication.processEvents()  # ... and drawn for the first time
     click = time.perf_counter() - start
-    gaps, last = [], [time.perf_counter()]
-
-    def beat() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(beat)
-    timer.start(5)
-    while widget.running:
-        QApplication.processEvents()
-        time.sleep(0.001)
-    timer.stop()
+    heartbeat = Heartbeat()
+    heartbeat.start()
+    pump_events(lambda: widget.running)
+    heartbeat.stop()
+    gaps = heartbeat.intervals()
     viewer.close()
     handler = widget.refresh_seconds
     return {

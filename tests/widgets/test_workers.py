@@ -45,6 +45,35 @@ def steps(event: threading.Event, error: BaseException | None):
     yield 2
 
 
+@pytest.fixture
+def text_field(qtbot):
+    """A shown text field to type into, click and hold the mouse button on."""
+    from qtpy.QtWidgets import QLineEdit
+
+    field = QLineEdit()
+    qtbot.addWidget(field)
+    field.show()
+    return field
+
+
+def start_a_run(qtbot) -> tuple[threading.Event, list[bool]]:
+    """A worker past its first result (collecting again, its objects frozen): set the event
+    to end it; the list fills when `finished` is emitted."""
+    event = threading.Event()
+    worker = GeneratorWorker(steps, event, None)
+    finished: list[bool] = []
+    worker.finished.connect(lambda: finished.append(True))
+    start_worker(worker)
+    qtbot.waitUntil(lambda: gc.isenabled(), timeout=5_000)
+    return event, finished
+
+
+def end_the_run(qtbot, run: tuple[threading.Event, list[bool]]) -> None:
+    event, finished = run
+    event.set()
+    qtbot.waitUntil(lambda: bool(finished) and run_ended(), timeout=10_000)
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -155,39 +184,29 @@ def test_a_first_result_settling_while_the_work_ends_leaves_nothing_frozen(qtbot
     assert released()
 
 
-def test_the_collection_waits_until_the_user_pauses(qtbot):
+def test_the_collection_waits_until_the_user_pauses(qtbot, text_field):
     """No full collection in the frames that end a run: the objects stay frozen while input
     keeps arriving (here: key presses and mouse moves every 150 ms, for 2.5 s), and are
     handed back and collected once, on the GUI thread, IDLE_SECONDS after the last one."""
     from qtpy.QtCore import QPoint, Qt
-    from qtpy.QtWidgets import QLineEdit
 
-    field = QLineEdit()
-    qtbot.addWidget(field)
-    field.show()
     full = []
 
     def record(phase, info):
         if phase == "start" and info["generation"] == 2:
             full.append(threading.current_thread() is threading.main_thread())
 
-    event = threading.Event()
-    worker = GeneratorWorker(steps, event, None)
-    finished = []
-    worker.finished.connect(lambda: finished.append(time.perf_counter()))
-    start_worker(worker)
-    qtbot.waitUntil(lambda: gc.isenabled(), timeout=5_000)
+    run = start_a_run(qtbot)
     gc.callbacks.append(record)
     try:
-        event.set()
-        qtbot.waitUntil(lambda: bool(finished), timeout=10_000)
-        assert run_ended() and gc.get_freeze_count() > 0  # the end of the run: still frozen
+        end_the_run(qtbot, run)
+        assert gc.get_freeze_count() > 0  # the end of the run: still frozen
         typing_until = time.perf_counter() + 2.5
         x = 0
         while time.perf_counter() < typing_until:
-            qtbot.keyClick(field, Qt.Key.Key_A)
+            qtbot.keyClick(text_field, Qt.Key.Key_A)
             x = (x + 7) % 50
-            qtbot.mouseMove(field, QPoint(5 + x, 5))
+            qtbot.mouseMove(text_field, QPoint(5 + x, 5))
             qtbot.wait(150)
         last_input = time.perf_counter()
         assert gc.get_freeze_count() > 0, "collected while the user was typing"
@@ -215,26 +234,17 @@ def test_a_run_starting_before_the_pause_keeps_the_objects_frozen(qtbot):
     qtbot.waitUntil(released, timeout=10_000)
 
 
-def test_a_button_held_still_is_not_a_pause(qtbot):
+def test_a_button_held_still_is_not_a_pause(qtbot, text_field):
     """A stroke paused with the mouse button down (no motion events) keeps the collection
     waiting; it runs IDLE_SECONDS after the release."""
     from qtpy.QtCore import QPoint, Qt
-    from qtpy.QtWidgets import QLineEdit
 
-    field = QLineEdit()
-    qtbot.addWidget(field)
-    field.show()
-    event = threading.Event()
-    worker = GeneratorWorker(steps, event, None)
-    start_worker(worker)
-    qtbot.waitUntil(lambda: gc.isenabled(), timeout=5_000)
-    event.set()
-    qtbot.waitUntil(run_ended, timeout=10_000)
+    end_the_run(qtbot, start_a_run(qtbot))
     qtbot.wait(300)  # the filter is installed at the first check after the end
-    qtbot.mousePress(field, Qt.MouseButton.LeftButton, pos=QPoint(5, 5))
+    qtbot.mousePress(text_field, Qt.MouseButton.LeftButton, pos=QPoint(5, 5))
     qtbot.wait(int(1000 * (_workers.IDLE_SECONDS + 1.0)))
     assert gc.get_freeze_count() > 0, "collected while the button was held"
-    qtbot.mouseRelease(field, Qt.MouseButton.LeftButton, pos=QPoint(5, 5))
+    qtbot.mouseRelease(text_field, Qt.MouseButton.LeftButton, pos=QPoint(5, 5))
     released_at = time.perf_counter()
     qtbot.waitUntil(released, timeout=5_000)
     assert time.perf_counter() - released_at >= _workers.IDLE_SECONDS - 0.2
