@@ -18,6 +18,7 @@ import torch
 
 from napari_patchwork.core.data.location import PatchLocation
 from napari_patchwork.core.inference.blending import _WINDOWS_1D, blending_window
+from napari_patchwork.core.inference.box import box_view
 from napari_patchwork.core.inference.grid import GridPlan, crop_intervals
 from napari_patchwork.core.types import TypeTriplet
 
@@ -189,7 +190,7 @@ class GridMerger:
         """Add ``(B, C, I', J', K')`` outputs of the patches of ranks ``first_rank …``."""
         outputs = outputs.to(self.values.device, torch.float32, non_blocking=True)
         crop, window = self.mode == "crop", self.window
-        for offset, patch in enumerate(outputs):
+        for offset, patch in enumerate(outputs.unbind(0)):
             rank = first_rank + offset
             if rank < self.next_rank:
                 continue
@@ -206,7 +207,12 @@ class GridMerger:
 
     def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
         """The part of the buffer where the patch of this rank lands (output coordinates)."""
-        return self.values[(slice(None), *target)]
+        ti, tj, tk = target
+        return box_view(
+            self.values,
+            (ti.start, tj.start, tk.start),
+            (ti.stop - ti.start, tj.stop - tj.start, tk.stop - tk.start),
+        )
 
     def _inverse_axes(self) -> list[torch.Tensor]:
         """Per axis, ``1 / F`` where the complete 1D weight sum ``F`` is positive, else 0."""

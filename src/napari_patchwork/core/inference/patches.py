@@ -13,12 +13,18 @@ import torch
 from napari_patchwork.core._validation import check_padding_mode
 from napari_patchwork.core.data.lazy import LazyVolume
 from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.inference.box import box_view, is_plain
 from napari_patchwork.core.types import TypeDType
+
+
+_NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {}
 
 
 def _numpy_dtype(dtype: TypeDType) -> np.dtype[Any]:
     if isinstance(dtype, torch.dtype):
-        dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        if dtype not in _NUMPY_DTYPES:  # checked once per run: keep it off the run's time
+            _NUMPY_DTYPES[dtype] = torch.empty(0, dtype=dtype).numpy().dtype
+        return _NUMPY_DTYPES[dtype]
     kind: np.dtype[Any] = np.dtype(dtype)
     return kind
 
@@ -169,6 +175,7 @@ class PatchGatherer:
         if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
             raise TypeError(f"fill must be a number, got {fill!r}")
         self.volume = volume
+        self._plain = isinstance(volume, torch.Tensor) and is_plain(volume)
         self.cached = cached
         self._fits: set[torch.dtype] = set()  # dtypes the padding constant was checked against
         self.mode: str | None = None
@@ -201,11 +208,14 @@ class PatchGatherer:
             check_constant_fits(self.fill, batch.dtype, "the patches")  # a constant must fit
             self._fits.add(batch.dtype)
         shape = self.volume.shape[1:]
-        for patch, location in zip(batch, locations):
-            if location.inside(shape):
-                patch.copy_(self._region(location.to_slices()))
-            else:
+        volume = self.volume if self._plain else None
+        for patch, location in zip(batch.unbind(0), locations):
+            if not location.inside(shape):
                 self._gather_border(patch, location)
+            elif volume is not None:  # one view, not three slices (the hot path of a run)
+                patch.copy_(box_view(volume, location.index, location.size))
+            else:
+                patch.copy_(self._region(location.to_slices()))
         return batch
 
     def _gather_border(self, patch: torch.Tensor, location: PatchLocation) -> None:
