@@ -16,7 +16,6 @@ from napari_patchwork.core.data.location import PatchLocation
 from napari_patchwork.core.inference.box import box_view, is_plain
 from napari_patchwork.core.types import TypeDType
 
-
 _NUMPY_DTYPES: dict[torch.dtype, np.dtype[Any]] = {}
 
 
