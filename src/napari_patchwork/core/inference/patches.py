@@ -207,7 +207,7 @@ class PatchGatherer:
             check_constant_fits(self.fill, batch.dtype, "the patches")  # a constant must fit
             self._fits.add(batch.dtype)
         shape = self.volume.shape[1:]
-        volume = self.volume if self._plain else None
+        volume = self.volume if self._plain and isinstance(self.volume, torch.Tensor) else None
         for patch, location in zip(batch.unbind(0), locations):
             if not location.inside(shape):
                 self._gather_border(patch, location)
