@@ -39,9 +39,12 @@ def test_box_view_is_the_slice(box):
     view = box_view(volume, start, size)
     expected = volume[(slice(None), *slices)]
     assert torch.equal(view, expected)
-    view.add_(1.0)  # a view: writing through it writes the volume, there
-    assert torch.equal(volume[(slice(None), *slices)], expected)
     assert view.data_ptr() == expected.data_ptr()
+    before = volume.clone()
+    view.add_(1.0)  # a view: writing through it writes the volume there, and only there
+    after = before.clone()
+    after[(slice(None), *slices)] += 1.0
+    assert torch.equal(volume, after)
 
 
 @pytest.mark.parametrize(

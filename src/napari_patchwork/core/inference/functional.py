@@ -290,8 +290,9 @@ def infer(
     Returns
     -------
     torch.Tensor or dict of torch.Tensor
-        Without ``output``. On the CPU its memory is numpy's (as ``torch.from_numpy``: it
-        cannot be resized in place), so that a loop of runs reuses the freed output's pages.
+        Without ``output``. Aggregated on the CPU, its memory is numpy's (as
+        ``torch.from_numpy``: it cannot be resized in place), so that a loop of runs reuses
+        the freed output's pages.
     zarr array or dict of zarr arrays
         With ``output``.
 

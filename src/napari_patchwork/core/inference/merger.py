@@ -115,13 +115,15 @@ FINALIZE_BLOCK_BYTES = 1 << 20
 
 
 def heap_zeros(shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 tensor of zeros from ``malloc``, 64-byte aligned, for the output buffer.
+    """A float32 tensor of zeros from the C heap (numpy's ``calloc``), 64-byte aligned.
+
+    The CPU output buffer of a run.
 
     torch allocates large CPU tensors with ``posix_memalign``, which asks glibc for the size
     plus the alignment: the block a freed output leaves is then too small for the next
     output of the same size, the heap grows and the new buffer's pages fault in afresh (2048
     faults at 128³; 59 and 33 runs of 77 in a loop of runs, 2.3-6 µs a fault on this VM,
-    up to half a 128³ run). A ``malloc`` block of the same size fits the hole it left: 0
+    up to half a 128³ run). A plain heap block of the same size fits the hole it left: 0
     runs of 77 fault. A loop over subjects, or the widget run after run, is that loop.
 
     Examples
