@@ -37,10 +37,11 @@ def viewer_with_sample(make_napari_viewer, small_sample):
 
 @pytest.fixture(autouse=True)
 def _collector_settled(request):
-    """The first training dock of a process imports torch's optimiser modules in a worker
-    held like a run (widgets/training.py): tests that check the collector's hold wait for it
-    to end, before and after each test, so it never counts as their run; after each test
-    the collection waiting for the user's pause runs (widgets/_workers.py)."""
+    """The first training dock of a process imports torch's optimiser modules in a daemon
+    thread (widgets/training.py): tests wait for it to end, before and after each test, so
+    that the import (and the collection its ~800 modules trigger) never lands inside a test
+    that checks the collector; after each test the collection waiting for the user's pause
+    runs (widgets/_workers.py)."""
 
     def wait() -> None:
         from napari_patchwork.widgets import training

@@ -30,8 +30,8 @@ def widget(make_napari_viewer, small_sample, qtbot):
     widget.annotations.value = viewer.layers["strokes"]
     widget.patch_size.value = 16
     widget.device.value = "cpu"
-    # the process's first dock imports torch's optimiser modules in a held worker: the tests
-    # of the collector's state start once it has ended
+    # the process's first dock imports torch's optimiser modules in a daemon thread: the
+    # tests of the collector's state start once it has ended
     qtbot.waitUntil(training._optimiser_imported.is_set, timeout=60_000)
     return widget
 

@@ -174,7 +174,8 @@ class PatchGatherer:
         if isinstance(fill, bool) or not isinstance(fill, (int, float, np.integer, np.floating)):
             raise TypeError(f"fill must be a number, got {fill!r}")
         self.volume = volume
-        self._plain = isinstance(volume, torch.Tensor) and is_plain(volume)
+        #: The volume where patches inside it are one view (box_view), else None.
+        self._viewable = volume if isinstance(volume, torch.Tensor) and is_plain(volume) else None
         self.cached = cached
         self._fits: set[torch.dtype] = set()  # dtypes the padding constant was checked against
         self.mode: str | None = None
@@ -207,7 +208,7 @@ class PatchGatherer:
             check_constant_fits(self.fill, batch.dtype, "the patches")  # a constant must fit
             self._fits.add(batch.dtype)
         shape = self.volume.shape[1:]
-        volume = self.volume if self._plain and isinstance(self.volume, torch.Tensor) else None
+        volume = self._viewable
         for patch, location in zip(batch.unbind(0), locations):
             if not location.inside(shape):
                 self._gather_border(patch, location)
