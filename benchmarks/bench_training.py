@@ -56,6 +56,7 @@ from napari_patchwork.sample import make_sample
 
 SIGMAS = (0.7, 1.6, 3.5, 5.0)
 PAINTING_SECONDS = 5.0  # the widget bench's dock is open this long before Train
+WINDOW = (1280, 800)  # the widget bench's main window, pixels (a laptop screen's napari)
 AUGMENTATIONS: dict[str, AugmentationConfig | None] = {
     "default": TrainingConfig().augmentation,
     "full": AugmentationConfig(),
@@ -204,7 +205,9 @@ class FullCollections:
             self.spans[-1] = (self.spans[-1][0], time.perf_counter())
 
 
-def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
+def widget_heartbeat(
+    seconds: float, size: int, window: tuple[int, int] = WINDOW
+) -> list[dict[str, float | str]]:
     """The GUI thread's longest stall while the widget trains and previews the visible slice.
 
     Train for ``seconds``, then Continue for ``seconds`` (the correction loop: same weights,
@@ -213,6 +216,11 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
     click to the end of the run, apart in the second after it, and apart again the full
     garbage collection that waits for the user's pause (no input here: about a second after
     the end, see ``widgets/_workers.py``). Needs a display (``xvfb-run -a``).
+
+    The widget is docked in a main window of ``window`` (width, height) pixels, as a user has
+    it. Last, the floor: the Train run's updates (status, loss line, previews) replayed through
+    the widget's own handler at the times they arrived, with no training running: the gaps
+    napari's own redraws make (on a software-OpenGL display they grow with the window's area).
     """
     import napari  # noqa: TID251 (this measurement needs a real viewer)
     from heartbeat import Heartbeat, idle_heartbeat, pump_events, pump_events_for
@@ -226,8 +234,16 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
     viewer.add_image(image, name="image")
     viewer.add_labels(scribbles_from_labels(truth, seed=0).astype(np.int32), name="strokes")
     viewer.dims.ndisplay = 2
+    viewer.window.resize(*window)
     opened_at = time.perf_counter()
     widget = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Train from annotations")
+    handle_update = widget._on_step  # the worker's `yielded` slot, recorded for the replay
+    updates: list[tuple[float, Any]] = []
+    widget._on_step = lambda update: (
+        updates.append((time.perf_counter(), update)),
+        handle_update(update),
+    )
     widget.annotations.value = viewer.layers["strokes"]
     widget.seconds.value, widget.device.value = seconds, "cpu"
     results: list[dict[str, float | str]] = []
@@ -255,6 +271,11 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
         click_button()  # Train: the prediction layer is created here ...
         QApplication.processEvents()  # ... and drawn for the first time
         click = time.perf_counter() - start
+        if name == "Train":
+            updates.clear()
+            train_started = start
+        else:
+            train_updates = list(updates)
         # connected after the widget's and the collector hold's own `finished` slots: a gap
         # that ends after this holds the end of the run (the hold's full collection)
         widget.worker.finished.connect(
@@ -290,6 +311,7 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
                 "heartbeat max gap ms": 1000 * max(during),
                 "at s after the click": max((g, w) for g, w in gaps if w < ended[0])[1] - start,
                 "heartbeat p99 gap ms": 1000 * float(np.percentile(during, 99)),
+                "gaps over 35 ms": float(sum(gap > 0.035 for gap in during)),
                 "max gap at the end and in the second after ms": 1000 * max(after),
                 "collection at the pause (no input) ms": 1000 * max(paused),
                 "full collections on the GUI thread, s after the end: ms": ", ".join(
@@ -297,8 +319,37 @@ def widget_heartbeat(seconds: float, size: int) -> list[dict[str, float | str]]:
                 ),
             }
         )
+    results.append(replay(train_updates, train_started, handle_update, window))
     viewer.close()
     return results
+
+
+def replay(
+    updates: list[tuple[float, Any]], start: float, handle_update: Any, window: tuple[int, int]
+) -> dict[str, float | str]:
+    """The floor: the recorded run's updates handled again at their times, nothing training."""
+    from heartbeat import Heartbeat, pump_events
+
+    from napari_patchwork.core.training import TrainingStep
+
+    steps = [(when - start, update) for when, update in updates if isinstance(update, TrainingStep)]
+    heartbeat = Heartbeat()
+    began = time.perf_counter()
+    heartbeat.start()
+    for offset, update in steps:
+        pump_events(lambda offset=offset: time.perf_counter() - began < offset)
+        handle_update(update)
+    pump_events(lambda: time.perf_counter() - began < (steps[-1][0] if steps else 0) + 0.5)
+    heartbeat.stop()
+    gaps = heartbeat.intervals()
+    previews = sum(update.preview is not None for _, update in steps)
+    return {
+        "run": f"floor: Train's {len(steps)} updates ({previews} previews) replayed, no training,"
+        f" window {window[0]}x{window[1]}",
+        "heartbeat max gap ms": 1000 * max(gaps),
+        "heartbeat p99 gap ms": 1000 * float(np.percentile(gaps, 99)),
+        "gaps over 35 ms": float(sum(gap > 0.035 for gap in gaps)),
+    }
 
 
 def table(rows: list[dict]) -> str:
@@ -357,6 +408,14 @@ def main() -> None:
         " (needs a display: xvfb-run -a)",
     )
     parser.add_argument(
+        "--window",
+        type=lambda text: tuple(int(v) for v in text.lower().split("x")),
+        default=WINDOW,
+        metavar="WIDTHxHEIGHT",
+        help="the widget bench's napari window (default %(default)s): on a software-OpenGL"
+        " display every redraw costs in proportion to its area",
+    )
+    parser.add_argument(
         "--widget-only",
         action="store_true",
         help="skip the training table: the widget is then the process's first training",
@@ -371,7 +430,7 @@ def main() -> None:
     if rows:
         print(table(rows))
     if args.widget > 0:
-        for result in widget_heartbeat(args.widget, args.size):
+        for result in widget_heartbeat(args.widget, args.size, args.window):
             figures = ", ".join(
                 f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                 for k, v in result.items()

@@ -92,6 +92,20 @@ def test_stop_keeps_the_weights_and_continue_resumes(widget, qtbot) -> None:
     assert widget.trainer.iteration > done
 
 
+def test_status_line_is_redrawn_a_few_times_a_second_not_at_every_step(widget, qtbot) -> None:
+    texts, label = [], widget.status.native
+    set_text = label.setText
+    label.setText = lambda text: (texts.append(text), set_text(text))  # what Qt is asked to draw
+    widget.seconds.value = 3.0
+    widget.train()
+    wait(qtbot, widget)
+    during = [text for text in texts if text.startswith("iteration")]
+    steps = widget.trainer.iteration
+    assert steps > 3 * len(during) > 0  # many steps, few redraws
+    assert len(during) <= 3.0 / training.STATUS_SECONDS + 2
+    assert texts[-1].startswith("stopped after")  # and the final status, whatever the timing
+
+
 def test_live_preview_of_the_visible_slice(widget, qtbot) -> None:
     viewer = widget.viewer
     viewer.dims.ndisplay = 2

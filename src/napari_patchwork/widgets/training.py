@@ -10,6 +10,7 @@ widget use, writing the painted values back.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +57,9 @@ WIDGET_WORDS = {
     "annotations": "annotations layer",
 }
 SPARK = "▁▂▃▄▅▆▇█"
+#: Seconds between two redraws of the status and the loss line during a run (each redraw of a
+#: dock's text recomposes the window: on a software-OpenGL display a frame of the whole window).
+STATUS_SECONDS = 0.5
 #: Models saved by this widget in this session, newest last (name -> path), for other widgets.
 SAVED_MODELS: dict[str, Path] = {}
 #: Called with (name, path) after each save (the Tiled inference widget refreshes its choices).
@@ -210,6 +214,7 @@ class TrainingWidget(Container):
         self._stop_requested = False
         self._agreement: float | None = None
         self._added_layer = False
+        self._status_shown = -math.inf  # when the status line was last redrawn (perf_counter)
 
     # ------------------------------------------------------------------ controls
     @property
@@ -289,6 +294,7 @@ class TrainingWidget(Container):
         self._image_layer = self.image.value
         self._stop_requested = False
         self._agreement, self.last_step = None, None
+        self._status_shown = -math.inf
         self._track_view()
         self._added_layer = self._prediction_layer()  # layer creation costs most at the click
         self.status.value = "preparing…" if fresh else "continuing…"
@@ -357,19 +363,24 @@ class TrainingWidget(Container):
                 self._agreement = update.prediction.painted_agreement
             return
         self.last_step = update
-        assert self.trainer is not None
-        losses = self.trainer.losses
-        recent = float(np.mean(losses[-10:]))
-        self.curve.value = f"{sparkline(losses)}  {recent:.3f}"
-        self.status.value = (
-            f"iteration {update.iteration} · loss {recent:.3f} · {update.elapsed:.0f} s ·"
-            f" {update.patches_per_second:.1f} patches/s"
-        )
         if update.preview is not None:
             self._show(update.preview)
             self._agreement = update.preview.painted_agreement
+        elif start - self._status_shown < STATUS_SECONDS:
+            self.refresh_seconds.append(time.perf_counter() - start)
+            return  # the status and loss line: a few times a second, not at every step
+        self._status_shown = start
+        assert self.trainer is not None
+        losses = self.trainer.losses
+        recent = float(np.mean(losses[-10:]))
+        status = (
+            f"iteration {update.iteration} · loss {recent:.3f} · {update.elapsed:.0f} s ·"
+            f" {update.patches_per_second:.1f} patches/s"
+        )
         if self._agreement is not None:
-            self.status.value += f" · painted voxels in view reproduced: {self._agreement:.0%}"
+            status += f" · painted voxels in view reproduced: {self._agreement:.0%}"
+        self.curve.value = f"{sparkline(losses)}  {recent:.3f}"
+        self.status.value = status
         self.refresh_seconds.append(time.perf_counter() - start)
 
     def _prediction_layer(self) -> bool:
