@@ -36,23 +36,9 @@ def viewer_with_sample(make_napari_viewer, small_sample):
 
 
 @pytest.fixture(autouse=True)
-def _collector_settled(request):
-    """The first training dock of a process imports torch's optimiser modules in a daemon
-    thread (widgets/training.py): tests wait for it to end, before and after each test, so
-    that the import (and the collection its ~800 modules trigger) never lands inside a test
-    that checks the collector; after each test the collection waiting for the user's pause
-    runs (widgets/_workers.py)."""
-
-    def wait() -> None:
-        from napari_patchwork.widgets import training
-
-        if training._optimiser_import is not None and not training._optimiser_imported.is_set():
-            qtbot = request.getfixturevalue("qtbot")
-            qtbot.waitUntil(training._optimiser_imported.is_set, timeout=60_000)
-
-    wait()
+def _collector_settled():
+    """After each test the collection waiting for the user's pause runs (widgets/_workers.py)."""
     yield
-    wait()
     from napari_patchwork.widgets import _workers
 
     # tests follow each other with no pause for the idle collection: without this, every

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import sys
 
 import numpy as np
 import pytest
@@ -30,10 +33,9 @@ def widget(make_napari_viewer, small_sample, qtbot):
     widget.annotations.value = viewer.layers["strokes"]
     widget.patch_size.value = 16
     widget.device.value = "cpu"
-    # the process's first dock imports torch's optimiser modules in a daemon thread: the
-    # tests of the collector's state start once it has ended
-    qtbot.waitUntil(training._optimiser_imported.is_set, timeout=60_000)
-    return widget
+    yield widget
+    if widget.trainer is not None:
+        widget.trainer.close()  # the training process of this test, ended with it
 
 
 def wait(qtbot, widget, timeout=60_000):
@@ -104,6 +106,24 @@ def test_status_line_is_redrawn_a_few_times_a_second_not_at_every_step(widget, q
     assert steps > 3 * len(during) > 0  # many steps, few redraws
     assert len(during) <= 3.0 / training.STATUS_SECONDS + 2
     assert texts[-1].startswith("stopped after")  # and the final status, whatever the timing
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_training_killed_by_the_system_leaves_napari_and_the_strokes(widget, qtbot) -> None:
+    strokes = widget.viewer.layers["strokes"]
+    painted = strokes.data.copy()
+    widget.seconds.value = 600.0
+    widget.train()
+    qtbot.waitUntil(lambda: widget.last_step is not None, timeout=60_000)
+    os.kill(widget.trainer._process.pid, signal.SIGKILL)  # as the kernel does out of memory
+    wait(qtbot, widget)
+    assert widget.status.value.startswith("⚠") and "ended unexpectedly" in widget.status.value
+    np.testing.assert_array_equal(strokes.data, painted)  # the user's work is untouched
+    assert "image training prediction" in widget.viewer.layers and widget.train_button.enabled
+    widget.seconds.value = 2.0
+    widget.train()  # a new process
+    wait(qtbot, widget)
+    assert "stopped after" in widget.status.value
 
 
 def test_live_preview_of_the_visible_slice(widget, qtbot) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,14 +24,8 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from napari_patchwork.core.training import (
-    NETWORKS,
-    Prediction,
-    Trainer,
-    TrainingConfig,
-    TrainingStep,
-    import_optimiser_modules,
-)
+from napari_patchwork.core.training import NETWORKS, Prediction, TrainingConfig, TrainingStep
+from napari_patchwork.core.training.process import TrainerProcess, prewarm
 
 from ..core.wording import reworded
 from ._napari import (
@@ -94,30 +87,6 @@ class _Finished:
     prediction: Prediction | None
 
 
-_optimiser_import: threading.Thread | None = None
-_optimiser_imported = threading.Event()  # the background import has ended (tests wait on it)
-
-
-def _import_optimiser_modules_in_background() -> None:
-    """Once per process, when the dock opens: the first run's optimiser imports (1.8–3.5 s,
-    holding the interpreter lock 100–170 ms at a time) happen while the user paints, not in
-    the first run. A plain daemon thread, not a worker held like a run: a queued worker that
-    napari's thread pool drops never finishes, and its hold would keep the collector paused."""
-    global _optimiser_import
-    if _optimiser_import is None:
-
-        def run() -> None:
-            try:
-                import_optimiser_modules()
-            finally:
-                _optimiser_imported.set()
-
-        _optimiser_import = threading.Thread(
-            target=run, daemon=True, name="patchwork-optimiser-import"
-        )
-        _optimiser_import.start()
-
-
 class TrainingWidget(Container):
     """Train a 3D network from painted annotations, in a worker thread.
 
@@ -129,7 +98,7 @@ class TrainingWidget(Container):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
-        _import_optimiser_modules_in_background()
+        prewarm()  # the training process starts (torch loads in it) while the user paints
         self.viewer = napari_viewer
         self.image = ComboBox(
             label="image",
@@ -205,7 +174,7 @@ class TrainingWidget(Container):
         self.stop_button.changed.connect(self.stop)
         self.continue_button.changed.connect(self.resume)
         self.save_button.changed.connect(self.save)
-        self.trainer: Trainer | None = None
+        self.trainer: TrainerProcess | None = None
         self.worker: Any = None
         self.last_step: TrainingStep | None = None
         self.refresh_seconds: list[float] = []  # GUI-thread time per yielded step
@@ -309,7 +278,11 @@ class TrainingWidget(Container):
     def _steps(self, config: TrainingConfig, pair: Any, fresh: bool) -> Any:
         try:
             if fresh or self.trainer is None:
-                self.trainer = Trainer(pair, config)
+                previous, self.trainer = self.trainer, None
+                if previous is not None:
+                    previous.close(wait=False)
+                self.trainer = TrainerProcess(pair, config)
+                prewarm()  # the next Train's process
             else:
                 self.trainer.set_annotations(pair)
             trainer = self.trainer
@@ -331,10 +304,10 @@ class TrainingWidget(Container):
             self.trainer.stop()
 
     def _abandon(self) -> None:
-        """The dock or the viewer is closing: stop training; late results are dropped."""
+        """The dock or the viewer is closing: end training; late results are dropped."""
         worker, self.worker = self.worker, None
         if self.trainer is not None:
-            self.trainer.stop()
+            self.trainer.close(wait=False)  # the process ends after its current step
         if worker is not None:
             worker.quit()
 

@@ -2,8 +2,9 @@
 
 One module per job: ``config`` (TrainingConfig), ``annotations`` (image/annotation pairs,
 the scripted annotator), ``augmentation`` (the Queue's transform), ``batches`` (balanced
-patches, shuffled ahead), ``networks`` (what is built or resumed, the loss) and ``trainer``
-(the loop: Trainer, train, iter_train).
+patches, shuffled ahead), ``networks`` (what is built or resumed, the loss), ``trainer``
+(the loop: Trainer, train, iter_train) and ``process`` (TrainerProcess: a Trainer in a child
+process, which a GUI drives so that training never shares its interpreter or its fate).
 """
 
 from napari_patchwork.core.training.annotations import scribbles_from_labels
@@ -14,6 +15,7 @@ from napari_patchwork.core.training.augmentation import (
 )
 from napari_patchwork.core.training.config import NETWORKS, TrainingConfig
 from napari_patchwork.core.training.networks import NormalizedNet, annotation_loss
+from napari_patchwork.core.training.process import TrainerProcess
 from napari_patchwork.core.training.trainer import (
     Prediction,
     Trainer,
@@ -30,6 +32,7 @@ __all__ = [
     "Prediction",
     "RandomAugmentation",
     "Trainer",
+    "TrainerProcess",
     "TrainingConfig",
     "TrainingStep",
     "annotation_loss",

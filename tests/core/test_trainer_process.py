@@ -1,0 +1,113 @@
+"""TrainerProcess: a real Trainer in a real child process, driven through its pipes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_patchwork.core.training import Trainer, TrainingConfig
+from napari_patchwork.core.training.process import TrainerProcess, prewarm, shutdown_spare
+from napari_patchwork.io.models import model_class_values
+
+CONFIG = TrainingConfig(patch_size=8, width=2, seed=0, iterations=4, preview_every=0.01)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    image = torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(0))
+    strokes = torch.zeros(16, 16, 16, dtype=torch.int64)
+    strokes[2:5, 2:5, 2:5], strokes[10:13, 10:13, 10:13] = 1, 3
+    return image.numpy(), strokes.numpy()
+
+
+@pytest.fixture
+def trainer(pair):
+    with TrainerProcess(pair, CONFIG) as trainer:
+        yield trainer
+
+
+def test_trains_as_the_trainer_here_does(trainer, pair) -> None:
+    steps = list(trainer.run())
+    here = Trainer(pair, CONFIG)
+    expected = [step.loss for step in here.run()]
+    assert [step.iteration for step in steps] == [1, 2, 3, 4] == list(range(1, 5))
+    assert trainer.iteration == 4 and trainer.class_values == [1, 3]
+    np.testing.assert_allclose(trainer.losses, expected, rtol=1e-3)
+    prediction = trainer.predict()
+    assert prediction.labels.shape == (16, 16, 16)
+    assert set(np.unique(prediction.labels).tolist()) <= {1, 3}
+
+
+def test_errors_come_back_as_themselves(pair) -> None:
+    image, strokes = pair
+    with pytest.raises(ValueError, match="class"):
+        TrainerProcess((image, np.where(strokes > 0, 1, 0)), CONFIG)  # one class painted
+    with pytest.raises(TypeError, match="config must be a TrainingConfig"):
+        TrainerProcess(pair, {"patch_size": 8})
+
+
+def test_a_bad_run_setting_is_raised_and_the_trainer_goes_on(trainer) -> None:
+    with pytest.raises(ValueError, match="seconds"):
+        list(trainer.run(seconds=-1.0))
+    assert [step.iteration for step in trainer.run(iterations=2)] == [1, 2]
+
+
+def test_stop_from_another_thread_keeps_the_weights(trainer, tmp_path) -> None:
+    steps = trainer.run(seconds=600.0, iterations=10**6)
+    next(steps)
+    threading.Timer(0.2, trainer.stop).start()
+    done = [step.iteration for step in steps]
+    assert len(done) < 200 and trainer.running
+    iteration = trainer.iteration
+    assert [step.iteration for step in trainer.run(iterations=2)] == [iteration + 1, iteration + 2]
+    path = trainer.save(tmp_path / "model.pt2")
+    assert path.exists() and model_class_values(path) == [1, 3]
+
+
+def test_previews_follow_the_region_the_caller_shows(trainer) -> None:
+    first = (slice(3, 4), slice(0, 16), slice(0, 16))
+    moved = (slice(0, 16), slice(9, 10), slice(0, 16))
+    regions, previews = [first], []
+    steps = trainer.run(seconds=120.0, iterations=10**6, preview=lambda: regions[-1])
+    for step in steps:
+        if step.preview is not None:
+            previews.append(step.preview.region)
+            regions.append(moved)  # the user moves to another slice after the first preview
+        if previews and previews[-1] == moved:
+            break
+    steps.close()
+    assert previews[0] == first and previews[-1] == moved
+
+
+def test_closing_a_run_early_leaves_the_trainer_usable(trainer) -> None:
+    steps = trainer.run(seconds=600.0, iterations=10**6)
+    next(steps)
+    steps.close()  # the caller stops iterating: the child's run is stopped and drained
+    assert [step.iteration for step in trainer.run(iterations=1)] == [trainer.iteration]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_killed_process_is_reported_not_hung(trainer) -> None:
+    steps = trainer.run(seconds=600.0, iterations=10**6)
+    next(steps)
+    os.kill(trainer._process.pid, signal.SIGKILL)  # what the kernel does when memory runs out
+    with pytest.raises(RuntimeError, match="ended unexpectedly"):
+        list(steps)
+    assert not trainer.running
+    with pytest.raises(RuntimeError):
+        trainer.predict()
+
+
+def test_close_ends_the_child_and_a_spare_is_taken(pair) -> None:
+    prewarm()
+    trainer = TrainerProcess(pair, CONFIG)
+    process = trainer._process
+    trainer.close()
+    assert process.poll() is not None
+    shutdown_spare()
