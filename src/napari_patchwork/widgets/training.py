@@ -281,8 +281,9 @@ class TrainingWidget(Container):
                 previous, self.trainer = self.trainer, None
                 if previous is not None:
                     previous.close(wait=False)
+                # the process prewarmed when the dock opened (an idle one holds ~280 MB: no
+                # spare is kept after it; a second Train waits 2-4 s for a new one)
                 self.trainer = TrainerProcess(pair, config)
-                prewarm()  # the next Train's process
             else:
                 self.trainer.set_annotations(pair)
             trainer = self.trainer

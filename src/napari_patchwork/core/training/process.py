@@ -17,9 +17,10 @@ Why a process, not a thread of the GUI's:
 The child is ``python -m napari_patchwork.core.training._child``: it imports nothing of the
 caller's ``__main__`` (as ``multiprocessing``'s spawn would, re-running an unguarded user
 script), reads pickled commands on its standard input and writes pickled replies on the
-standard output it was started with (anything the child prints goes to standard error), at
-a lower scheduling priority (:data:`CHILD_NICENESS`). It exits when its input closes, so it
-never outlives its parent; Ctrl-C is the parent's to handle.
+standard output it was started with (anything the child prints goes to standard error). It
+runs at the parent's priority: a lower one (nice 10) did not change the GUI's gaps here and
+starves the training whenever anything else keeps the cores busy. It exits when its input
+closes, so it never outlives its parent; Ctrl-C is the parent's to handle.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ from typing import IO, Any
 from napari_patchwork.core.training.config import Region, TrainingConfig
 from napari_patchwork.core.training.trainer import Prediction, TrainingStep
 
-#: The child's niceness (Unix): the GUI, the display server and its renderer come first.
-CHILD_NICENESS = 10
 _HEADER = struct.Struct("!Q")
 #: Errors the child hands back as themselves; any other is a RuntimeError naming its type.
 _KNOWN_ERRORS = (ValueError, TypeError, RuntimeError, FileNotFoundError, OSError, KeyError)
@@ -404,11 +403,6 @@ def serve() -> None:
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent's
-    if hasattr(os, "nice"):
-        try:
-            os.nice(CHILD_NICENESS)
-        except OSError:
-            pass
     from napari_patchwork.core.training.trainer import import_optimiser_modules
 
     import_optimiser_modules()  # while the user paints (prewarm), not in the first step
