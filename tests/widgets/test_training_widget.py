@@ -135,6 +135,17 @@ def test_training_killed_by_the_system_leaves_napari_and_the_strokes(widget, qtb
     assert "stopped after" in widget.status.value
 
 
+def test_closing_the_viewer_mid_run_ends_the_training_process(widget, qtbot) -> None:
+    widget.viewer.window.add_dock_widget(widget)
+    widget.seconds.value = 600.0
+    widget.train()
+    qtbot.waitUntil(lambda: widget.last_step is not None, timeout=60_000)
+    process = widget.trainer._process
+    widget.viewer.close()  # the user quits napari while training runs
+    qtbot.waitUntil(lambda: process.poll() is not None, timeout=15_000)
+    assert widget.lifecycle.closed and not widget.running
+
+
 def test_live_preview_of_the_visible_slice(widget, qtbot) -> None:
     viewer = widget.viewer
     viewer.dims.ndisplay = 2

@@ -233,8 +233,7 @@ class TrainerProcess:
 
     def _call(self, command: str, *arguments: object) -> Any:
         self._send(command, *arguments)
-        kind, payload = self._receive()
-        return payload
+        return self._receive()[1]
 
     # ------------------------------------------------------------------ Trainer's interface
     @property
@@ -299,7 +298,7 @@ class TrainerProcess:
         try:
             while self._receive()[0] != "done":
                 pass
-        except (RuntimeError, *_KNOWN_ERRORS):
+        except _KNOWN_ERRORS:  # RuntimeError among them: the child has gone
             pass
 
     def predict(self, region: Region | None = None) -> Prediction:
@@ -411,4 +410,7 @@ def serve() -> None:
     child = _Child(replies)
     listener = threading.Thread(target=child.listen, args=(sys.stdin.buffer,), daemon=True)
     listener.start()
-    child.serve()
+    try:
+        child.serve()
+    except OSError:  # a broken pipe: the parent has gone, nobody to tell
+        os._exit(0)
