@@ -110,8 +110,12 @@ def _planned_axis(key: _AxisKey) -> _Axis:
 
 
 #: Bytes of the buffer :meth:`GridMerger.finalize` normalises at a time (a block stays in the
-#: cache while it is multiplied twice and summed).
-FINALIZE_BLOCK_BYTES = 1 << 20
+#: cache while it is multiplied twice and summed; split between the threads, half of a 4 MiB
+#: block fits each core's 2 MiB L2 here). 4 MiB measured faster than 1 MiB at 128³, 192³ and
+#: 256³ (gaussian identity runs 5.87 → 5.70, 28.3 → 27.2, 64.7 → 63.0 ms, 50 round-robin
+#: runs each, 2026-12-07); whole-buffer passes are slower once the output leaves the cache
+#: (256³: 7.0 ms against 4.5 ms for the finalize alone).
+FINALIZE_BLOCK_BYTES = 4 << 20
 
 
 def heap_zeros(shape: tuple[int, ...]) -> torch.Tensor:
