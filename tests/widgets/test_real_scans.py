@@ -18,7 +18,7 @@ import pytest
 
 from napari_patchwork.napari_contributions import read_layers
 from napari_patchwork.widgets import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
-from napari_patchwork.widgets._napari import data_to_world_matrix
+from napari_patchwork.widgets._napari import data_to_world_matrix, slice_position
 
 # napari's own note on oblique data in 2D views (it shows the data plane without the rotation)
 pytestmark = pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
@@ -73,6 +73,20 @@ def created(viewer, before):
 def test_reader_places_the_scan_at_its_affine(viewer_with_scan):
     image = viewer_with_scan.layers[0]
     assert np.allclose(data_to_world_matrix(image), oblique_las_affine(), atol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_the_slice_on_screen_is_the_slice_napari_shows(viewer_with_scan, axis):
+    """Previews and refreshes follow the slice napari draws of the oblique scan, not the
+    slice the whole 3D point maps to (those were 13 slices apart here)."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    viewer.dims.order = (axis, *(a for a in range(3) if a != axis))
+    steps = viewer.dims.nsteps[axis]
+    for step in np.linspace(0, steps - 1, 7).astype(int):
+        viewer.dims.set_current_step(axis, int(step))
+        shown = image._data_slice.point[axis]  # napari's own slice of the layer's data
+        assert slice_position(viewer, image) == (axis, int(round(shown))), (step, shown)
 
 
 @pytest.mark.parametrize("ndisplay", [2, 3])

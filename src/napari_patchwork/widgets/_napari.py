@@ -377,9 +377,17 @@ def slice_position(viewer: Any, layer: Any) -> tuple[int | None, int]:
     if not not_displayed:
         return None, 0
     world_axis = not_displayed[-1]
-    data_point = layer.world_to_data(viewer.dims.point)
     data_axis = world_axis - (viewer.dims.ndim - layer.ndim)
-    return data_axis, int(round(float(np.asarray(data_point)[data_axis])))
+    # napari slices through the sliced axis alone (its slice input restricts world_to_data
+    # to the axes not displayed): on an oblique scan, mapping the whole point instead gives
+    # another slice than the one on screen. ``world_to_data`` is affine: its diagonal entry
+    # and offset on that axis, from two public calls.
+    offset = float(np.asarray(layer.world_to_data(np.zeros(layer.ndim)))[data_axis])
+    unit = np.zeros(layer.ndim)
+    unit[data_axis] = 1.0
+    gain = float(np.asarray(layer.world_to_data(unit))[data_axis]) - offset
+    index = offset + gain * float(viewer.dims.point[world_axis])
+    return data_axis, int(round(index))
 
 
 def shape_of(layer: Any) -> tuple[int, int, int]:
