@@ -83,7 +83,19 @@ def move_cursor(viewer, world) -> None:
 
 
 def current_slice(viewer, image) -> int:
-    return int(round(float(np.asarray(image.world_to_data(viewer.dims.point))[0])))
+    """The data slice napari shows (its own slicing of the layer)."""
+    return int(round(float(image._data_slice.point[0])))
+
+
+def on_screen(viewer, image, voxel) -> np.ndarray:
+    """The world position a 2D mouse event gives over ``voxel`` of the slice on screen: napari
+    places the slice by the displayed axes' part of the layer's transform (an oblique scan's
+    full ``data_to_world`` lands elsewhere), the other axes at the viewer's point."""
+    displayed = list(viewer.dims.displayed)
+    world = np.asarray(viewer.dims.point, float).copy()
+    place = image._data_to_world.set_slice(displayed)
+    world[displayed] = place(np.asarray(voxel, float)[displayed])
+    return world
 
 
 def world_points(layer, points) -> set[tuple[float, ...]]:
@@ -128,7 +140,7 @@ def test_cursor_patch_is_outlined_where_the_scan_is(oblique_viewer):
     widget.patch_size.value, widget.patch_overlap.value = "8, 8, 4", "4, 4, 2"
     position = current_slice(viewer, image)
     voxel = (position, 9, 5)
-    move_cursor(viewer, image.data_to_world(voxel))
+    move_cursor(viewer, on_screen(viewer, image, voxel))
     rank = widget.cursor_rank
     assert rank is not None and rank == widget.owner(voxel)
     location = widget.plan.location(rank)
@@ -158,7 +170,7 @@ def test_cursor_patch_is_outlined_where_the_scan_is(oblique_viewer):
     # another voxel of the same cell redraws nothing; outside the scan clears the cursor
     before = np.asarray(layer.data).copy()
     assert widget.hover_voxel(voxel) == rank and np.array_equal(np.asarray(layer.data), before)
-    move_cursor(viewer, image.data_to_world((position, -5, 5)))
+    move_cursor(viewer, on_screen(viewer, image, (position, -5, 5)))
     assert widget.cursor_rank is None and layer.nshapes == 0
     assert not np.asarray(shared.data).any() and widget.cursor.value == CURSOR_HINT
 
@@ -211,9 +223,8 @@ def test_following_the_cursor_can_be_switched_off(oblique_viewer):
     widget = PatchGridWidget(viewer)
     widget.patch_size.value, widget.patch_overlap.value = "8", "4"
     widget.follow_cursor.value = False
-    move_cursor(
-        viewer, viewer.layers[0].data_to_world((current_slice(viewer, viewer.layers[0]), 9, 5))
-    )
+    image = viewer.layers[0]
+    move_cursor(viewer, on_screen(viewer, image, (current_slice(viewer, image), 9, 5)))
     assert widget.cursor_rank is None and CURSOR_LAYER not in viewer.layers
 
 
@@ -306,7 +317,7 @@ def test_the_users_layer_stays_active_and_removing_the_image_is_safe(oblique_vie
     viewer.layers.selection.active = image
     widget = PatchGridWidget(viewer)
     widget.patch_size.value, widget.patch_overlap.value = "8", "4"
-    move_cursor(viewer, image.data_to_world((current_slice(viewer, image), 9, 5)))
+    move_cursor(viewer, on_screen(viewer, image, (current_slice(viewer, image), 9, 5)))
     widget.select_voxel((10, 9, 5))
     assert CURSOR_LAYER in viewer.layers and viewer.layers.selection.active is image
     viewer.layers.remove(image)

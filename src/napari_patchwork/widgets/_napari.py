@@ -390,6 +390,29 @@ def slice_position(viewer: Any, layer: Any) -> tuple[int | None, int]:
     return data_axis, int(round(index))
 
 
+def voxel_on_screen(viewer: Any, layer: Any, position: Any) -> tuple[float, float, float]:
+    """The data point of a 3D ``layer`` drawn at the world ``position`` (a mouse event's).
+
+    In 3D, and for a scan whose axes are the world's, this is ``world_to_data``. In a 2D
+    view of an oblique scan napari draws the slice :func:`slice_position` gives, placed by the
+    displayed axes' part of the layer's transform alone: the point under the cursor is that
+    slice and the displayed axes' part inverted (``world_to_data`` of the whole point lands
+    off the slice on screen).
+    """
+    point = np.asarray(layer.world_to_data(position), float)[-3:]
+    axis, index = slice_position(viewer, layer)
+    if axis is None:
+        return (float(point[0]), float(point[1]), float(point[2]))
+    shown = [a for a in range(3) if a != axis]
+    world_axes = [a + viewer.dims.ndim - 3 for a in shown]
+    matrix = data_to_world_matrix(layer)
+    block = matrix[np.ix_(shown, shown)]
+    world = np.asarray(position, float)[world_axes]
+    point[shown] = np.linalg.solve(block, world - matrix[shown, 3])
+    point[axis] = index
+    return (float(point[0]), float(point[1]), float(point[2]))
+
+
 def shape_of(layer: Any) -> tuple[int, int, int]:
     """The layer's 3D shape, without reading its data (multiscale: the finest level)."""
     shape = tuple(int(s) for s in layer.level_shapes[0]) if layer.multiscale else layer.data.shape

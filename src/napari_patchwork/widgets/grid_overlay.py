@@ -57,6 +57,7 @@ from ._napari import (
     show_layer,
     slice_position,
     summarise_ranks,
+    voxel_on_screen,
     watch_layers,
 )
 
@@ -261,8 +262,8 @@ class PatchGridWidget(Container):
 
     # ------------------------------------------------------------------ cursor
     def _voxel_at(self, position: Any) -> tuple[int, ...]:
-        layer = self.image.value
-        return tuple(np.round(np.asarray(layer.world_to_data(position))[-3:]).astype(int))
+        point = voxel_on_screen(self.viewer, self.image.value, position)
+        return tuple(int(v) for v in np.round(point))
 
     def _on_move(self, viewer: Any, event: Any) -> None:
         if not self._shown() or viewer.dims.ndisplay == 3 or not self.follow_cursor.value:
