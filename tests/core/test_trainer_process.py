@@ -6,13 +6,21 @@ import os
 import signal
 import sys
 import threading
+import types
 
 import numpy as np
 import pytest
 import torch
 
 from napari_patchwork.core.training import Trainer, TrainingConfig
-from napari_patchwork.core.training.process import TrainerProcess, prewarm, shutdown_spare
+from napari_patchwork.core.training import process as process_module
+from napari_patchwork.core.training.process import (
+    LocalTrainer,
+    TrainerProcess,
+    prewarm,
+    shutdown_spare,
+    start_trainer,
+)
 from napari_patchwork.io.models import model_class_values
 
 CONFIG = TrainingConfig(patch_size=8, width=2, seed=0, iterations=4, preview_every=0.01)
@@ -89,7 +97,70 @@ def test_closing_a_run_early_leaves_the_trainer_usable(trainer) -> None:
     steps = trainer.run(seconds=600.0, iterations=10**6)
     next(steps)
     steps.close()  # the caller stops iterating: the child's run is stopped and drained
-    assert [step.iteration for step in trainer.run(iterations=1)] == [trainer.iteration]
+    done = trainer.iteration  # the steps drained count too: the next run goes on from here
+    assert len(trainer.losses) == done
+    assert [step.iteration for step in trainer.run(iterations=1)] == [done + 1]
+
+
+def test_a_stop_after_a_run_does_not_cancel_the_next_one(trainer) -> None:
+    assert [step.iteration for step in trainer.run(iterations=2)] == [1, 2]
+    trainer.stop()  # e.g. Stop pressed during the final prediction
+    assert [step.iteration for step in trainer.run(iterations=2)] == [3, 4]
+
+
+def test_a_call_during_a_run_is_refused_and_the_run_goes_on(trainer) -> None:
+    steps = trainer.run(iterations=3)
+    assert next(steps).iteration == 1
+    with pytest.raises(RuntimeError, match="in progress"):
+        trainer.predict()
+    assert [step.iteration for step in steps] == [2, 3]
+    assert trainer.predict().labels.shape == (16, 16, 16)  # its own reply, not a step
+
+
+def test_previews_carry_labels_without_probabilities(trainer) -> None:
+    region = (slice(0, 16), slice(0, 16), slice(0, 16))  # a 3D view: the whole volume
+    previews = [s.preview for s in trainer.run(iterations=20, preview=region) if s.preview]
+    assert previews, "no preview was due"
+    assert previews[0].labels.shape == (16, 16, 16)
+    assert previews[0].probabilities.shape == (2, 0, 0, 0)  # not piped: predict() gives them
+    assert trainer.predict().probabilities.shape == (2, 16, 16, 16)
+
+
+def test_input_the_child_cannot_read_is_an_error_not_a_hang(pair) -> None:
+    module = types.ModuleType("patchwork_test_only_in_the_parent")
+
+    class ParentOnlyArray(np.ndarray):
+        pass
+
+    ParentOnlyArray.__module__ = module.__name__
+    ParentOnlyArray.__qualname__ = "ParentOnlyArray"
+    module.ParentOnlyArray = ParentOnlyArray
+    sys.modules[module.__name__] = module
+    try:
+        image = pair[0].view(ParentOnlyArray)
+        with pytest.raises(TypeError, match="could not read its input"):
+            TrainerProcess((image, pair[1]), CONFIG)
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_a_refused_input_keeps_the_idle_child_for_the_next_trainer(pair) -> None:
+    image, strokes = pair
+    prewarm()
+    spare = process_module._spare
+    with pytest.raises(ValueError, match="two classes"):
+        TrainerProcess((image, np.where(strokes > 0, 1, 0)), CONFIG)
+    assert process_module._spare is spare and spare.poll() is None  # no 2-4 s for a new one
+    with TrainerProcess(pair, CONFIG) as trainer:
+        assert trainer._process is spare
+
+
+def test_a_frozen_application_trains_here(pair, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "frozen", True, raising=False)  # PyInstaller's mark
+    trainer = start_trainer(pair, CONFIG)
+    assert isinstance(trainer, LocalTrainer)
+    assert [step.iteration for step in trainer.run(iterations=2)] == [1, 2]
+    trainer.close()
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")

@@ -12,7 +12,9 @@ import time
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
+from napari_patchwork.core.training import process as training_process
 from napari_patchwork.core.training import scribbles_from_labels
 from napari_patchwork.io.models import model_class_values
 from napari_patchwork.widgets import training
@@ -127,8 +129,10 @@ def test_training_killed_by_the_system_leaves_napari_and_the_strokes(widget, qtb
     os.kill(widget.trainer._process.pid, signal.SIGKILL)  # as the kernel does out of memory
     wait(qtbot, widget)
     assert widget.status.value.startswith("⚠") and "ended unexpectedly" in widget.status.value
+    assert "out of memory" in widget.status.value  # why a process is killed, in words
     np.testing.assert_array_equal(strokes.data, painted)  # the user's work is untouched
     assert "image training prediction" in widget.viewer.layers and widget.train_button.enabled
+    assert not widget.continue_button.enabled and not widget.save_button.enabled  # nothing left
     widget.seconds.value = 2.0
     widget.train()  # a new process
     wait(qtbot, widget)
@@ -144,6 +148,58 @@ def test_closing_the_viewer_mid_run_ends_the_training_process(widget, qtbot) -> 
     widget.viewer.close()  # the user quits napari while training runs
     qtbot.waitUntil(lambda: process.poll() is not None, timeout=15_000)
     assert widget.lifecycle.closed and not widget.running
+
+
+def test_closing_napari_while_the_trainer_starts_leaves_no_process(widget, qtbot) -> None:
+    widget.viewer.window.add_dock_widget(widget)
+    widget.seconds.value = 600.0
+    widget.train()  # the worker is building the trainer (the child loads the pair)
+    widget.viewer.close()  # before the first step
+    qtbot.waitUntil(lambda: widget.trainer is not None, timeout=60_000)
+    process = widget.trainer._process
+    qtbot.waitUntil(lambda: process.poll() is not None, timeout=30_000)  # not 600 s of training
+
+
+def test_closing_the_dock_ends_the_prewarmed_process(widget, qtbot) -> None:
+    spare = training_process._spare  # started when the dock opened, for the first Train
+    assert spare is not None and spare.poll() is None
+    widget.viewer.window.add_dock_widget(widget)
+    widget.viewer.close()  # the user opened the dock, never trained, and quit
+    qtbot.waitUntil(lambda: spare.poll() is not None, timeout=15_000)  # not ~280 MB kept
+    assert training_process._spare is None
+
+
+def test_typing_a_patch_size_gives_that_patch_size(widget, qtbot) -> None:
+    field = widget.patch_size.native
+    for typed in ("16", "128", "24"):
+        field.selectAll()
+        qtbot.keyClicks(field, typed)  # key by key, as a user types
+        qtbot.keyClick(field, Qt.Key.Key_Return)
+        assert widget.patch_size.value == int(typed)
+    field.selectAll()
+    qtbot.keyClicks(field, "3")
+    qtbot.keyClick(field, Qt.Key.Key_Return)
+    assert widget.train() is None and "patch size must be even and >= 4" in widget.status.value
+
+
+def test_a_patch_larger_than_the_image_is_refused(widget, qtbot) -> None:
+    widget.patch_size.value = 256  # the sample is 40 x 36 x 32: all padding, out of memory
+    widget.train()
+    wait(qtbot, widget)
+    assert widget.status.value.startswith("⚠")
+    assert "patch size 256 is larger than image in every direction" in widget.status.value
+
+
+def test_saving_where_it_cannot_shows_why(widget, qtbot, tmp_path) -> None:
+    widget.seconds.value = 2.0
+    widget.train()
+    wait(qtbot, widget)
+    widget.save_file.value = str(tmp_path / "no such folder" / "model.pt2")
+    assert widget.save() is None  # no exception out of the button
+    assert widget.status.value.startswith("⚠") and "no such folder" in widget.status.value
+    assert widget.save_button.enabled  # the model is still there: choose another place
+    widget.save_file.value = str(tmp_path / "model.pt2")
+    assert widget.save() == tmp_path / "model.pt2"
 
 
 def test_live_preview_of_the_visible_slice(widget, qtbot) -> None:
@@ -173,6 +229,7 @@ def test_one_class_painted_is_refused_in_the_status(widget, qtbot) -> None:
     widget.train()
     wait(qtbot, widget)
     assert "at least two classes" in widget.status.value
+    assert "layer layer" not in widget.status.value  # reworded once, not at each hand-over
     assert "image training prediction" not in widget.viewer.layers  # a failed start adds none
 
 

@@ -17,9 +17,17 @@ def reworded_text(text: str, words: Mapping[str, str]) -> str:
     --------
     >>> reworded_text("patch_size must be positive", {"patch_size": "--patch-size"})
     '--patch-size must be positive'
+
+    Rewording twice changes nothing (a replacement that extends its key is not extended again):
+
+    >>> once = reworded_text("annotations are empty", {"annotations": "annotations layer"})
+    >>> once, reworded_text(once, {"annotations": "annotations layer"})
+    ('annotations layer are empty', 'annotations layer are empty')
     """
     for name, replacement in words.items():
-        text = re.sub(rf"\b{re.escape(name)}\b", replacement, text)
+        rest = replacement[len(name) :] if replacement.startswith(name) else ""
+        done = f"(?!{re.escape(rest)})" if rest else ""
+        text = re.sub(rf"\b{re.escape(name)}\b{done}", replacement, text)
     return text
 
 

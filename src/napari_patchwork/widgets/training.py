@@ -25,7 +25,13 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
 from napari_patchwork.core.training import NETWORKS, Prediction, TrainingConfig, TrainingStep
-from napari_patchwork.core.training.process import TrainerProcess, prewarm
+from napari_patchwork.core.training.process import (
+    LocalTrainer,
+    TrainerProcess,
+    prewarm,
+    shutdown_spare,
+    start_trainer,
+)
 
 from ..core.wording import reworded
 from ._napari import (
@@ -131,10 +137,12 @@ class TrainingWidget(Container):
             "strokes in seconds; unet: a small U-Net learning its own filters (needs more "
             "strokes and time).",
         )
+        # minimums of 0: a spin box clamps each keystroke (typing 16 under a minimum of 4 gave
+        # 46); too small a value is refused at Train, with its reason
         self.seconds = FloatSpinBox(
-            label="time budget (s)", value=60.0, min=1.0, max=36000.0, step=10.0
+            label="time budget (s)", value=60.0, min=0.0, max=36000.0, step=10.0
         )
-        self.patch_size = SpinBox(label="patch size", value=32, min=4, max=256, step=2)
+        self.patch_size = SpinBox(label="patch size", value=32, min=0, max=256, step=2)
         devices = ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"]
         self.device = ComboBox(label="device", choices=devices, value=devices[0])
         self.train_button = PushButton(text="Train", tooltip="Train a new model from scratch.")
@@ -174,13 +182,14 @@ class TrainingWidget(Container):
         self.stop_button.changed.connect(self.stop)
         self.continue_button.changed.connect(self.resume)
         self.save_button.changed.connect(self.save)
-        self.trainer: TrainerProcess | None = None
+        self.trainer: TrainerProcess | LocalTrainer | None = None
         self.worker: Any = None
         self.last_step: TrainingStep | None = None
         self.refresh_seconds: list[float] = []  # GUI-thread time per yielded step
         self._region: tuple[slice, slice, slice] | None = None
         self._layer: Any = None
         self._stop_requested = False
+        self._closed = False  # the dock or viewer closed: a trainer built late is ended at once
         self._agreement: float | None = None
         self._added_layer = False
         self._status_shown = -math.inf  # when the status line was last redrawn (perf_counter)
@@ -283,15 +292,21 @@ class TrainingWidget(Container):
                     previous.close(wait=False)
                 # the process prewarmed when the dock opened (an idle one holds ~280 MB: no
                 # spare is kept after it; a second Train waits 2-4 s for a new one)
-                self.trainer = TrainerProcess(pair, config)
+                self.trainer = start_trainer(pair, config)
             else:
                 self.trainer.set_annotations(pair)
             trainer = self.trainer
-            if self._stop_requested:  # Stop pressed while the trainer was being built
-                trainer.stop()
-            yield from trainer.run(seconds=config.seconds, preview=lambda: self._region)
+            if self._closed:  # closed while the trainer was being built: nobody reads it
+                trainer.close(wait=False)
+                return
+            if not self._stop_requested:  # Stop pressed while the trainer was being built
+                for step in trainer.run(seconds=config.seconds, preview=lambda: self._region):
+                    if self._stop_requested:
+                        trainer.stop()  # again: a Stop pressed just before the run began
+                    yield step
             yield _Finished(trainer.predict() if trainer.iteration else None)
-        except (RuntimeError, ValueError, TypeError, FileNotFoundError) as error:
+        except (RuntimeError, ValueError, TypeError, OSError) as error:
+            self._forget_dead_trainer()
             # superqt drops RuntimeErrors raised in workers: hand every failure over as one type
             raise TrainingFailed(str(reworded(error, WIDGET_WORDS))) from error
 
@@ -307,8 +322,10 @@ class TrainingWidget(Container):
     def _abandon(self) -> None:
         """The dock or the viewer is closing: end training; late results are dropped."""
         worker, self.worker = self.worker, None
+        self._closed = True
         if self.trainer is not None:
             self.trainer.close(wait=False)  # the process ends after its current step
+        shutdown_spare()  # the prewarmed process, if no Train took it (~280 MB)
         if worker is not None:
             worker.quit()
 
@@ -412,8 +429,10 @@ class TrainingWidget(Container):
                 raise ValueError("save as: choose a file name (.pt2)")
             target = Path(path) if path.endswith(".pt2") else Path(path + ".pt2")
             written = self.trainer.save(target)
-        except (ValueError, TypeError, OSError) as error:
-            self._error(error)
+        except (ValueError, TypeError, OSError, RuntimeError) as error:
+            if self._forget_dead_trainer():
+                self._set_running(False)  # nothing left to continue or save
+            self._error(error, "Saving the model failed")
             return None
         SAVED_MODELS[written.stem] = written
         for callback in list(SAVE_CALLBACKS):
@@ -422,7 +441,16 @@ class TrainingWidget(Container):
         show_info(f"Model saved: {written}")
         return written
 
-    def _error(self, error: BaseException) -> None:
+    def _forget_dead_trainer(self) -> bool:
+        """Drop a trainer whose process has ended (killed): Continue and Save need a new one."""
+        trainer = self.trainer
+        if isinstance(trainer, TrainerProcess) and not trainer.running:
+            self.trainer = None
+            trainer.close(wait=False)  # its pipes
+            return True
+        return False
+
+    def _error(self, error: BaseException, heading: str = "Training failed") -> None:
         if self.lifecycle.closed:
             return
         added, self._added_layer = self._added_layer, False
@@ -431,7 +459,7 @@ class TrainingWidget(Container):
             self._layer = None
         error = reworded(error, WIDGET_WORDS)
         self.status.value = f"⚠ {error}"
-        show_error(f"Training failed: {error}")
+        show_error(f"{heading}: {error}")
 
     def _set_running(self, running: bool) -> None:
         for control in [*self.controls, self.train_button, self.continue_button]:

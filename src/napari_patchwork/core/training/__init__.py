@@ -15,7 +15,7 @@ from napari_patchwork.core.training.augmentation import (
 )
 from napari_patchwork.core.training.config import NETWORKS, TrainingConfig
 from napari_patchwork.core.training.networks import NormalizedNet, annotation_loss
-from napari_patchwork.core.training.process import TrainerProcess
+from napari_patchwork.core.training.process import LocalTrainer, TrainerProcess, start_trainer
 from napari_patchwork.core.training.trainer import (
     Prediction,
     Trainer,
@@ -28,6 +28,7 @@ from napari_patchwork.core.training.trainer import (
 __all__ = [
     "NETWORKS",
     "AugmentationConfig",
+    "LocalTrainer",
     "NormalizedNet",
     "Prediction",
     "RandomAugmentation",
@@ -38,6 +39,7 @@ __all__ = [
     "annotation_loss",
     "import_optimiser_modules",
     "iter_train",
+    "start_trainer",
     "scribbles_from_labels",
     "simulate_scanner",
     "train",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import dataclasses
 import os
 import pickle
 import queue
@@ -39,8 +40,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from napari_patchwork.core.training.config import Region, TrainingConfig
-from napari_patchwork.core.training.trainer import Prediction, TrainingStep
+from napari_patchwork.core.training.trainer import Prediction, Trainer, TrainingStep
 
 _HEADER = struct.Struct("!Q")
 #: Errors the child hands back as themselves; any other is a RuntimeError naming its type.
@@ -50,7 +53,8 @@ _KNOWN_ERRORS = (ValueError, TypeError, RuntimeError, FileNotFoundError, OSError
 # ---------------------------------------------------------------------------- framing
 def _write(stream: IO[bytes], message: object) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
+    stream.write(_HEADER.pack(len(data)))  # apart: joined, a volume's message is copied again
+    stream.write(data)
     stream.flush()
 
 
@@ -78,9 +82,35 @@ _spare: subprocess.Popen[bytes] | None = None
 _spare_lock = threading.Lock()
 
 
+def child_processes_supported() -> bool:
+    """Whether a child Python can be started: not in a frozen application (PyInstaller and
+    the like), whose executable is the application itself, not an interpreter."""
+    return not getattr(sys, "frozen", False) and bool(sys.executable)
+
+
+def _has_stderr() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.fileno() >= 0
+    except (AttributeError, OSError, ValueError):  # pythonw, a GUI launcher, a closed stream
+        return False
+
+
 def _spawn() -> subprocess.Popen[bytes]:
+    if not child_processes_supported():
+        raise RuntimeError(
+            "cannot start a training process: this Python is a frozen application"
+            f" ({sys.executable!r}); use LocalTrainer"
+        )
     command = [sys.executable, "-m", "napari_patchwork.core.training._child"]
-    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:  # the child prints to ours; where we have none (pythonw), to nowhere
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None if _has_stderr() else subprocess.DEVNULL,
+        )
+    except OSError as error:
+        raise RuntimeError(f"cannot start a training process ({sys.executable}): {error}") from None
 
 
 def prewarm() -> None:
@@ -95,7 +125,10 @@ def prewarm() -> None:
     global _spare
     with _spare_lock:
         if _spare is None or _spare.poll() is not None:
-            _spare = _spawn()
+            try:
+                _spare = _spawn()
+            except RuntimeError:  # none can start: the trainer that needs one says why
+                _spare = None
 
 
 def shutdown_spare() -> None:
@@ -110,6 +143,16 @@ def shutdown_spare() -> None:
 
 
 atexit.register(shutdown_spare)
+
+
+def _keep_as_spare(process: subprocess.Popen[bytes]) -> bool:
+    """Keep an unused, idle child (its trainer refused the input) for the next trainer."""
+    global _spare
+    with _spare_lock:
+        if _spare is None and process.poll() is None:
+            _spare = process
+            return True
+    return False
 
 
 def _take_child() -> subprocess.Popen[bytes]:
@@ -191,9 +234,15 @@ class TrainerProcess:
         self.losses: list[float] = []
         self.class_values: list[int] = []
         self._write_lock = threading.Lock()
+        self._runs = 0  # runs started: a stop names the run it ends
+        self._active: int | None = None  # the run in progress, if any
         self._process = _take_child()
         try:
             self.class_values = self._call("init", pairs, self.config)
+        except (ValueError, TypeError) as error:  # the input refused: the child is still idle
+            if not (self.running and _keep_as_spare(self._process)):
+                self.close()
+            raise error from None
         except BaseException:
             self.close()
             raise
@@ -226,14 +275,23 @@ class TrainerProcess:
                 code = self._process.wait(2)
             except subprocess.TimeoutExpired:
                 code = None
-        return RuntimeError(
-            f"the training process ended unexpectedly (exit code {code}); its messages are on"
-            " standard error"
+        killed = code is not None and code < 0 and -code == getattr(signal, "SIGKILL", 9)
+        reason = (
+            "it was killed, most often because the computer ran out of memory: try a smaller"
+            " patch size or batch size"
+            if killed
+            else "details, if any, were printed where napari or Python was started"
         )
+        return RuntimeError(f"the training process ended unexpectedly (exit code {code}): {reason}")
 
     def _call(self, command: str, *arguments: object) -> Any:
+        if self._active is not None:
+            raise RuntimeError(f"cannot {command} while a training run is in progress")
         self._send(command, *arguments)
-        return self._receive()[1]
+        kind, payload = self._receive()
+        if kind != "result":
+            raise RuntimeError(f"the training process answered {command!r} with {kind!r}")
+        return payload
 
     # ------------------------------------------------------------------ Trainer's interface
     @property
@@ -246,12 +304,17 @@ class TrainerProcess:
         self.class_values = self._call("set_annotations", pairs)
 
     def stop(self) -> None:
-        """End the current (or the next) run after its current step; weights are kept.
+        """End the current run after its current step; weights are kept.
 
-        Safe from any thread while another one iterates :meth:`run`.
+        Safe from any thread while another one iterates :meth:`run`. Unlike
+        :meth:`Trainer.stop`, a stop while no run is in progress does nothing (it does not
+        cancel the next run: a Stop pressed during the final prediction would).
         """
+        run = self._active
+        if run is None:
+            return
         try:
-            self._send("stop")
+            self._send("stop", run)
         except RuntimeError:
             pass  # closed or gone: nothing runs
 
@@ -265,10 +328,22 @@ class TrainerProcess:
 
         ``preview`` (a region, or a callable evaluated here after each step) is sent to the
         child when it changes; its previews arrive in the steps.
+
+        Previews carry labels and the painted agreement; their ``probabilities`` are empty
+        (a whole-volume preview in a 3D view would pipe C float volumes every few seconds):
+        :meth:`predict` gives them.
         """
+        if self._active is not None:
+            raise RuntimeError("a training run is already in progress")
         region = preview() if callable(preview) else preview
         self._send("region", region)
-        self._send("run", seconds, iterations, preview is not None)
+        self._runs += 1
+        self._active = self._runs
+        try:
+            self._send("run", self._runs, seconds, iterations, preview is not None)
+        except BaseException:
+            self._active = None
+            raise
         finished = False  # the child's run has ended (done, or an error it reported)
         try:
             while True:
@@ -280,24 +355,30 @@ class TrainerProcess:
                 if kind == "done":
                     finished = True
                     return
-                step: TrainingStep = payload
-                self.iteration = step.iteration
-                self.losses.append(step.loss)
+                self._count(payload)
                 if callable(preview):
                     current = preview()
                     if current != region:
                         region = current
                         self._send("region", region)
-                yield step
+                yield payload
         finally:
             if not finished and self.running:  # closed early: end the child's run, in step
                 self.stop()
                 self._drain()
+            self._active = None
+
+    def _count(self, step: TrainingStep) -> None:
+        self.iteration = step.iteration
+        self.losses.append(step.loss)
 
     def _drain(self) -> None:
         try:
-            while self._receive()[0] != "done":
-                pass
+            while True:
+                kind, payload = self._receive()
+                if kind == "done":
+                    return
+                self._count(payload)  # steps done before the stop arrived still count
         except _KNOWN_ERRORS:  # RuntimeError among them: the child has gone
             pass
 
@@ -325,18 +406,69 @@ class TrainerProcess:
         self.close()
 
 
+class LocalTrainer(Trainer):
+    """A :class:`Trainer` with :class:`TrainerProcess`'s ``close``: training in this process,
+    for where no child Python can start (a frozen application).
+
+    Examples
+    --------
+    >>> import torch
+    >>> image = torch.rand(12, 12, 12)
+    >>> strokes = torch.zeros(12, 12, 12, dtype=torch.int64)
+    >>> strokes[2:4, 2:4, 2:4], strokes[8:10, 8:10, 8:10] = 1, 2
+    >>> trainer = LocalTrainer((image, strokes), TrainingConfig(patch_size=8, width=2))
+    >>> [step.iteration for step in trainer.run(iterations=2)]
+    [1, 2]
+    >>> trainer.close()
+    """
+
+    def close(self, wait: bool = True) -> None:
+        """End the current run after its current step (nothing else to end here)."""
+        self.stop()
+
+
+def start_trainer(
+    pairs: Any, config: TrainingConfig | None = None
+) -> TrainerProcess | LocalTrainer:
+    """A :class:`TrainerProcess`, or a :class:`LocalTrainer` where no child Python can start.
+
+    Examples
+    --------
+    >>> import torch
+    >>> strokes = torch.zeros(12, 12, 12, dtype=torch.int64)
+    >>> strokes[:2], strokes[-2:] = 1, 2
+    >>> trainer = start_trainer((torch.rand(12, 12, 12), strokes), TrainingConfig(patch_size=8))
+    >>> type(trainer).__name__, trainer.class_values
+    ('TrainerProcess', [1, 2])
+    >>> trainer.close()
+    """
+    if child_processes_supported():
+        return TrainerProcess(pairs, config)
+    return LocalTrainer(pairs, config)
+
+
 # ---------------------------------------------------------------------------- the child's side
+def _without_probabilities(step: TrainingStep) -> TrainingStep:
+    """The step with its preview's probabilities left out (labels and agreement kept)."""
+    preview = step.preview
+    if preview is None:
+        return step
+    empty = np.zeros((preview.probabilities.shape[0], 0, 0, 0), np.float32)
+    return dataclasses.replace(step, preview=dataclasses.replace(preview, probabilities=empty))
+
+
 class _Child:
-    """The child's state: the trainer, the preview region and the command queue."""
+    """The child's state: the trainer, the preview region, the command queue and which run a
+    stop may end."""
 
     def __init__(self, replies: IO[bytes]) -> None:
-        from napari_patchwork.core.training.trainer import Trainer
-
         self.trainer: Trainer | None = None
         self.region: Region | None = None
         self.replies = replies
         self.commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self.stop_pending = False
+        self.lock = threading.Lock()
+        self.running: int | None = None  # the run in progress
+        self.stop_next: int | None = None  # a run asked to stop before it started
 
     def listen(self, requests: IO[bytes]) -> None:
         """Reader thread: stop and region act at once, other commands queue up."""
@@ -345,11 +477,11 @@ class _Child:
                 message = _read(requests)
             except (EOFError, OSError):
                 message = ("close",)
+            except Exception as error:  # noqa: BLE001 (unpicklable: e.g. a class of the
+                # parent's __main__); the parent waits for a reply: it gets this error
+                message = ("unreadable", f"{type(error).__name__}: {error}")
             if message[0] == "stop":
-                if self.trainer is not None:
-                    self.trainer.stop()
-                else:
-                    self.stop_pending = True
+                self.stop(message[1])
             elif message[0] == "region":
                 self.region = message[1]
             else:
@@ -358,6 +490,14 @@ class _Child:
                     if self.trainer is not None:
                         self.trainer.stop()
                     return
+
+    def stop(self, run: int) -> None:
+        """End ``run`` if it is in progress or queued; a stop for a finished run is dropped."""
+        with self.lock:
+            if self.running == run and self.trainer is not None:
+                self.trainer.stop()
+            elif self.running is None or run > self.running:
+                self.stop_next = run
 
     def serve(self) -> None:
         while True:
@@ -370,23 +510,20 @@ class _Child:
                 _write(self.replies, ("error", (type(error).__name__, str(error))))
 
     def handle(self, command: str, arguments: list[Any]) -> None:
-        from napari_patchwork.core.training.trainer import Trainer
-
+        if command == "unreadable":
+            raise TypeError(
+                f"the training process could not read its input ({arguments[0]}): pass plain"
+                " numpy arrays, tensors or file paths"
+            )
         if command == "init":
             self.trainer = Trainer(*arguments)
-            if self.stop_pending:
-                self.trainer.stop()
             _write(self.replies, ("result", self.trainer.class_values))
             return
         trainer = self.trainer
         if trainer is None:
             raise RuntimeError("no trainer: the parent sent no 'init'")
         if command == "run":
-            seconds, iterations, with_preview = arguments
-            preview = (lambda: self.region) if with_preview else None
-            for step in trainer.run(seconds, iterations, preview):
-                _write(self.replies, ("step", step))
-            _write(self.replies, ("done", None))
+            self.train(trainer, *arguments)
         elif command == "set_annotations":
             trainer.set_annotations(arguments[0])
             _write(self.replies, ("result", trainer.class_values))
@@ -397,12 +534,35 @@ class _Child:
         else:
             raise ValueError(f"unknown command {command!r}")
 
+    def train(
+        self,
+        trainer: Trainer,
+        run: int,
+        seconds: float | None,
+        iterations: int | None,
+        with_preview: bool,
+    ) -> None:
+        with self.lock:
+            self.running = run
+            if self.stop_next == run:
+                trainer.stop()
+        preview = (lambda: self.region) if with_preview else None
+        try:
+            for step in trainer.run(seconds, iterations, preview):
+                _write(self.replies, ("step", _without_probabilities(step)))
+        finally:
+            with self.lock:  # a stop that came as the run ended must not end the next one
+                self.running = None
+                trainer.clear_stop()
+        _write(self.replies, ("done", None))
+
 
 def serve() -> None:
     """The child's main (``_child.py``): replies on the original standard output, prints go
-    to standard error."""
+    to standard error (or nowhere, where there is none)."""
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    errors = sys.stderr.fileno() if _has_stderr() else os.open(os.devnull, os.O_WRONLY)
+    os.dup2(errors, sys.stdout.fileno())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent's
     from napari_patchwork.core.training.trainer import import_optimiser_modules
 

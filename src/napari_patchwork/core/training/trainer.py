@@ -49,6 +49,18 @@ from napari_patchwork.core.training.networks import (
 )
 
 
+def _check_patch_fits(patch: int, images: list[torch.Tensor]) -> None:
+    """Refuse a patch larger than an image in every direction: all padding, slow (patch 66
+    on 64 x 64 x 48: 8 s a step) or out of memory (256: the system killed the process)."""
+    for number, image in enumerate(images, 1):
+        if all(patch > size for size in image.shape[1:]):
+            suffix = f" {number}" if len(images) > 1 else ""
+            raise ValueError(
+                f"patch_size {patch} is larger than image{suffix} in every direction"
+                f" {tuple(image.shape[1:])}: use at most {max(image.shape[1:])}"
+            )
+
+
 @dataclass(frozen=True)
 class Prediction:
     """The model's prediction over a region of an image.
@@ -180,6 +192,7 @@ class Trainer:
             annotations.append(
                 as_annotations(labels, f"annotations{suffix}", tuple(volume.shape[1:]))
             )
+        _check_patch_fits(self.config.patch_size, images)
         channels = {image.shape[0] for image in images}
         if len(channels) > 1:
             raise ValueError(f"every image must have the same channels, got {sorted(channels)}")
@@ -268,6 +281,10 @@ class Trainer:
     def stop(self) -> None:
         """End the current (or the next) :meth:`run` after its current step; weights are kept."""
         self._stop.set()
+
+    def clear_stop(self) -> None:
+        """Forget a :meth:`stop` no run has taken yet (the next run then trains)."""
+        self._stop.clear()
 
     def run(
         self,
