@@ -118,4 +118,27 @@ def test_bad_files_are_named(files, tmp_path) -> None:
     with pytest.raises(ValueError, match="--output exists: .*--overwrite"):
         run_train(parse(str(image), str(annotations), "-o", str(tmp_path / "old.pt2")))
     with pytest.raises(FileNotFoundError, match="init: model file does not exist"):
-        run_train(parse(str(image), str(annotations), "-o", output, "--init", "nofile.pt2"))
+        run_train(parse(str(image), str(annotations), "-o", output, "--init", "nofile.pt2", *FAST))
+    with pytest.raises(ValueError, match="--patch-size 32 is larger than image in every"):
+        run_train(parse(str(image), str(annotations), "-o", output))  # 24³: all padding
+
+
+def test_infer_defaults_to_the_patch_the_model_was_trained_with(files, tmp_path) -> None:
+    """A scan of 24³ (under the demo's 64) segments with the trained model and no
+    --patch-size: the model's 16 is used, with a quarter of it as overlap."""
+    from napari_patchwork.cli import main
+    from napari_patchwork.cli_args import inference_config, parse_args
+
+    image, annotations = files
+    model = tmp_path / "model.pt2"
+    assert (
+        run_train(parse(str(image), str(annotations), "-o", str(model), "--iterations", "2", *FAST))
+        == 0
+    )
+    segmentation = tmp_path / "seg.nii.gz"
+    argv = ["infer", str(image), "--model", str(model), "-o", str(segmentation), "--labels"]
+    config = inference_config(parse_args(argv), "cpu", str(model))
+    assert config.patch == (16, 16, 16) and config.overlap == (4, 4, 4)
+    assert main(argv) == 0
+    saved = nib.load(str(segmentation))
+    assert np.allclose(saved.affine, AFFINE) and set(np.unique(saved.get_fdata())) <= {1, 2}

@@ -18,7 +18,7 @@ from napari_patchwork.core.inference.config import InferenceConfig
 
 from .core.types import OVERLAP_MODES
 from .core.wording import reworded
-from .io.models import read_model_metadata
+from .io.models import model_patch_size, read_model_metadata
 
 _T = TypeVar("_T")
 
@@ -112,9 +112,9 @@ def _infer_arguments(infer: argparse.ArgumentParser, strict: bool) -> None:
         "--patch-size",
         type=int,
         nargs="+",
-        default=[64],
         metavar="N",
-        help="patch size in voxels: 1 value, or 3 for axes i j k",
+        help="patch size in voxels: 1 value, or 3 for axes i j k (default: the patch the"
+        " model was trained with, if its file records it, else 64)",
     )
     _add(
         infer,
@@ -211,7 +211,7 @@ def build_parser(strict: bool = True) -> argparse.ArgumentParser:
     --------
     >>> args = build_parser().parse_args(["infer", "a.nii", "--model", "demo", "-o", "b.nii"])
     >>> args.patch_size, args.mode
-    ([64], 'gaussian')
+    (None, 'gaussian')
     """
     return _build(strict)[0]
 
@@ -250,10 +250,12 @@ def flag_worded(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
 
 
 def inference_config(args: argparse.Namespace, device: str, source: str) -> InferenceConfig:
-    """The :class:`InferenceConfig` of the ``infer`` flags (``--overlap``: a quarter of the
-    patch, even, unless given; ``.pt2`` models run fixed-size batches)."""
-    patch = _size(args.patch_size, "--patch-size")
-    overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in args.patch_size]
+    """The :class:`InferenceConfig` of the ``infer`` flags (``--patch-size``: the model's
+    training patch when its file records it, else 64; ``--overlap``: a quarter of the patch,
+    even, unless given; ``.pt2`` models run fixed-size batches)."""
+    sizes = args.patch_size or list(model_patch_size(source) or [64])
+    patch = _size(sizes, "--patch-size")
+    overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in sizes]
     return flag_worded(
         InferenceConfig,
         patch_size=patch,

@@ -200,7 +200,10 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     pairs = _pairs(args)
     _check_output(args.output, args.overwrite)
-    trainer = Trainer(_pairs_in_memory(pairs), config)
+    try:
+        trainer = Trainer(_pairs_in_memory(pairs), config)
+    except (ValueError, TypeError) as error:  # e.g. a --patch-size larger than the image
+        raise reworded(error, FLAGS) from None
     progress = _Progress(config, args.quiet)
     interrupted = False
     try:

@@ -351,3 +351,40 @@ def test_a_trained_model_harmonises_another_scanner(
     raw = pw.infer(load_model(path), torch.from_numpy(other[box])[None], patch_size=8)
     assert not torch.allclose(raw, logits, atol=1e-3)  # harmonising changed what the model saw
     assert np.array_equal(np.asarray(layer.data), other)  # the input layer is untouched
+
+
+def test_a_trained_models_probabilities_are_named_by_painted_value(
+    viewer_with_sample, qtbot, harmonised_model
+):
+    """Channel c of a trained model is the probability of its c-th painted value (1, 2, 3
+    here): the layer says which value, not the channel index (class 1 held value 2)."""
+    path, class_values = harmonised_model
+    viewer = viewer_with_sample
+    widget = TiledInferenceWidget(viewer)
+    widget.source.value = "file"
+    widget.model_file.value = str(path)
+    widget.patch_size.value, widget.patch_overlap.value = "8", "0"
+    widget.outputs.value = "both"
+    widget.run()
+    wait(qtbot, widget)
+    names = {layer.name for layer in viewer.layers if layer.name.startswith("image probability")}
+    assert names == {f"image probability of {value}" for value in class_values[1:]}
+    layer = viewer.layers[f"image probability of {class_values[1]}"]
+    expected = pw.infer(load_model(path), viewer.layers["image"].data[None], patch_size=8)
+    softmax = torch.softmax(expected, 0)[1].numpy()
+    np.testing.assert_allclose(layer.data, softmax, atol=1e-4)
+
+
+def test_choosing_a_trained_model_sets_its_patch_and_a_too_large_patch_says_what_fits(
+    viewer_with_sample, qtbot, harmonised_model
+):
+    path, _ = harmonised_model  # trained with patch 8
+    widget = TiledInferenceWidget(viewer_with_sample)
+    assert widget.patch_size.value == "64"
+    widget.source.value = "file"
+    widget.model_file.value = str(path)
+    assert (widget.patch_size.value, widget.patch_overlap.value) == ("8", "2")
+    widget.patch_size.value = "48"  # the sample is 40 x 36 x 32
+    assert widget.run() is None
+    assert "patch size (48, 48, 48) is larger than the image (40, 36, 32)" in widget.status.value
+    assert "use at most 32" in widget.status.value and "padding" not in widget.status.value

@@ -322,6 +322,21 @@ def model_class_values(source: str | os.PathLike[str]) -> list[int] | None:
     return None if info is None else list(info["class_values"])
 
 
+def model_patch_size(source: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """The patch size a saved model was trained with, or None if not recorded.
+
+    Examples
+    --------
+    >>> model_patch_size("demo") is None
+    True
+    """
+    info = read_model_metadata(source)
+    size = None if info is None else info.get("patch_size")
+    if not isinstance(size, list) or len(size) != 3:
+        return None
+    return (int(size[0]), int(size[1]), int(size[2]))
+
+
 def apply_class_values(indices: torch.Tensor, class_values: Any) -> torch.Tensor:
     """Map class indices (argmax of the channels) to the saved label values.
 

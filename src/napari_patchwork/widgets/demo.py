@@ -1,4 +1,4 @@
-"""``napari-patchwork demo``: the viewer with the sample data and the three widgets."""
+"""``napari-patchwork demo``: the viewer with the sample data and the four widgets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import napari
 def run_demo() -> int:
     """Open a viewer with the sample volume and the plugin's widgets (needs the [napari] extra)."""
     from ..napari_contributions import sample_layers
-    from . import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
+    from . import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget, TrainingWidget
 
     viewer = napari.Viewer(title="napari-patchwork demo")
     for data, meta, kind in sample_layers():
@@ -17,6 +17,7 @@ def run_demo() -> int:
         ("Patch grid", PatchGridWidget),
         ("Sampler explorer", SamplerExplorerWidget),
         ("Tiled inference", TiledInferenceWidget),
+        ("Train from annotations", TrainingWidget),
     ):
         viewer.window.add_dock_widget(widget(viewer), name=name, area="right", tabify=True)
     napari.run()

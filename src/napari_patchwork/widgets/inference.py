@@ -37,6 +37,7 @@ from ..io.models import (
     apply_class_values,
     load_model,
     model_class_values,
+    model_patch_size,
     read_model_metadata,
 )
 from ..io.zarr_io import is_zarr_path
@@ -126,6 +127,39 @@ class StepUpdate:
         )
 
 
+def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...]) -> None:
+    """Refuse a patch larger than the image (or region) it runs on, saying what fits.
+
+    The widget has no padding control (the engine pads by half the overlap at most), so
+    the advice is a patch size.
+
+    Examples
+    --------
+    >>> check_patch_inside((32, 32, 32), (slice(0, 64), slice(0, 64), slice(0, 48)))
+    >>> check_patch_inside((64, 64, 64), (slice(0, 64), slice(0, 64), slice(0, 48)))
+    Traceback (most recent call last):
+    ...
+    ValueError: patch size (64, 64, 64) is larger than the image (64, 64, 48): use at most 48
+    """
+    shape = tuple(b.stop - b.start for b in box)
+    if any(p > s for p, s in zip(patch, shape)):
+        fits = min(shape) - min(shape) % 2
+        where = "region" if any(b.start for b in box) else "image"
+        raise ValueError(
+            f"patch size {tuple(patch)} is larger than the {where} {shape}: use at most {fits}"
+        )
+
+
+def known_class_values(source: str) -> list[int] | None:
+    """The painted values a model file records ("Train from annotations"), else None."""
+    if source == DEMO:
+        return None
+    try:
+        return model_class_values(source)
+    except (OSError, ValueError):  # a bad file: the worker reports it, with the widget's words
+        return None
+
+
 def known_channels(source: str) -> int | None:
     """The model's output channels if known without running it, else None.
 
@@ -134,10 +168,7 @@ def known_channels(source: str) -> int | None:
     """
     if source == DEMO:
         return len(DEMO_CLASSES)
-    try:
-        values = model_class_values(source)
-    except (OSError, ValueError):  # a bad file: the worker reports it, with the widget's words
-        return None
+    values = known_class_values(source)
     return None if values is None else len(values)
 
 
@@ -312,6 +343,7 @@ class TiledInferenceWidget(Container):
 
         self.lifecycle.add_mouse_callback(SAVE_CALLBACKS, lambda *_: self.source.reset_choices())
         self.source.changed.connect(self._show_source_fields)
+        self.model_file.changed.connect(self._follow_model_patch)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.worker: Any = None
@@ -320,6 +352,7 @@ class TiledInferenceWidget(Container):
         self._zarr_path: str | None = None
         self._label_layer: Any = None
         self._probability_layers: list[Any] = []
+        self._class_values: list[int] | None = None  # a trained model's values, by channel
         self._failed = self._outputs_complete = False
         self._added_names: set[str] = set()
         warm_up_labels()
@@ -333,6 +366,23 @@ class TiledInferenceWidget(Container):
     def _show_source_fields(self, *_: Any) -> None:
         self.model_file.visible = self.trust.visible = self.source.value == "file"
         self.factory.visible = self.weights.visible = self.source.value == "module:factory"
+        self._follow_model_patch()
+
+    def _follow_model_patch(self, *_: Any) -> None:
+        """Choosing a model that records its training patch ("Train from annotations") sets
+        the patch size to it and the overlap to a quarter of it (the user may then change
+        them): the demo's 64 does not fit a scan with an axis under 64."""
+        try:
+            size = model_patch_size(self._model_source())
+        except (ValueError, KeyError, OSError):  # no file chosen yet, or not a model
+            return
+        if size is None:
+            return
+        overlap = [p // 4 - (p // 4) % 2 for p in size]
+        self.patch_size.value = str(size[0]) if len(set(size)) == 1 else ", ".join(map(str, size))
+        self.patch_overlap.value = (
+            str(overlap[0]) if len(set(overlap)) == 1 else ", ".join(map(str, overlap))
+        )
 
     def _source_choices(self, *_: Any) -> list[str]:
         """demo, file, module:factory, then the models saved by "Train from annotations"."""
@@ -423,6 +473,7 @@ class TiledInferenceWidget(Container):
                 )
             else:
                 box = tuple(slice(0, s) for s in shape_of(image))
+            check_patch_inside(config.patch, box)
         except (ValueError, TypeError) as error:
             self._error(error)
             return None
@@ -433,6 +484,7 @@ class TiledInferenceWidget(Container):
         self._label_layer, self._probability_layers = None, []
         self._outputs_complete, self._added_names = False, set()
         want_labels, want_probabilities = self._wanted_outputs(stream)
+        self._class_values = known_class_values(source)  # names the probability layers
         self._add_outputs(want_labels, known_channels(source) if want_probabilities else None)
         self.status.value = "loading the model…"
         if stream is None:
@@ -537,8 +589,12 @@ class TiledInferenceWidget(Container):
             self._add_probability_layers(channels)
 
     def _add_probability_layers(self, channels: int) -> None:
+        values = self._class_values
         for channel in range(1, channels) if channels > 1 else [0]:
-            name = f"{self._image.name} probability class {max(channel, 1)}"
+            # a trained model's channel holds a painted value (channel 1 of values 1, 2 is
+            # value 2): named by it; other models' channels by their index
+            shown = f"of {values[channel]}" if values and channel < len(values) else None
+            name = f"{self._image.name} probability {shown or f'class {max(channel, 1)}'}"
             data = self._reusable(name, np.float32)
             layer = show_layer(
                 self.viewer,
@@ -566,6 +622,8 @@ class TiledInferenceWidget(Container):
             self.legend.value = class_legend(self._label_layer, shown)
             self.legend.visible = True
         if update.probabilities is not None and not self._probability_layers:
+            if update.class_values:
+                self._class_values = list(update.class_values)
             self._add_probability_layers(update.probabilities.shape[0])
 
     def _remove_added_outputs(self) -> None:

@@ -93,6 +93,24 @@ class _Finished:
     prediction: Prediction | None
 
 
+def saved_name(path: Path) -> str:
+    """The name a saved model is offered under: its file's stem, numbered when another file
+    of this session has that stem (two folders' ``model.pt2``), the same for the same file.
+
+    Examples
+    --------
+    >>> SAVED_MODELS["cells"] = Path("/a/cells.pt2")
+    >>> saved_name(Path("/a/cells.pt2")), saved_name(Path("/b/cells.pt2"))
+    ('cells', 'cells (2)')
+    >>> del SAVED_MODELS["cells"]
+    """
+    name, number = path.stem, 1
+    while name in SAVED_MODELS and SAVED_MODELS[name] != path:
+        number += 1
+        name = f"{path.stem} ({number})"
+    return name
+
+
 class TrainingWidget(Container):
     """Train a 3D network from painted annotations, in a worker thread.
 
@@ -434,9 +452,10 @@ class TrainingWidget(Container):
                 self._set_running(False)  # nothing left to continue or save
             self._error(error, "Saving the model failed")
             return None
-        SAVED_MODELS[written.stem] = written
+        name = saved_name(written)
+        SAVED_MODELS[name] = written
         for callback in list(SAVE_CALLBACKS):
-            callback(written.stem, written)
+            callback(name, written)
         self.status.value = f"saved {written} (classes {self.trainer.class_values})"
         show_info(f"Model saved: {written}")
         return written
