@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import types
 
 import numpy as np
@@ -182,3 +183,16 @@ def test_close_ends_the_child_and_a_spare_is_taken(pair) -> None:
     trainer.close()
     assert process.poll() is not None
     shutdown_spare()
+
+
+def test_closing_from_a_gui_does_not_wait_for_a_message_being_written(pair) -> None:
+    trainer = TrainerProcess(pair, CONFIG)
+    process = trainer._process
+    trainer._write_lock.acquire()  # as while another thread pipes Continue's volume
+    try:
+        start = time.perf_counter()
+        trainer.close(wait=False)  # napari closing, on its GUI thread
+        assert time.perf_counter() - start < 0.5 and process.poll() is None
+    finally:
+        trainer._write_lock.release()  # the write ends: the child is closed after it
+    process.wait(15)

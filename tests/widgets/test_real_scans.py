@@ -19,6 +19,7 @@ import pytest
 from napari_patchwork.napari_contributions import read_layers
 from napari_patchwork.widgets import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
 from napari_patchwork.widgets._napari import data_to_world_matrix, slice_position
+from napari_patchwork.widgets.inference import roi_box
 
 # napari's own note on oblique data in 2D views (it shows the data plane without the rotation)
 pytestmark = pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
@@ -174,6 +175,23 @@ def test_roi_crop_offset_goes_through_the_scan_transform(viewer_with_scan, qtbot
     offset = [widget._box[axis].start for axis in range(3)]
     assert offset[1:] == [4, 3] and layer.data.shape[1:] == (12, 12)
     assert_placed_like(layer, image, offset)
+
+
+def test_a_box_drawn_in_2d_on_the_oblique_scan_is_the_region_seen_under_it(viewer_with_scan, qtbot):
+    """As a user draws it: flat on the sliced world axis, at the slice on screen; its
+    corners over voxels (·, 4..15, 3..14) as napari draws the image there. The region run is
+    those rows and columns, through the whole volume along the sliced axis."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    viewer.dims.ndisplay = 2
+    shown = list(viewer.dims.displayed)
+    assert shown == [1, 2]
+    place = image._data_to_world.set_slice(shown)  # how napari draws the slice on screen
+    depth = float(viewer.dims.point[0])
+    drawn = [(depth, *place([j, k])) for j, k in [(4, 3), (4, 14), (15, 14), (15, 3)]]
+    shapes = viewer.add_shapes([np.array(drawn)], shape_type="rectangle", name="roi")
+    box = roi_box(shapes, image)
+    assert box == (slice(0, 24), slice(4, 16), slice(3, 15))
 
 
 def test_failed_run_adds_no_layer_and_shows_its_own_error(viewer_with_scan, qtbot):

@@ -46,6 +46,7 @@ from ..napari_contributions import read_zarr_layers
 from ._napari import (
     Lifecycle,
     class_legend,
+    data_to_world_matrix,
     layer_choices,
     lazy_data_of,
     message_label,
@@ -72,14 +73,30 @@ WIDGET_WORDS = {  # the core's argument names, as this widget labels them
 
 
 def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
-    """Bounding box of a Shapes layer in the image's voxels; flat axes span the whole volume."""
+    """Bounding box of a Shapes layer in the image's voxels; flat axes span the whole volume.
+
+    A box drawn in a 2D view is flat on the world axis that was sliced: its corners are
+    placed as napari draws the image there (the displayed axes' part of the image's
+    transform, inverted), so that on an oblique scan the region is the one seen under the
+    box, and the sliced axis spans the whole volume.
+    """
     shape = shape_of(image)
-    vertices = [
-        np.asarray(image.world_to_data(shapes.data_to_world(v))) for s in shapes.data for v in s
-    ]
-    if not vertices:
+    world = [np.asarray(shapes.data_to_world(v), float) for s in shapes.data for v in s]
+    if not world:
         raise ValueError(f"shapes layer '{shapes.name}' is empty: draw a box first")
-    points = np.round(np.array(vertices)[:, -3:], 3)  # float32 vertices on oblique scans
+    corners = np.array(world)[:, -3:]
+    flat = [axis for axis in range(corners.shape[1]) if np.ptp(corners[:, axis]) < 1e-6]
+    if corners.shape[1] == 3 and len(flat) == 1:  # drawn in a 2D view
+        shown = [axis for axis in range(3) if axis != flat[0]]
+        matrix = data_to_world_matrix(image)
+        placed = np.linalg.solve(
+            matrix[np.ix_(shown, shown)], (corners[:, shown] - matrix[shown, 3]).T
+        )
+        vertices = np.zeros_like(corners)
+        vertices[:, shown] = placed.T
+    else:
+        vertices = np.array([np.asarray(image.world_to_data(w))[-3:] for w in world])
+    points = np.round(vertices, 3)  # float32 vertices on oblique scans
     low, high = np.floor(points.min(0)).astype(int), np.ceil(points.max(0)).astype(int)
     box = []
     for axis, size in enumerate(shape):

@@ -394,10 +394,24 @@ class TrainerProcess:
 
     def close(self, wait: bool = True) -> None:
         """End the child after its current step; ``wait=False`` returns at once (a GUI
-        closing: the child is reaped in the background)."""
-        with self._write_lock:  # a message being written is written whole first
-            _close_input(self._process)
-        _end(self._process, wait)
+        closing: the child is reaped in the background, also while another thread is still
+        writing it a volume, which is written whole first)."""
+
+        def finish(wait: bool) -> None:
+            with self._write_lock:
+                _close_input(self._process)
+            _end(self._process, wait)
+
+        if wait:
+            finish(True)
+        elif self._write_lock.acquire(blocking=False):  # nobody is writing
+            try:
+                _close_input(self._process)
+            finally:
+                self._write_lock.release()
+            _end(self._process, False)
+        else:  # a volume is being piped (Continue's annotations): not on the caller's thread
+            threading.Thread(target=finish, args=(True,), daemon=True).start()
 
     def __enter__(self) -> TrainerProcess:
         return self
