@@ -192,6 +192,12 @@ def test_a_box_drawn_in_2d_on_the_oblique_scan_is_the_region_seen_under_it(viewe
     shapes = viewer.add_shapes([np.array(drawn)], shape_type="rectangle", name="roi")
     box = roi_box(shapes, image)
     assert box == (slice(0, 24), slice(4, 16), slice(3, 15))
+    # corners between voxel centres: only the voxels under the box (5-15, 4-13), no margin
+    drawn = [
+        (depth, *place([j, k])) for j, k in [(4.6, 3.7), (4.6, 13.2), (15.4, 13.2), (15.4, 3.7)]
+    ]
+    shapes.data = [np.array(drawn)]
+    assert roi_box(shapes, image) == (slice(0, 24), slice(5, 16), slice(4, 14))
 
 
 def test_failed_run_adds_no_layer_and_shows_its_own_error(viewer_with_scan, qtbot):

@@ -413,6 +413,30 @@ def voxel_on_screen(viewer: Any, layer: Any, position: Any) -> tuple[float, floa
     return (float(point[0]), float(point[1]), float(point[2]))
 
 
+def starting_on_the_slice_axis(
+    viewer: Any, like: Any, data: np.ndarray, offset: Sequence[int]
+) -> tuple[np.ndarray, list[int]]:
+    """``(data, offset)`` of a 3D box layer placed like ``like``, drawn where it belongs in a
+    2D view of an oblique scan.
+
+    napari draws a 2D slice by the displayed axes' part of a layer's transform: an offset
+    along the sliced axis then moves the layer *within* the plane (by the scan's rotation;
+    11 world units for a patch 36 slices deep on the user test's oblique scan). The box is
+    padded with zeros to start at 0 on that axis. Scans whose axes are the world's, 3D views
+    and boxes already starting at 0 there are returned as they are.
+    """
+    axis, _ = slice_position(viewer, like)
+    linear = data_to_world_matrix(like)[:3, :3]
+    aligned = np.allclose(linear, np.diag(np.diag(linear)))
+    if axis is None or aligned or offset[axis] == 0:
+        return data, list(offset)
+    widths = [(0, 0)] * data.ndim
+    widths[data.ndim - 3 + axis] = (int(offset[axis]), 0)
+    moved = [int(o) for o in offset]
+    moved[axis] = 0
+    return np.pad(data, widths), moved
+
+
 def shape_of(layer: Any) -> tuple[int, int, int]:
     """The layer's 3D shape, without reading its data (multiscale: the finest level)."""
     shape = tuple(int(s) for s in layer.level_shapes[0]) if layer.multiscale else layer.data.shape

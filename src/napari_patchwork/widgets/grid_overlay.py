@@ -56,6 +56,7 @@ from ._napari import (
     redraw_on_slice_change,
     show_layer,
     slice_position,
+    starting_on_the_slice_axis,
     summarise_ranks,
     voxel_on_screen,
     watch_layers,
@@ -309,6 +310,7 @@ class PatchGridWidget(Container):
         span = " × ".join(f"{a}–{b - 1}" for a, b in zip(ini, fin))
         self.cursor.value = f"patch #{rank}: voxels {span}; overlaps {neighbours} neighbours"
         self._show_lines(CURSOR_LAYER, self._box_lines([rank]))
+        counts, offset = starting_on_the_slice_axis(self.viewer, self.image.value, counts, low)
         with keep_active(self.viewer):
             show_layer(
                 self.viewer,
@@ -316,7 +318,7 @@ class PatchGridWidget(Container):
                 "image",
                 counts,
                 like=self.image.value,
-                offset=low,
+                offset=offset,
                 colormap="cyan",
                 blending="additive",
                 opacity=0.5,

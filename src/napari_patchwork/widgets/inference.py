@@ -97,11 +97,15 @@ def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
     else:
         vertices = np.array([np.asarray(image.world_to_data(w))[-3:] for w in world])
     points = np.round(vertices, 3)  # float32 vertices on oblique scans
-    low, high = np.floor(points.min(0)).astype(int), np.ceil(points.max(0)).astype(int)
+    # the voxels the box overlaps (voxel v spans v ± 0.5): a box from 4.6 to 15.4 is over
+    # voxels 5-15, one from 4 to 15 (on voxel centres) over 4-15
+    first = np.floor(points.min(0) - 0.5).astype(int) + 1
+    stop = np.ceil(points.max(0) + 0.5).astype(int)
     box = []
     for axis, size in enumerate(shape):
-        lo, hi = max(low[axis], 0), min(high[axis] + 1, size)
-        box.append(slice(0, size) if high[axis] - low[axis] < 1 or lo >= hi else slice(lo, hi))
+        lo, hi = max(int(first[axis]), 0), min(int(stop[axis]), size)
+        on_a_slice = float(np.ptp(points[:, axis])) < 1e-6  # drawn on a slice: the whole axis
+        box.append(slice(0, size) if on_a_slice or lo >= hi else slice(lo, hi))
     return (box[0], box[1], box[2])
 
 
@@ -158,7 +162,7 @@ def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...]) -> None:
     ...
     ValueError: patch size (64, 64, 64) is larger than the image (64, 64, 48): use at most 48
     """
-    shape = tuple(b.stop - b.start for b in box)
+    shape = tuple(int(b.stop - b.start) for b in box)
     if any(p > s for p, s in zip(patch, shape)):
         fits = min(shape) - min(shape) % 2
         where = "region" if any(b.start for b in box) else "image"
