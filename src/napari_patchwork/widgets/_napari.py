@@ -413,6 +413,13 @@ def voxel_on_screen(viewer: Any, layer: Any, position: Any) -> tuple[float, floa
     return (float(point[0]), float(point[1]), float(point[2]))
 
 
+def axis_aligned(layer: Any) -> bool:
+    """Whether the layer's voxel axes map onto the world's (no rotation, shear or swap): then
+    napari's 2D slices are exact, and an offset along any axis stays out of the plane."""
+    linear = data_to_world_matrix(layer)[:3, :3]
+    return bool(np.allclose(linear, np.diag(np.diag(linear))))
+
+
 def starting_on_the_slice_axis(
     viewer: Any, like: Any, data: np.ndarray, offset: Sequence[int]
 ) -> tuple[np.ndarray, list[int]]:
@@ -426,9 +433,7 @@ def starting_on_the_slice_axis(
     and boxes already starting at 0 there are returned as they are.
     """
     axis, _ = slice_position(viewer, like)
-    linear = data_to_world_matrix(like)[:3, :3]
-    aligned = np.allclose(linear, np.diag(np.diag(linear)))
-    if axis is None or aligned or offset[axis] == 0:
+    if axis is None or axis_aligned(like) or offset[axis] == 0:
         return data, list(offset)
     widths = [(0, 0)] * data.ndim
     widths[data.ndim - 3 + axis] = (int(offset[axis]), 0)

@@ -45,6 +45,7 @@ from ..models import DEMO_CLASSES
 from ..napari_contributions import read_zarr_layers
 from ._napari import (
     Lifecycle,
+    axis_aligned,
     class_legend,
     data_to_world_matrix,
     layer_choices,
@@ -634,7 +635,20 @@ class TiledInferenceWidget(Container):
 
     @property
     def _placed(self) -> dict[str, Any]:
-        return {"like": self._image, "offset": [b.start for b in self._box], "overlay": False}
+        return {
+            "like": self._image,
+            "offset": [b.start for b in self._layer_box()],
+            "overlay": False,
+        }
+
+    def _layer_box(self) -> tuple[slice, ...]:
+        """Where the output layers' data lies, in the image's voxels: the run's region; on an
+        oblique scan from voxel 0 on every axis (zeros before the region), because napari
+        draws a 2D slice by the displayed axes' part of the transform and an offset on the
+        axis being sliced would move the layer within the plane."""
+        if axis_aligned(self._image):
+            return self._box
+        return tuple(slice(0, b.stop) for b in self._box)
 
     def _complete_outputs(self, update: StepUpdate) -> None:
         """At the first result: the class legend, and the probability layers if not added yet."""
@@ -656,7 +670,7 @@ class TiledInferenceWidget(Container):
 
     def _reusable(self, name: str, dtype: Any) -> np.ndarray:
         """The data of the existing layer ``name`` if it fits (a re-run refines it), else zeros."""
-        shape = tuple(b.stop - b.start for b in self._box)
+        shape = tuple(b.stop - b.start for b in self._layer_box())
         if name in self.viewer.layers:
             data = self.viewer.layers[name].data
             if isinstance(data, np.ndarray) and data.shape == shape and data.dtype == dtype:
@@ -685,11 +699,13 @@ class TiledInferenceWidget(Container):
             self._outputs_complete = True
             self._complete_outputs(update)
         target = tuple(slice(r.start, r.stop) for r in update.region)  # in the region's voxels
+        shift = [b.start - c.start for b, c in zip(self._box, self._layer_box())]
+        stored = tuple(slice(t.start + d, t.stop + d) for t, d in zip(target, shift))
         if update.labels is not None and self._label_layer is not None:
-            self._label_layer.data[target] = update.labels
+            self._label_layer.data[stored] = update.labels
         if update.probabilities is not None:
             for layer in self._probability_layers:
-                layer.data[target] = update.probabilities[layer.metadata["channel"]]
+                layer.data[stored] = update.probabilities[layer.metadata["channel"]]
         self._dirty |= self._in_view(
             tuple(slice(b.start + t.start, b.start + t.stop) for b, t in zip(self._box, target))
         )
