@@ -169,6 +169,15 @@ def test_closing_the_dock_ends_the_prewarmed_process(widget, qtbot) -> None:
     assert training_process._spare is None
 
 
+def test_a_frozen_napari_trains_in_its_own_process(widget, qtbot, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "frozen", True, raising=False)  # PyInstaller: no child Python
+    widget.seconds.value = 2.0
+    widget.train()
+    wait(qtbot, widget)
+    assert isinstance(widget.trainer, training_process.LocalTrainer)
+    assert "stopped after" in widget.status.value and widget.continue_button.enabled
+
+
 def test_typing_a_patch_size_gives_that_patch_size(widget, qtbot) -> None:
     field = widget.patch_size.native
     for typed in ("16", "128", "24"):
