@@ -388,3 +388,20 @@ def test_choosing_a_trained_model_sets_its_patch_and_a_too_large_patch_says_what
     assert widget.run() is None
     assert "patch size (48, 48, 48) is larger than the image (40, 36, 32)" in widget.status.value
     assert "use at most 32" in widget.status.value and "padding" not in widget.status.value
+
+
+def test_a_trained_models_choice_names_its_file(viewer_with_sample, harmonised_model):
+    from napari_patchwork.widgets.training import SAVED_MODELS
+
+    path, _ = harmonised_model
+    SAVED_MODELS["trained"] = path
+    try:
+        widget = TiledInferenceWidget(viewer_with_sample)
+        widget.source.reset_choices()
+        widget.source.value = "trained: trained"
+        assert widget.source.tooltip == str(path)  # the dock may cut the name short
+        assert widget.patch_size.value == "8"
+        widget.source.value = "demo"
+        assert "bundled" in widget.source.tooltip
+    finally:
+        del SAVED_MODELS["trained"]

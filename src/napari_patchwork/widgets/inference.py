@@ -149,6 +149,13 @@ class StepUpdate:
         )
 
 
+SOURCE_TOOLTIP = (
+    "demo: the bundled 3D U-Net (2 classes); file: a TorchScript/.pt2 file; module:factory: a"
+    " Python function that builds the network; trained: a model saved by Train from annotations"
+    " in this session."
+)
+
+
 def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...]) -> None:
     """Refuse a patch larger than the image (or region) it runs on, saying what fits.
 
@@ -225,8 +232,7 @@ class TiledInferenceWidget(Container):
             label="model",
             choices=self._source_choices,
             value="demo",
-            tooltip="demo: the bundled 3D U-Net (2 classes); file: a TorchScript/.pt2 file; "
-            "module:factory: a Python function that builds the network.",
+            tooltip=SOURCE_TOOLTIP,
         )
         self.model_file = FileEdit(
             label="model file",
@@ -388,6 +394,9 @@ class TiledInferenceWidget(Container):
     def _show_source_fields(self, *_: Any) -> None:
         self.model_file.visible = self.trust.visible = self.source.value == "file"
         self.factory.visible = self.weights.visible = self.source.value == "module:factory"
+        trained = str(self.source.value).startswith("trained: ")
+        # a narrow dock cuts "trained: <name>": the tooltip says which file it is
+        self.source.tooltip = self._model_source() if trained else SOURCE_TOOLTIP
         self._follow_model_patch()
 
     def _follow_model_patch(self, *_: Any) -> None:
