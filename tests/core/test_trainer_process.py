@@ -161,6 +161,18 @@ def test_a_frozen_application_trains_here(pair, monkeypatch) -> None:
     trainer = start_trainer(pair, CONFIG)
     assert isinstance(trainer, LocalTrainer)
     assert [step.iteration for step in trainer.run(iterations=2)] == [1, 2]
+    trainer.stop()  # between runs (a Stop during the final prediction): does nothing
+    assert [step.iteration for step in trainer.run(iterations=2)] == [3, 4]
+    trainer.close()
+
+
+def test_an_interpreter_that_cannot_start_trains_here(pair, monkeypatch, tmp_path) -> None:
+    shutdown_spare()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "moved" / "python"))
+    prewarm()  # no spare, no error: the trainer that needs one decides
+    assert process_module._spare is None
+    trainer = start_trainer(pair, CONFIG)
+    assert isinstance(trainer, LocalTrainer)
     trainer.close()
 
 

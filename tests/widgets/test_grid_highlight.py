@@ -87,6 +87,11 @@ def current_slice(viewer, image) -> int:
     return int(round(float(image._data_slice.point[0])))
 
 
+def current_slice_on(viewer, image, axis) -> int:
+    """The data slice napari shows on ``axis``."""
+    return int(round(float(image._data_slice.point[axis])))
+
+
 def on_screen(viewer, image, voxel) -> np.ndarray:
     """The world position a 2D mouse event gives over ``voxel`` of the slice on screen: napari
     places the slice by the displayed axes' part of the layer's transform (an oblique scan's
@@ -227,6 +232,29 @@ def test_cursor_in_3d_is_a_wireframe_and_moves_are_ignored(oblique_viewer):
     assert layer.nshapes == 12 and traced(vectors_of(layer)) == traced(expected)
     move_cursor(viewer, viewer.layers[0].data_to_world((2, 2, 2)))  # no picking in depth
     assert widget.cursor_rank == rank
+
+
+def test_the_tint_follows_a_turned_view(oblique_viewer):
+    """The overlap tint of the patch under the cursor is redrawn when another axis is
+    sliced: it starts at 0 on the axis sliced now, where napari draws it in place."""
+    viewer = oblique_viewer
+    image = viewer.layers[0]
+    widget = PatchGridWidget(viewer)
+    widget.patch_size.value, widget.patch_overlap.value = "8, 8, 4", "4, 4, 2"
+    viewer.dims.order = (2, 0, 1)  # slicing axis 2
+    voxel = [12, 12, current_slice_on(viewer, image, 2)]
+    move_cursor(viewer, on_screen(viewer, image, voxel))
+    assert widget.cursor_rank is not None
+    viewer.dims.order = (0, 1, 2)  # slicing axis 0 now, the cursor still on the patch
+    shared = viewer.layers[SHARED_LAYER]
+    location = widget.plan.location(widget.cursor_rank)
+    start = np.maximum(location.index_ini, 0)
+    start[0] = 0
+    shown = list(viewer.dims.displayed)
+    drawn, under = (item._data_to_world.set_slice(shown) for item in (shared, image))
+    for point in [(0, 0, 0), (1, 2, 3)]:
+        there = np.add(point, start)
+        assert np.allclose(drawn(np.take(point, shown)), under(np.take(there, shown)))
 
 
 def test_following_the_cursor_can_be_switched_off(oblique_viewer):

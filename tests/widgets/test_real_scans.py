@@ -18,7 +18,11 @@ import pytest
 
 from napari_patchwork.napari_contributions import read_layers
 from napari_patchwork.widgets import PatchGridWidget, SamplerExplorerWidget, TiledInferenceWidget
-from napari_patchwork.widgets._napari import data_to_world_matrix, slice_position
+from napari_patchwork.widgets._napari import (
+    data_to_world_matrix,
+    slice_position,
+    voxel_on_screen,
+)
 from napari_patchwork.widgets.inference import roi_box
 
 # napari's own note on oblique data in 2D views (it shows the data plane without the rotation)
@@ -173,18 +177,36 @@ def test_roi_crop_offset_goes_through_the_scan_transform(viewer_with_scan, qtbot
     wait(qtbot, widget)
     layer = viewer.layers["oblique_las_t1 prediction"]
     offset = [widget._box[axis].start for axis in range(3)]
-    assert offset[1:] == [4, 3]
-    # on an oblique scan the output's data starts at voxel 0 (zeros before the region): an
-    # offset on the axis being sliced would move it within the plane in 2D views
-    assert layer.data.shape[1:] == (16, 15)
-    assert not layer.data[:, :4].any() and not layer.data[:, :, :3].any()
-    assert_placed_like(layer, image)
-    for order in [(0, 1, 2), (1, 0, 2), (2, 0, 1)]:  # whichever axis is sliced, in 2D
-        viewer.dims.order = order
-        shown = list(viewer.dims.displayed)
-        drawn, under = (item._data_to_world.set_slice(shown) for item in (layer, image))
-        for voxel in VOXELS:
-            assert np.allclose(drawn(np.take(voxel, shown)), under(np.take(voxel, shown)))
+    assert offset[1:] == [4, 3] and layer.data.shape[1:] == (12, 12)  # no offset on axis 0
+    assert_placed_like(layer, image, offset)
+
+
+def test_region_predictions_start_at_0_on_the_sliced_axis(viewer_with_scan, qtbot):
+    """Slicing axis 1 of the oblique scan, a region from row 4: napari draws a 2D slice by
+    the displayed axes' part of the transform, so an offset on axis 1 would move the output
+    within the plane. Its data starts at row 0 (zeros before the region), on that axis only."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    viewer.dims.order = (1, 0, 2)
+    corners = np.array([[10, 4, 3], [10, 4, 14], [10, 15, 14], [10, 15, 3]], float)
+    shapes = viewer.add_shapes(
+        [np.array([image.data_to_world(c) for c in corners])], shape_type="polygon", name="roi"
+    )
+    widget = TiledInferenceWidget(viewer)
+    widget.roi.value = shapes
+    widget.patch_size.value, widget.patch_overlap.value = "8", "0"
+    widget.outputs.value = "labels"
+    widget.run()
+    wait(qtbot, widget)
+    layer = viewer.layers["oblique_las_t1 prediction"]
+    assert layer.data.shape == (24, 16, 12) and not layer.data[:, :4].any()
+    start = (0, 0, 3)  # the region's corner (0, 4, 3), row 0 on the sliced axis
+    assert_placed_like(layer, image, start)
+    shown = list(viewer.dims.displayed)  # where napari draws them
+    drawn, under = (item._data_to_world.set_slice(shown) for item in (layer, image))
+    for voxel in VOXELS:
+        there = np.add(voxel, start)
+        assert np.allclose(drawn(np.take(voxel, shown)), under(np.take(there, shown)))
 
 
 def test_a_box_drawn_in_2d_on_the_oblique_scan_is_the_region_seen_under_it(viewer_with_scan, qtbot):
@@ -327,3 +349,23 @@ def test_closing_during_a_run_ends_cleanly(tmp_path, close):
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "closed cleanly" in result.stdout
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
+def test_a_scan_with_swapped_axes_gives_no_error_under_the_cursor_or_in_a_box():
+    """Voxel axes swapped against the world's (a sagittal file, not reoriented): the
+    displayed axes' part of the transform cannot be inverted; the widgets' mapping falls back
+    to the whole transform instead of raising on every mouse move. (napari's own canvas
+    cannot add such a layer in 2D: the model alone, without a window.)"""
+    from napari.components import ViewerModel
+
+    viewer = ViewerModel()
+    swap = np.array([[0, 0, 2.0, 0], [0, 1.0, 0, 0], [1.5, 0, 0, 0], [0, 0, 0, 1]])
+    image = viewer.add_image(np.zeros((20, 16, 12), np.float32), affine=swap, name="swapped")
+    voxel = (3.0, 5.0, 7.0)
+    world = np.asarray(image.data_to_world(voxel))
+    assert np.allclose(voxel_on_screen(viewer, image, world), voxel)
+    depth = float(viewer.dims.point[0])
+    drawn = [(depth, 2.0, 2.0), (depth, 2.0, 9.0), (depth, 9.0, 9.0), (depth, 9.0, 2.0)]
+    shapes = viewer.add_shapes([np.array(drawn)], shape_type="polygon", name="roi")
+    box = roi_box(shapes, image)
+    assert all(b.stop > b.start for b in box)

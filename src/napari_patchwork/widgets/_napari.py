@@ -405,10 +405,12 @@ def voxel_on_screen(viewer: Any, layer: Any, position: Any) -> tuple[float, floa
         return (float(point[0]), float(point[1]), float(point[2]))
     shown = [a for a in range(3) if a != axis]
     world_axes = [a + viewer.dims.ndim - 3 for a in shown]
-    matrix = data_to_world_matrix(layer)
-    block = matrix[np.ix_(shown, shown)]
+    placed = displayed_block(layer, shown)
+    if placed is None:
+        return (float(point[0]), float(point[1]), float(point[2]))
+    block, offset = placed
     world = np.asarray(position, float)[world_axes]
-    point[shown] = np.linalg.solve(block, world - matrix[shown, 3])
+    point[shown] = np.linalg.solve(block, world - offset)
     point[axis] = index
     return (float(point[0]), float(point[1]), float(point[2]))
 
@@ -417,7 +419,19 @@ def axis_aligned(layer: Any) -> bool:
     """Whether the layer's voxel axes map onto the world's (no rotation, shear or swap): then
     napari's 2D slices are exact, and an offset along any axis stays out of the plane."""
     linear = data_to_world_matrix(layer)[:3, :3]
-    return bool(np.allclose(linear, np.diag(np.diag(linear))))
+    scale = float(np.abs(linear).max()) or 1.0
+    return bool(np.abs(linear - np.diag(np.diag(linear))).max() <= 1e-6 * scale)  # float32 noise
+
+
+def displayed_block(layer: Any, shown: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The displayed axes' part of the layer's ``data_to_world`` (linear block, offset), or
+    None where it cannot be inverted (a scan whose voxel axes are swapped against the world's:
+    napari cannot draw its 2D slices faithfully either)."""
+    matrix = data_to_world_matrix(layer)
+    block = matrix[np.ix_(list(shown), list(shown))]
+    if np.linalg.cond(block) > 1e8:
+        return None
+    return block, matrix[list(shown), 3]
 
 
 def starting_on_the_slice_axis(

@@ -255,6 +255,8 @@ class PatchGridWidget(Container):
     def _on_order(self, *_: Any) -> None:
         self._redraw()
         self._refresh_widths()  # 3D: the same lines, seen along another axis
+        if self.cursor_rank is not None:
+            self._show_cursor()  # the tint starts at 0 on the axis sliced now (oblique scans)
 
     def _refresh_widths(self, *_: Any) -> None:
         """Keep every line one screen pixel wide when the user zooms (or turns a 3D view)."""

@@ -47,7 +47,7 @@ from ._napari import (
     Lifecycle,
     axis_aligned,
     class_legend,
-    data_to_world_matrix,
+    displayed_block,
     layer_choices,
     lazy_data_of,
     message_label,
@@ -87,14 +87,12 @@ def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
         raise ValueError(f"shapes layer '{shapes.name}' is empty: draw a box first")
     corners = np.array(world)[:, -3:]
     flat = [axis for axis in range(corners.shape[1]) if np.ptp(corners[:, axis]) < 1e-6]
-    if corners.shape[1] == 3 and len(flat) == 1:  # drawn in a 2D view
-        shown = [axis for axis in range(3) if axis != flat[0]]
-        matrix = data_to_world_matrix(image)
-        placed = np.linalg.solve(
-            matrix[np.ix_(shown, shown)], (corners[:, shown] - matrix[shown, 3]).T
-        )
+    shown = [axis for axis in range(3) if not flat or axis != flat[0]]
+    placed = displayed_block(image, shown) if corners.shape[1] == 3 and len(flat) == 1 else None
+    if placed is not None:  # drawn in a 2D view
+        block, offset = placed
         vertices = np.zeros_like(corners)
-        vertices[:, shown] = placed.T
+        vertices[:, shown] = np.linalg.solve(block, (corners[:, shown] - offset).T).T
     else:
         vertices = np.array([np.asarray(image.world_to_data(w))[-3:] for w in world])
     points = np.round(vertices, 3)  # float32 vertices on oblique scans
@@ -156,7 +154,7 @@ SOURCE_TOOLTIP = (
 )
 
 
-def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...]) -> None:
+def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...], what: str = "image") -> None:
     """Refuse a patch larger than the image (or region) it runs on, saying what fits.
 
     The widget has no padding control (the engine pads by half the overlap at most), so
@@ -173,10 +171,8 @@ def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...]) -> None:
     shape = tuple(int(b.stop - b.start) for b in box)
     if any(p > s for p, s in zip(patch, shape)):
         fits = min(shape) - min(shape) % 2
-        where = "region" if any(b.start for b in box) else "image"
-        raise ValueError(
-            f"patch size {tuple(patch)} is larger than the {where} {shape}: use at most {fits}"
-        )
+        advice = f"use at most {fits}" if fits >= 4 else f"draw a larger {what}"
+        raise ValueError(f"patch size {tuple(patch)} is larger than the {what} {shape}: {advice}")
 
 
 def known_class_values(source: str) -> list[int] | None:
@@ -380,6 +376,8 @@ class TiledInferenceWidget(Container):
         self._zarr_path: str | None = None
         self._label_layer: Any = None
         self._probability_layers: list[Any] = []
+        self._box: tuple[slice, ...] = ()
+        self._run_layer_box: tuple[slice, ...] = ()  # where the output layers' data lies
         self._class_values: list[int] | None = None  # a trained model's values, by channel
         self._failed = self._outputs_complete = False
         self._added_names: set[str] = set()
@@ -504,11 +502,12 @@ class TiledInferenceWidget(Container):
                 )
             else:
                 box = tuple(slice(0, s) for s in shape_of(image))
-            check_patch_inside(config.patch, box)
+            check_patch_inside(config.patch, box, "region" if self.roi.value else "image")
         except (ValueError, TypeError) as error:
             self._error(error)
             return None
         self._box, self._image, self._started = box, image, time.perf_counter()
+        self._run_layer_box = self._output_box()
         self._last_refresh, self._dirty, self._refresh_interval = 0.0, False, REFRESH_INTERVAL
         self.refresh_seconds = []
         self.last_step, self._failed = None, False
@@ -652,12 +651,18 @@ class TiledInferenceWidget(Container):
 
     def _layer_box(self) -> tuple[slice, ...]:
         """Where the output layers' data lies, in the image's voxels: the run's region; on an
-        oblique scan from voxel 0 on every axis (zeros before the region), because napari
-        draws a 2D slice by the displayed axes' part of the transform and an offset on the
-        axis being sliced would move the layer within the plane."""
-        if axis_aligned(self._image):
+        oblique scan in 2D, from voxel 0 on the axis sliced when the run started (zeros
+        before the region): napari draws a 2D slice by the displayed axes' part of the
+        transform, and an offset on the axis being sliced would move the layer within the
+        plane. Only that axis: from 0 on all three, a small region near the far corner of a
+        large scan would cost a whole volume."""
+        return self._run_layer_box
+
+    def _output_box(self) -> tuple[slice, ...]:
+        axis, _ = slice_position(self.viewer, self._image)
+        if axis is None or axis_aligned(self._image):
             return self._box
-        return tuple(slice(0, b.stop) for b in self._box)
+        return tuple(slice(0, b.stop) if a == axis else b for a, b in enumerate(self._box))
 
     def _complete_outputs(self, update: StepUpdate) -> None:
         """At the first result: the class legend, and the probability layers if not added yet."""

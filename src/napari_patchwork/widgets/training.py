@@ -334,8 +334,9 @@ class TrainingWidget(Container):
             return
         self.status.value = "stopping…"
         self._stop_requested = True
-        if self.trainer is not None:
-            self.trainer.stop()
+        trainer = self.trainer  # read once: the worker may replace or drop it
+        if trainer is not None:
+            trainer.stop()
 
     def _abandon(self) -> None:
         """The dock or the viewer is closing: end training; late results are dropped."""
@@ -378,9 +379,11 @@ class TrainingWidget(Container):
         elif start - self._status_shown < STATUS_SECONDS:
             self.refresh_seconds.append(time.perf_counter() - start)
             return  # the status and loss line: a few times a second, not at every step
+        trainer = self.trainer  # the worker may drop a dead one meanwhile
+        if trainer is None:
+            return
         self._status_shown = start
-        assert self.trainer is not None
-        losses = self.trainer.losses
+        losses = trainer.losses
         recent = float(np.mean(losses[-10:]))
         status = (
             f"iteration {update.iteration} · loss {recent:.3f} · {update.elapsed:.0f} s ·"

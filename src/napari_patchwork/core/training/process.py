@@ -82,6 +82,10 @@ _spare: subprocess.Popen[bytes] | None = None
 _spare_lock = threading.Lock()
 
 
+class SpawnError(RuntimeError):
+    """No training process could be started."""
+
+
 def child_processes_supported() -> bool:
     """Whether a child Python can be started: not in a frozen application (PyInstaller and
     the like), whose executable is the application itself, not an interpreter."""
@@ -97,7 +101,7 @@ def _has_stderr() -> bool:
 
 def _spawn() -> subprocess.Popen[bytes]:
     if not child_processes_supported():
-        raise RuntimeError(
+        raise SpawnError(
             "cannot start a training process: this Python is a frozen application"
             f" ({sys.executable!r}); use LocalTrainer"
         )
@@ -110,7 +114,7 @@ def _spawn() -> subprocess.Popen[bytes]:
             stderr=None if _has_stderr() else subprocess.DEVNULL,
         )
     except OSError as error:
-        raise RuntimeError(f"cannot start a training process ({sys.executable}): {error}") from None
+        raise SpawnError(f"cannot start a training process ({sys.executable}): {error}") from None
 
 
 def prewarm() -> None:
@@ -127,7 +131,7 @@ def prewarm() -> None:
         if _spare is None or _spare.poll() is not None:
             try:
                 _spare = _spawn()
-            except RuntimeError:  # none can start: the trainer that needs one says why
+            except SpawnError:  # none can start: the trainer that needs one says why
                 _spare = None
 
 
@@ -436,6 +440,28 @@ class LocalTrainer(Trainer):
     >>> trainer.close()
     """
 
+    _running = False
+
+    def run(
+        self,
+        seconds: float | None = None,
+        iterations: int | None = None,
+        preview: Region | Callable[[], Region | None] | None = None,
+    ) -> Iterator[TrainingStep]:
+        """As :meth:`Trainer.run`; :meth:`stop` acts only while it runs."""
+        self._running = True
+        try:
+            yield from super().run(seconds, iterations, preview)
+        finally:
+            self._running = False
+
+    def stop(self) -> None:
+        """End the current run after its current step; between runs it does nothing (as
+        :meth:`TrainerProcess.stop`: a Stop during the final prediction must not cancel the
+        next Continue)."""
+        if self._running:
+            super().stop()
+
     def close(self, wait: bool = True) -> None:
         """End the current run after its current step (nothing else to end here)."""
         self.stop()
@@ -457,7 +483,10 @@ def start_trainer(
     >>> trainer.close()
     """
     if child_processes_supported():
-        return TrainerProcess(pairs, config)
+        try:
+            return TrainerProcess(pairs, config)
+        except SpawnError:  # no interpreter to start (moved, removed): train here
+            pass
     return LocalTrainer(pairs, config)
 
 

@@ -55,9 +55,10 @@ def _check_patch_fits(patch: int, images: list[torch.Tensor]) -> None:
     for number, image in enumerate(images, 1):
         if all(patch > size for size in image.shape[1:]):
             suffix = f" {number}" if len(images) > 1 else ""
+            largest = max(4, max(image.shape[1:]) // 2 * 2)  # even, >= 4, as patch_size must be
             raise ValueError(
                 f"patch_size {patch} is larger than image{suffix} in every direction"
-                f" {tuple(image.shape[1:])}: use at most {max(image.shape[1:])}"
+                f" {tuple(image.shape[1:])}: use at most {largest}"
             )
 
 
