@@ -361,3 +361,11 @@ def test_filter_network_is_the_default_learns_and_round_trips_through_a_saved_fi
 def test_bad_network_settings_are_refused(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainingConfig(**settings)
+
+
+def test_a_patch_larger_than_the_image_says_an_even_size_that_fits() -> None:
+    image = torch.rand(1, 63, 9, 5)
+    strokes = torch.zeros(63, 9, 5, dtype=torch.int64)
+    strokes[:2], strokes[-2:] = 1, 2
+    with pytest.raises(ValueError, match=r"larger than image in every direction .*at most 62"):
+        Trainer((image, strokes), TrainingConfig(patch_size=64))

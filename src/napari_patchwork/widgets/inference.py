@@ -167,6 +167,10 @@ def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...], what: str
     Traceback (most recent call last):
     ...
     ValueError: patch size (64, 64, 64) is larger than the image (64, 64, 48): use at most 48
+    >>> check_patch_inside((8, 8, 8), (slice(0, 40), slice(0, 1), slice(3, 9)), "region")
+    Traceback (most recent call last):
+    ...
+    ValueError: patch size (8, 8, 8) is larger than the region (40, 1, 6): draw a larger region
     """
     shape = tuple(int(b.stop - b.start) for b in box)
     if any(p > s for p, s in zip(patch, shape)):
