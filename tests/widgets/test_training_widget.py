@@ -218,6 +218,10 @@ def test_live_preview_of_the_visible_slice(widget, qtbot) -> None:
     widget._track_view()
     region = widget._region
     assert region is not None and sum(s.stop - s.start == 1 for s in region) == 1
+    assert region[0].stop - region[0].start == 1
+    viewer.dims.order = (2, 0, 1)  # the user turns the view: axis 2 is sliced now
+    assert widget._region[2].stop - widget._region[2].start == 1
+    assert widget._region[0] == slice(0, viewer.layers["image"].data.shape[0])
 
 
 def test_bad_settings_are_shown_in_widget_words(widget, qtbot) -> None:

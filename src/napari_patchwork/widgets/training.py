@@ -194,6 +194,7 @@ class TrainingWidget(Container):
         watch_layers(self.lifecycle, napari_viewer, self.image, self.annotations)
         self.lifecycle.connect(napari_viewer.dims.events.current_step, self._track_view)
         self.lifecycle.connect(napari_viewer.dims.events.ndisplay, self._track_view)
+        self.lifecycle.connect(napari_viewer.dims.events.order, self._track_view)  # turned view
         self.init.changed.connect(self._show_init_file)
         self.new_button.changed.connect(self.new_annotations)
         self.train_button.changed.connect(self.train)
