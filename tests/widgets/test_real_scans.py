@@ -163,8 +163,8 @@ def test_inference_outputs_are_placed_like_the_scan_and_saved_with_its_affine(
     assert np.allclose(nib.load(str(probability)).affine, oblique_las_affine(), atol=1e-4)
 
 
-def test_roi_crop_offset_goes_through_the_scan_transform(viewer_with_scan, qtbot):
-    viewer = viewer_with_scan
+def run_region(viewer, qtbot) -> TiledInferenceWidget:
+    """The demo model over the region of voxels (10, 4..15, 3..14) of the scan (patch 8)."""
     image = viewer.layers[0]
     corners = np.array([[10, 4, 3], [10, 4, 14], [10, 15, 14], [10, 15, 3]], float)
     world = [image.data_to_world(corner) for corner in corners]
@@ -175,6 +175,13 @@ def test_roi_crop_offset_goes_through_the_scan_transform(viewer_with_scan, qtbot
     widget.outputs.value = "labels"
     widget.run()
     wait(qtbot, widget)
+    return widget
+
+
+def test_roi_crop_offset_goes_through_the_scan_transform(viewer_with_scan, qtbot):
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    widget = run_region(viewer, qtbot)
     layer = viewer.layers["oblique_las_t1 prediction"]
     offset = [widget._box[axis].start for axis in range(3)]
     assert offset[1:] == [4, 3] and layer.data.shape[1:] == (12, 12)  # no offset on axis 0
@@ -188,16 +195,7 @@ def test_region_predictions_start_at_0_on_the_sliced_axis(viewer_with_scan, qtbo
     viewer = viewer_with_scan
     image = viewer.layers[0]
     viewer.dims.order = (1, 0, 2)
-    corners = np.array([[10, 4, 3], [10, 4, 14], [10, 15, 14], [10, 15, 3]], float)
-    shapes = viewer.add_shapes(
-        [np.array([image.data_to_world(c) for c in corners])], shape_type="polygon", name="roi"
-    )
-    widget = TiledInferenceWidget(viewer)
-    widget.roi.value = shapes
-    widget.patch_size.value, widget.patch_overlap.value = "8", "0"
-    widget.outputs.value = "labels"
-    widget.run()
-    wait(qtbot, widget)
+    run_region(viewer, qtbot)
     layer = viewer.layers["oblique_las_t1 prediction"]
     assert layer.data.shape == (24, 16, 12) and not layer.data[:, :4].any()
     start = (0, 0, 3)  # the region's corner (0, 4, 3), row 0 on the sliced axis

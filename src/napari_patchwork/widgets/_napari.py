@@ -434,20 +434,25 @@ def displayed_block(layer: Any, shown: Sequence[int]) -> tuple[np.ndarray, np.nd
     return block, matrix[list(shown), 3]
 
 
+def axis_to_anchor(viewer: Any, like: Any) -> int | None:
+    """The data axis on which a layer covering part of ``like`` must start at voxel 0 to be
+    drawn in place, or None (3D views, scans whose axes are the world's).
+
+    napari draws a 2D slice by the displayed axes' part of a layer's transform: on an
+    oblique scan an offset along the sliced axis moves the layer *within* the plane (by the
+    scan's rotation; 11 world units for a patch 36 slices deep on the user test's scan).
+    """
+    axis, _ = slice_position(viewer, like)
+    return None if axis is None or axis_aligned(like) else axis
+
+
 def starting_on_the_slice_axis(
     viewer: Any, like: Any, data: np.ndarray, offset: Sequence[int]
 ) -> tuple[np.ndarray, list[int]]:
-    """``(data, offset)`` of a 3D box layer placed like ``like``, drawn where it belongs in a
-    2D view of an oblique scan.
-
-    napari draws a 2D slice by the displayed axes' part of a layer's transform: an offset
-    along the sliced axis then moves the layer *within* the plane (by the scan's rotation;
-    11 world units for a patch 36 slices deep on the user test's oblique scan). The box is
-    padded with zeros to start at 0 on that axis. Scans whose axes are the world's, 3D views
-    and boxes already starting at 0 there are returned as they are.
-    """
-    axis, _ = slice_position(viewer, like)
-    if axis is None or axis_aligned(like) or offset[axis] == 0:
+    """``(data, offset)`` of a 3D box layer placed like ``like``, padded with zeros to start
+    at 0 on :func:`axis_to_anchor`'s axis, where it is drawn in place; else as they are."""
+    axis = axis_to_anchor(viewer, like)
+    if axis is None or offset[axis] == 0:
         return data, list(offset)
     widths = [(0, 0)] * data.ndim
     widths[data.ndim - 3 + axis] = (int(offset[axis]), 0)

@@ -45,7 +45,7 @@ from ..models import DEMO_CLASSES
 from ..napari_contributions import read_zarr_layers
 from ._napari import (
     Lifecycle,
-    axis_aligned,
+    axis_to_anchor,
     class_legend,
     displayed_block,
     layer_choices,
@@ -87,7 +87,7 @@ def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
         raise ValueError(f"shapes layer '{shapes.name}' is empty: draw a box first")
     corners = np.array(world)[:, -3:]
     flat = [axis for axis in range(corners.shape[1]) if np.ptp(corners[:, axis]) < 1e-6]
-    shown = [axis for axis in range(3) if not flat or axis != flat[0]]
+    shown = [axis for axis in range(3) if axis not in flat]
     placed = displayed_block(image, shown) if corners.shape[1] == 3 and len(flat) == 1 else None
     if placed is not None:  # drawn in a 2D view
         block, offset = placed
@@ -649,23 +649,16 @@ class TiledInferenceWidget(Container):
     def _placed(self) -> dict[str, Any]:
         return {
             "like": self._image,
-            "offset": [b.start for b in self._layer_box()],
+            "offset": [b.start for b in self._run_layer_box],
             "overlay": False,
         }
 
-    def _layer_box(self) -> tuple[slice, ...]:
-        """Where the output layers' data lies, in the image's voxels: the run's region; on an
-        oblique scan in 2D, from voxel 0 on the axis sliced when the run started (zeros
-        before the region): napari draws a 2D slice by the displayed axes' part of the
-        transform, and an offset on the axis being sliced would move the layer within the
-        plane. Only that axis: from 0 on all three, a small region near the far corner of a
-        large scan would cost a whole volume."""
-        return self._run_layer_box
-
     def _output_box(self) -> tuple[slice, ...]:
-        axis, _ = slice_position(self.viewer, self._image)
-        if axis is None or axis_aligned(self._image):
-            return self._box
+        """Where the output layers' data lies, in the image's voxels: the run's region; on an
+        oblique scan in 2D, from voxel 0 on the axis sliced when the run starts (zeros before
+        the region, see :func:`axis_to_anchor`). Only that axis: from 0 on all three, a small
+        region near the far corner of a large scan would cost a whole volume."""
+        axis = axis_to_anchor(self.viewer, self._image)
         return tuple(slice(0, b.stop) if a == axis else b for a, b in enumerate(self._box))
 
     def _complete_outputs(self, update: StepUpdate) -> None:
@@ -688,7 +681,7 @@ class TiledInferenceWidget(Container):
 
     def _reusable(self, name: str, dtype: Any) -> np.ndarray:
         """The data of the existing layer ``name`` if it fits (a re-run refines it), else zeros."""
-        shape = tuple(b.stop - b.start for b in self._layer_box())
+        shape = tuple(b.stop - b.start for b in self._run_layer_box)
         if name in self.viewer.layers:
             data = self.viewer.layers[name].data
             if isinstance(data, np.ndarray) and data.shape == shape and data.dtype == dtype:
@@ -717,7 +710,7 @@ class TiledInferenceWidget(Container):
             self._outputs_complete = True
             self._complete_outputs(update)
         target = tuple(slice(r.start, r.stop) for r in update.region)  # in the region's voxels
-        shift = [b.start - c.start for b, c in zip(self._box, self._layer_box())]
+        shift = [b.start - c.start for b, c in zip(self._box, self._run_layer_box)]
         stored = tuple(slice(t.start + d, t.stop + d) for t, d in zip(target, shift))
         if update.labels is not None and self._label_layer is not None:
             self._label_layer.data[stored] = update.labels
