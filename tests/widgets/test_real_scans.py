@@ -207,6 +207,56 @@ def test_region_predictions_start_at_0_on_the_sliced_axis(viewer_with_scan, qtbo
         assert np.allclose(drawn(np.take(voxel, shown)), under(np.take(there, shown)))
 
 
+def test_region_predictions_follow_a_turned_view(viewer_with_scan, qtbot):
+    """After a region run slicing axis 1, the user turns the view to slice axis 2: the
+    predictions move to start at 0 on axis 2 (else napari draws them shifted in the plane),
+    their values kept; the zeros added on axis 1 go, unless the user painted there."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    viewer.dims.order = (1, 0, 2)
+    run_region(viewer, qtbot)
+    layer = viewer.layers["oblique_las_t1 prediction"]
+    region = layer.data[:, 4:].copy()  # the region: voxels (0..23, 4..15, 3..14)
+    assert region.any()
+    viewer.dims.order = (2, 0, 1)
+    assert layer.data.shape == (24, 12, 15) and not layer.data[:, :, :3].any()
+    assert np.array_equal(layer.data[:, :, 3:], region)
+    start = (0, 4, 0)
+    assert_placed_like(layer, image, start)
+    shown = list(viewer.dims.displayed)
+    assert shown == [0, 1]
+    drawn, under = (item._data_to_world.set_slice(shown) for item in (layer, image))
+    for voxel in VOXELS:
+        there = np.add(voxel, start)
+        assert np.allclose(drawn(np.take(voxel, shown)), under(np.take(there, shown)))
+    layer.data[3, 2, 1] = 2  # painted left of the region, on the zeros just added
+    viewer.dims.order = (1, 0, 2)
+    assert layer.data.shape == (24, 16, 15) and layer.data[3, 6, 1] == 2
+    assert np.array_equal(layer.data[:, 4:, 3:], region)
+    assert_placed_like(layer, image, (0, 0, 0))
+
+
+def test_boxes_drawn_on_two_slices_bound_the_region_on_the_sliced_axis(viewer_with_scan):
+    """A rectangle on slice 5 and one on slice 15 of the oblique scan (2D view slicing axis
+    0), each over voxels (4..15, 3..14) as napari draws the slice: the region is those
+    rows and columns, slices 5 to 15."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    viewer.dims.ndisplay = 2
+    shown = list(viewer.dims.displayed)
+    assert shown == [1, 2]
+    place = image._data_to_world.set_slice(shown)
+    offset = float(image.world_to_data(np.zeros(3))[0])
+    gain = float(image.world_to_data(np.array([1.0, 0, 0]))[0]) - offset
+    rectangles = []
+    for index in (5, 15):
+        depth = (index - offset) / gain  # the world position of the slider showing that slice
+        corners = [(depth, *place([j, k])) for j, k in [(4, 3), (4, 14), (15, 14), (15, 3)]]
+        rectangles.append(np.array(corners))
+    shapes = viewer.add_shapes(rectangles, shape_type="rectangle", name="roi")
+    assert roi_box(shapes, image) == (slice(5, 16), slice(4, 16), slice(3, 15))
+
+
 def test_a_box_drawn_in_2d_on_the_oblique_scan_is_the_region_seen_under_it(viewer_with_scan, qtbot):
     """As a user draws it: flat on the sliced world axis, at the slice on screen; its
     corners over voxels (·, 4..15, 3..14) as napari draws the image there. The region run is

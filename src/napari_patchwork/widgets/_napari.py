@@ -378,16 +378,23 @@ def slice_position(viewer: Any, layer: Any) -> tuple[int | None, int]:
         return None, 0
     world_axis = not_displayed[-1]
     data_axis = world_axis - (viewer.dims.ndim - layer.ndim)
-    # napari slices through the sliced axis alone (its slice input restricts world_to_data
-    # to the axes not displayed): on an oblique scan, mapping the whole point instead gives
-    # another slice than the one on screen. ``world_to_data`` is affine: its diagonal entry
-    # and offset on that axis, from two public calls.
+    return data_axis, int(round(sliced_index(layer, data_axis, viewer.dims.point[world_axis])))
+
+
+def sliced_index(layer: Any, data_axis: int, world: float) -> float:
+    """The data coordinate on ``data_axis`` of the slice napari shows of ``layer`` when that
+    axis is sliced at the world coordinate ``world``.
+
+    napari slices through the sliced axis alone (its slice input restricts ``world_to_data``
+    to the axes not displayed): on an oblique scan, mapping the whole point instead gives
+    another slice than the one on screen. ``world_to_data`` is affine: its diagonal entry and
+    offset on that axis, from two public calls.
+    """
     offset = float(np.asarray(layer.world_to_data(np.zeros(layer.ndim)))[data_axis])
     unit = np.zeros(layer.ndim)
     unit[data_axis] = 1.0
     gain = float(np.asarray(layer.world_to_data(unit))[data_axis]) - offset
-    index = offset + gain * float(viewer.dims.point[world_axis])
-    return data_axis, int(round(index))
+    return offset + gain * float(world)
 
 
 def voxel_on_screen(viewer: Any, layer: Any, position: Any) -> tuple[float, float, float]:

@@ -52,10 +52,12 @@ from ._napari import (
     lazy_data_of,
     message_label,
     parse_size,
+    placement_like,
     redraw_values,
     shape_of,
     show_layer,
     slice_position,
+    sliced_index,
     volume_of,
     watch_layers,
 )
@@ -76,25 +78,17 @@ WIDGET_WORDS = {  # the core's argument names, as this widget labels them
 def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
     """Bounding box of a Shapes layer in the image's voxels; flat axes span the whole volume.
 
-    A box drawn in a 2D view is flat on the world axis that was sliced: its corners are
-    placed as napari draws the image there (the displayed axes' part of the image's
-    transform, inverted), so that on an oblique scan the region is the one seen under the
-    box, and the sliced axis spans the whole volume.
+    A shape drawn in a 2D view is flat on the world axis that was sliced: its corners are
+    placed as napari draws the image there (the slice napari shows, and the displayed axes'
+    part of the image's transform, inverted), so that on an oblique scan the region is the
+    one seen under the shape. Shapes on several slices bound the region on the sliced axis
+    too (from the first slice to the last); all on one slice, it spans the whole volume.
     """
     shape = shape_of(image)
-    world = [np.asarray(shapes.data_to_world(v), float) for s in shapes.data for v in s]
-    if not world:
+    drawn = [np.array([shapes.data_to_world(v) for v in s], float)[:, -3:] for s in shapes.data]
+    if not drawn:
         raise ValueError(f"shapes layer '{shapes.name}' is empty: draw a box first")
-    corners = np.array(world)[:, -3:]
-    flat = [axis for axis in range(corners.shape[1]) if np.ptp(corners[:, axis]) < 1e-6]
-    shown = [axis for axis in range(3) if axis not in flat]
-    placed = displayed_block(image, shown) if corners.shape[1] == 3 and len(flat) == 1 else None
-    if placed is not None:  # drawn in a 2D view
-        block, offset = placed
-        vertices = np.zeros_like(corners)
-        vertices[:, shown] = np.linalg.solve(block, (corners[:, shown] - offset).T).T
-    else:
-        vertices = np.array([np.asarray(image.world_to_data(w))[-3:] for w in world])
+    vertices = np.concatenate([_voxels_under(corners, image) for corners in drawn])
     points = np.round(vertices, 3)  # float32 vertices on oblique scans
     # the voxels the box overlaps (voxel v spans v ± 0.5): a box from 4.6 to 15.4 is over
     # voxels 5-15, one from 4 to 15 (on voxel centres) over 4-15
@@ -106,6 +100,34 @@ def roi_box(shapes: Any, image: Any) -> tuple[slice, slice, slice]:
         on_a_slice = float(np.ptp(points[:, axis])) < 1e-6  # drawn on a slice: the whole axis
         box.append(slice(0, size) if on_a_slice or lo >= hi else slice(lo, hi))
     return (box[0], box[1], box[2])
+
+
+def _voxels_under(corners: np.ndarray, image: Any) -> np.ndarray:
+    """The image's voxel coordinates under one shape's ``(N, 3)`` world corners.
+
+    Flat on one world axis (drawn in a 2D view): that axis is the slice napari showed there,
+    the two others the displayed axes' part of the transform inverted. Otherwise (a shape
+    drawn in 3D, a scan whose axes are swapped against the world's) ``world_to_data``.
+    """
+    flat = [axis for axis in range(3) if np.ptp(corners[:, axis]) < 1e-6]
+    shown = [axis for axis in range(3) if axis not in flat]
+    placed = displayed_block(image, shown) if len(flat) == 1 and image.ndim == 3 else None
+    if placed is None:
+        return np.array([np.asarray(image.world_to_data(w))[-3:] for w in corners], float)
+    block, offset = placed
+    vertices = np.zeros_like(corners)
+    vertices[:, shown] = np.linalg.solve(block, (corners[:, shown] - offset).T).T
+    vertices[:, flat[0]] = sliced_index(image, flat[0], corners[0, flat[0]])
+    return vertices
+
+
+def _size(box: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(b.stop - b.start for b in box)
+
+
+def _within(part: tuple[slice, ...], box: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``part`` (in the image's voxels) as slices of an array covering ``box``."""
+    return tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(part, box))
 
 
 @dataclass(frozen=True)
@@ -367,6 +389,7 @@ class TiledInferenceWidget(Container):
         )
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
         watch_layers(self.lifecycle, napari_viewer, self.image, self.roi)
+        self.lifecycle.connect(napari_viewer.dims.events.order, self._follow_turned_view)
         from .training import SAVE_CALLBACKS  # a model saved by training becomes a choice
 
         self.lifecycle.add_mouse_callback(SAVE_CALLBACKS, lambda *_: self.source.reset_choices())
@@ -660,6 +683,39 @@ class TiledInferenceWidget(Container):
         region near the far corner of a large scan would cost a whole volume."""
         axis = axis_to_anchor(self.viewer, self._image)
         return tuple(slice(0, b.stop) if a == axis else b for a, b in enumerate(self._box))
+
+    def _follow_turned_view(self, *_: Any) -> None:
+        """A turned view slices another axis: region outputs on an oblique scan are moved to
+        start at voxel 0 on it (zeros before the region, see :func:`axis_to_anchor`), during a
+        run or after it, the values (and a user's edits) kept. The zeros added for the axis
+        sliced before are dropped unless something was painted there."""
+        if not self._box or self._image is None or not self._output_layers():
+            return
+        axis = axis_to_anchor(self.viewer, self._image)
+        old = self._run_layer_box
+        if axis is None or old[axis].start == 0:
+            return
+        layers = [layer for layer in self._output_layers() if layer.data.shape == _size(old)]
+        new = []
+        for a, (was, region) in enumerate(zip(old, self._box)):
+            if a == axis:
+                new.append(slice(0, was.stop))
+                continue
+            before = tuple(  # the zeros added before the region on this axis
+                slice(0, region.start - was.start) if b == a else slice(None) for b in range(3)
+            )
+            painted = any(np.asarray(layer.data[before]).any() for layer in layers)
+            new.append(was if painted else region)
+        box = tuple(new)
+        kept = tuple(slice(max(n.start, o.start), min(n.stop, o.stop)) for n, o in zip(box, old))
+        placement = placement_like(self._image, [b.start for b in box])
+        for layer in layers:
+            data = np.zeros(_size(box), layer.data.dtype)
+            data[_within(kept, box)] = layer.data[_within(kept, old)]
+            layer.data = data
+            for key, value in placement.items():
+                setattr(layer, key, value)
+        self._run_layer_box = box
 
     def _complete_outputs(self, update: StepUpdate) -> None:
         """At the first result: the class legend, and the probability layers if not added yet."""
