@@ -142,3 +142,27 @@ def test_infer_defaults_to_the_patch_the_model_was_trained_with(files, tmp_path)
     assert main(argv) == 0
     saved = nib.load(str(segmentation))
     assert np.allclose(saved.affine, AFFINE) and set(np.unique(saved.get_fdata())) <= {1, 2}
+
+
+def test_infer_fits_the_models_patch_to_a_thin_scan(files, tmp_path) -> None:
+    """Trained with patch 16 (training pads), the model segments a 10-slice scan without
+    --patch-size: (16, 16, 10), overlap a quarter of each (before: "--patch-size (16, 16,
+    16) is larger than the volume")."""
+    from napari_patchwork.cli import main
+    from napari_patchwork.cli_args import inference_config, parse_args
+    from napari_patchwork.io.models import model_patch_size
+
+    image, annotations = files
+    model = tmp_path / "model.pt2"
+    args = parse(str(image), str(annotations), "-o", str(model), "--iterations", "2", *FAST)
+    assert run_train(args) == 0
+    assert model_patch_size(model) == (16, 16, 16)
+    assert model_patch_size(model, (40, 15, 3)) == (16, 14, 16)  # under 4: no patch fits
+    thin = tmp_path / "thin.nii.gz"
+    nib.save(nib.Nifti1Image(nib.load(str(image)).get_fdata()[:, :, 7:17], AFFINE), str(thin))
+    segmentation = tmp_path / "seg.nii.gz"
+    argv = ["infer", str(thin), "--model", str(model), "-o", str(segmentation), "--labels"]
+    config = inference_config(parse_args(argv), "cpu", str(model), (24, 24, 10))
+    assert config.patch == (16, 16, 10) and config.overlap == (4, 4, 2)
+    assert main(argv) == 0
+    assert nib.load(str(segmentation)).shape == (24, 24, 10)

@@ -249,11 +249,14 @@ def flag_worded(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         raise reworded(error, _FLAG_NAMES) from error
 
 
-def inference_config(args: argparse.Namespace, device: str, source: str) -> InferenceConfig:
+def inference_config(
+    args: argparse.Namespace, device: str, source: str, shape: Sequence[int] | None = None
+) -> InferenceConfig:
     """The :class:`InferenceConfig` of the ``infer`` flags (``--patch-size``: the model's
-    training patch when its file records it, else 64; ``--overlap``: a quarter of the patch,
-    even, unless given; ``.pt2`` models run fixed-size batches)."""
-    sizes = args.patch_size or list(model_patch_size(source) or [64])
+    training patch when its file records it, fitted to the volume's ``shape`` when given,
+    else 64; ``--overlap``: a quarter of the patch, even, unless given; ``.pt2`` models run
+    fixed-size batches)."""
+    sizes = args.patch_size or list(model_patch_size(source, shape) or [64])
     patch = _size(sizes, "--patch-size")
     overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in sizes]
     return flag_worded(

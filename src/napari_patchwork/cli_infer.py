@@ -69,9 +69,10 @@ def run_infer(args: argparse.Namespace) -> int:
     if is_zarr_path(input_path) or is_zarr_path(output_path) or args.engine == "dask":
         return run_infer_zarr(args, input_path, source, output_path)
     image = ScalarImage(input_path)
-    nifti = read_nifti_header(input_path).nifti
+    header = read_nifti_header(input_path)
+    nifti = header.nifti
     device = args.device or default_device()
-    config = inference_config(args, device, source)
+    config = inference_config(args, device, source, header.spatial_shape)
     check_model_files(source, args.weights)
     model = load_model(source, weights=args.weights, device=device, trust_pickle=args.trust_pickle)
     image.load()  # a broken file is named before the patch size is checked against it

@@ -390,6 +390,33 @@ def test_choosing_a_trained_model_sets_its_patch_and_a_too_large_patch_says_what
     assert "use at most 32" in widget.status.value and "padding" not in widget.status.value
 
 
+def test_a_trained_models_patch_is_fitted_to_a_thin_image_and_a_typed_one_stays(
+    viewer_with_sample, qtbot, harmonised_model
+):
+    """Training pads, so a model trained with patch 8 segments a 6-slice image with
+    (8, 8, 6) chosen for the user; a patch the user typed is kept when the image changes."""
+    path, _ = harmonised_model  # trained with patch 8
+    viewer = viewer_with_sample
+    sample = viewer.layers["image"]
+    thin = viewer.add_image(sample.data[:20, :20, 10:16].copy(), name="thin")
+    widget = TiledInferenceWidget(viewer)
+    widget.image.value = thin
+    widget.source.value = "file"
+    widget.model_file.value = str(path)
+    assert (widget.patch_size.value, widget.patch_overlap.value) == ("8, 8, 6", "2, 2, 0")
+    widget.outputs.value = "labels"
+    widget.run()
+    wait(qtbot, widget)
+    assert widget.status.value.startswith("done")
+    assert viewer.layers["thin prediction"].data.shape == (20, 20, 6)
+    widget.image.value = sample  # followed the model: fitted again
+    assert widget.patch_size.value == "8"
+    widget.image.value = thin
+    widget.patch_size.value = "4"  # typed: stays
+    widget.image.value = sample
+    assert widget.patch_size.value == "4"
+
+
 def test_a_trained_models_choice_names_its_file(viewer_with_sample, harmonised_model):
     from napari_patchwork.widgets.training import SAVED_MODELS
 

@@ -388,6 +388,7 @@ class TiledInferenceWidget(Container):
             ]
         )
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
+        self._followed_patch: str | None = None  # the patch size last set from a model
         watch_layers(self.lifecycle, napari_viewer, self.image, self.roi)
         self.lifecycle.connect(napari_viewer.dims.events.order, self._follow_turned_view)
         from .training import SAVE_CALLBACKS  # a model saved by training becomes a choice
@@ -395,6 +396,7 @@ class TiledInferenceWidget(Container):
         self.lifecycle.add_mouse_callback(SAVE_CALLBACKS, lambda *_: self.source.reset_choices())
         self.source.changed.connect(self._show_source_fields)
         self.model_file.changed.connect(self._follow_model_patch)
+        self.image.changed.connect(self._follow_image)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.worker: Any = None
@@ -426,10 +428,14 @@ class TiledInferenceWidget(Container):
 
     def _follow_model_patch(self, *_: Any) -> None:
         """Choosing a model that records its training patch ("Train from annotations") sets
-        the patch size to it and the overlap to a quarter of it (the user may then change
-        them): the demo's 64 does not fit a scan with an axis under 64."""
+        the patch size to it, fitted to the image (an axis thinner than the patch: that
+        axis's size, as training padded it), and the overlap to a quarter of it (the user may
+        then change them): the demo's 64 does not fit a scan with an axis under 64."""
+        image = self.image.value
         try:
-            size = model_patch_size(self._model_source())
+            size = model_patch_size(
+                self._model_source(), None if image is None else shape_of(image)
+            )
         except (ValueError, KeyError, OSError):  # no file chosen yet, or not a model
             return
         if size is None:
@@ -439,6 +445,12 @@ class TiledInferenceWidget(Container):
         self.patch_overlap.value = (
             str(overlap[0]) if len(set(overlap)) == 1 else ", ".join(map(str, overlap))
         )
+        self._followed_patch = self.patch_size.value
+
+    def _follow_image(self, *_: Any) -> None:
+        """Another image: a patch that followed the model is fitted to it; a typed one stays."""
+        if self.patch_size.value == self._followed_patch:
+            self._follow_model_patch()
 
     def _source_choices(self, *_: Any) -> list[str]:
         """demo, file, module:factory, then the models saved by "Train from annotations"."""
