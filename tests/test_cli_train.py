@@ -166,3 +166,10 @@ def test_infer_fits_the_models_patch_to_a_thin_scan(files, tmp_path) -> None:
     assert config.patch == (16, 16, 10) and config.overlap == (4, 4, 2)
     assert main(argv) == 0
     assert nib.load(str(segmentation)).shape == (24, 24, 10)
+    zarr = pytest.importorskip("zarr")  # the zarr engine reads the shape from the store
+    store = tmp_path / "thin.zarr"
+    array = zarr.create_array(store=str(store), shape=(24, 24, 10), chunks=(8, 24, 10), dtype="f4")
+    array[:] = nib.load(str(thin)).get_fdata().astype(np.float32)
+    out = tmp_path / "seg.zarr"
+    assert main(["infer", str(store), "--model", str(model), "-o", str(out), "--labels"]) == 0
+    assert zarr.open_array(str(out)).shape[-3:] == (24, 24, 10)

@@ -113,7 +113,8 @@ def run_infer_zarr(args: argparse.Namespace, input_path: Path, source: str, outp
             f"'{input_path}' and --output '{output}'"
         )
     device = args.device or default_device()
-    config = inference_config(args, device, source)
+    shape = tuple(open_zarr(input_path, args.level).shape[-3:])  # metadata only
+    config = inference_config(args, device, source, shape)
     start = time.perf_counter()
     if args.engine == "dask":
         from .distributed import infer_dask

@@ -417,6 +417,25 @@ def test_a_trained_models_patch_is_fitted_to_a_thin_image_and_a_typed_one_stays(
     assert widget.patch_size.value == "4"
 
 
+def test_a_scan_opened_after_the_model_is_chosen_gets_the_fitted_patch(
+    make_napari_viewer, harmonised_model
+):
+    """The widget opened first, a trained model (patch 8) chosen, then a 6-slice scan
+    opened: the patch is fitted to it; an overlap the user typed stays."""
+    path, _ = harmonised_model
+    viewer = make_napari_viewer()
+    widget = TiledInferenceWidget(viewer)
+    widget.source.value = "file"
+    widget.model_file.value = str(path)
+    assert widget.patch_size.value == "8"
+    viewer.add_image(np.random.default_rng(0).random((20, 20, 6), np.float32), name="thin")
+    assert (widget.patch_size.value, widget.patch_overlap.value) == ("8, 8, 6", "2, 2, 0")
+    widget.patch_overlap.value = "2, 2, 2"
+    viewer.add_image(np.zeros((20, 20, 20), np.float32), name="other")
+    widget.image.value = viewer.layers["other"]
+    assert (widget.patch_size.value, widget.patch_overlap.value) == ("8, 8, 6", "2, 2, 2")
+
+
 def test_a_trained_models_choice_names_its_file(viewer_with_sample, harmonised_model):
     from napari_patchwork.widgets.training import SAVED_MODELS
 

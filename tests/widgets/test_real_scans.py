@@ -236,6 +236,80 @@ def test_region_predictions_follow_a_turned_view(viewer_with_scan, qtbot):
     assert_placed_like(layer, image, (0, 0, 0))
 
 
+def test_region_predictions_follow_a_switch_from_3d_to_2d(viewer_with_scan, qtbot):
+    """Run in 3D (placed exactly, nothing padded), then 2D slicing axis 1: moved to start at
+    0 on axis 1."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    viewer.dims.order = (1, 0, 2)
+    viewer.dims.ndisplay = 3
+    run_region(viewer, qtbot)
+    layer = viewer.layers["oblique_las_t1 prediction"]
+    assert layer.data.shape == (24, 12, 12)
+    region = layer.data.copy()
+    viewer.dims.ndisplay = 2
+    assert layer.data.shape == (24, 16, 12) and np.array_equal(layer.data[:, 4:], region)
+    assert_placed_like(layer, image, (0, 0, 3))
+
+
+def test_a_rerun_after_a_turn_keeps_what_was_painted(viewer_with_scan, qtbot):
+    viewer = viewer_with_scan
+    viewer.dims.order = (1, 0, 2)
+    widget = run_region(viewer, qtbot)
+    layer = viewer.layers["oblique_las_t1 prediction"]  # voxels (0..23, 0..15, 3..14)
+    layer.data[3, 1, 5] = 7  # painted on the zeros before the region on axis 1
+    viewer.dims.order = (2, 0, 1)  # both paddings now: (0..23, 0..15, 0..14)
+    layer.data[3, 6, 1] = 8  # and on the zeros added on axis 2
+    widget.run()
+    wait(qtbot, widget)
+    assert widget.status.value.startswith("done")
+    again = viewer.layers["oblique_las_t1 prediction"]
+    assert again.data.shape == (24, 16, 15)
+    assert again.data[3, 1, 8] == 7 and again.data[3, 6, 1] == 8
+    assert_placed_like(again, viewer.layers[0], (0, 0, 0))
+
+
+def test_turning_the_view_mid_run_after_removing_an_output(viewer_with_scan, qtbot):
+    """The user removes the prediction layer, then turns the view, while the run goes on:
+    the probabilities keep filling in, placed for the new view, and the run finishes."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    viewer.dims.order = (1, 0, 2)
+    corners = np.array([[10, 4, 3], [10, 4, 14], [10, 15, 14], [10, 15, 3]], float)
+    world = [image.data_to_world(corner) for corner in corners]
+    shapes = viewer.add_shapes([np.array(world)], shape_type="polygon", name="roi")
+    widget = TiledInferenceWidget(viewer)
+    widget.roi.value = shapes
+    widget.source.value = "module:factory"
+    widget.factory.value = "tests.widgets.test_inference_widget:slow_net"  # 0.15 s a batch
+    widget.patch_size.value, widget.patch_overlap.value = "4", "0"
+    widget.batch_size.value = 4
+    widget.outputs.value = "both"
+    widget.run()
+    qtbot.waitUntil(lambda: widget.last_step is not None, timeout=60_000)
+    assert widget.running
+    viewer.layers.remove("oblique_las_t1 prediction")
+    viewer.dims.order = (2, 0, 1)
+    wait(qtbot, widget)
+    assert widget.status.value.startswith("done"), widget.status.value
+    [probability] = [layer for layer in viewer.layers if "probability" in layer.name][:1]
+    assert probability.data.shape == (24, 12, 15)
+    inside = probability.data[:, :, 3:]
+    assert np.isfinite(inside).all() and (inside > 0).all()  # every patch written
+    assert_placed_like(probability, image, (0, 4, 0))
+
+
+def test_a_box_in_a_2d_shapes_layer_spans_the_sliced_axis(viewer_with_scan):
+    """A Shapes layer made 2D (no slice coordinate) is placed through the whole transform:
+    no error, a box through the whole volume along the missing axis."""
+    from napari.layers import Shapes
+
+    image = viewer_with_scan.layers[0]
+    flat = Shapes([np.array([[2.0, 3], [2, 10], [12, 10], [12, 3]])], shape_type="rectangle")
+    box = roi_box(flat, image)
+    assert all(isinstance(b, slice) and 0 <= b.start < b.stop for b in box)
+
+
 def test_boxes_drawn_on_two_slices_bound_the_region_on_the_sliced_axis(viewer_with_scan):
     """A rectangle on slice 5 and one on slice 15 of the oblique scan (2D view slicing axis
     0), each over voxels (4..15, 3..14) as napari draws the slice: the region is those

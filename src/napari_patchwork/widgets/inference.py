@@ -109,9 +109,10 @@ def _voxels_under(corners: np.ndarray, image: Any) -> np.ndarray:
     the two others the displayed axes' part of the transform inverted. Otherwise (a shape
     drawn in 3D, a scan whose axes are swapped against the world's) ``world_to_data``.
     """
-    flat = [axis for axis in range(3) if np.ptp(corners[:, axis]) < 1e-6]
+    flat = [axis for axis in range(corners.shape[1]) if np.ptp(corners[:, axis]) < 1e-6]
     shown = [axis for axis in range(3) if axis not in flat]
-    placed = displayed_block(image, shown) if len(flat) == 1 and image.ndim == 3 else None
+    in_2d = len(flat) == 1 and corners.shape[1] == 3 and image.ndim == 3  # 2D shapes: 2 columns
+    placed = displayed_block(image, shown) if in_2d else None
     if placed is None:
         return np.array([np.asarray(image.world_to_data(w))[-3:] for w in corners], float)
     block, offset = placed
@@ -388,9 +389,12 @@ class TiledInferenceWidget(Container):
             ]
         )
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
-        self._followed_patch: str | None = None  # the patch size last set from a model
-        watch_layers(self.lifecycle, napari_viewer, self.image, self.roi)
+        self._followed_patch: tuple[str, str] | None = None  # patch, overlap set from a model
+        watch_layers(
+            self.lifecycle, napari_viewer, self.image, self.roi, on_first=self._follow_image
+        )
         self.lifecycle.connect(napari_viewer.dims.events.order, self._follow_turned_view)
+        self.lifecycle.connect(napari_viewer.dims.events.ndisplay, self._follow_turned_view)
         from .training import SAVE_CALLBACKS  # a model saved by training becomes a choice
 
         self.lifecycle.add_mouse_callback(SAVE_CALLBACKS, lambda *_: self.source.reset_choices())
@@ -406,6 +410,7 @@ class TiledInferenceWidget(Container):
         self._label_layer: Any = None
         self._probability_layers: list[Any] = []
         self._box: tuple[slice, ...] = ()
+        self._image: Any = None  # the image of the last run
         self._run_layer_box: tuple[slice, ...] = ()  # where the output layers' data lies
         self._class_values: list[int] | None = None  # a trained model's values, by channel
         self._failed = self._outputs_complete = False
@@ -431,11 +436,12 @@ class TiledInferenceWidget(Container):
         the patch size to it, fitted to the image (an axis thinner than the patch: that
         axis's size, as training padded it), and the overlap to a quarter of it (the user may
         then change them): the demo's 64 does not fit a scan with an axis under 64."""
-        image = self.image.value
         try:
-            size = model_patch_size(
-                self._model_source(), None if image is None else shape_of(image)
-            )
+            shape = None if self.image.value is None else shape_of(self.image.value)
+        except ValueError:  # not 3D: refused at Run
+            shape = None
+        try:
+            size = model_patch_size(self._model_source(), shape)
         except (ValueError, KeyError, OSError):  # no file chosen yet, or not a model
             return
         if size is None:
@@ -445,11 +451,12 @@ class TiledInferenceWidget(Container):
         self.patch_overlap.value = (
             str(overlap[0]) if len(set(overlap)) == 1 else ", ".join(map(str, overlap))
         )
-        self._followed_patch = self.patch_size.value
+        self._followed_patch = (self.patch_size.value, self.patch_overlap.value)
 
     def _follow_image(self, *_: Any) -> None:
-        """Another image: a patch that followed the model is fitted to it; a typed one stays."""
-        if self.patch_size.value == self._followed_patch:
+        """Another image: a patch that followed the model is fitted to it; a typed patch or
+        overlap stays."""
+        if (self.patch_size.value, self.patch_overlap.value) == self._followed_patch:
             self._follow_model_patch()
 
     def _source_choices(self, *_: Any) -> list[str]:
@@ -545,8 +552,9 @@ class TiledInferenceWidget(Container):
         except (ValueError, TypeError) as error:
             self._error(error)
             return None
+        again = image is self._image and box == self._box  # the layers may hold edits
         self._box, self._image, self._started = box, image, time.perf_counter()
-        self._run_layer_box = self._output_box()
+        self._run_layer_box = self._output_box(self._run_layer_box if again else None)
         self._last_refresh, self._dirty, self._refresh_interval = 0.0, False, REFRESH_INTERVAL
         self.refresh_seconds = []
         self.last_step, self._failed = None, False
@@ -688,46 +696,56 @@ class TiledInferenceWidget(Container):
             "overlay": False,
         }
 
-    def _output_box(self) -> tuple[slice, ...]:
+    def _output_box(self, before: tuple[slice, ...] | None = None) -> tuple[slice, ...]:
         """Where the output layers' data lies, in the image's voxels: the run's region; on an
-        oblique scan in 2D, from voxel 0 on the axis sliced when the run starts (zeros before
-        the region, see :func:`axis_to_anchor`). Only that axis: from 0 on all three, a small
-        region near the far corner of a large scan would cost a whole volume."""
+        oblique scan in 2D, from voxel 0 on the sliced axis (zeros before the region, see
+        :func:`axis_to_anchor`). Only that axis: from 0 on all three, a small region near the
+        far corner of a large scan would cost a whole volume.
+
+        ``before``: the layers' box of an earlier run over the same region; what it holds
+        beyond the region is kept when something is painted there (the layers are reused)."""
         axis = axis_to_anchor(self.viewer, self._image)
-        return tuple(slice(0, b.stop) if a == axis else b for a, b in enumerate(self._box))
+        box = []
+        for a, region in enumerate(self._box):
+            if a == axis:
+                box.append(slice(0, region.stop))
+            elif before is not None and before[a].start < region.start and self._painted(a, before):
+                box.append(before[a])
+            else:
+                box.append(region)
+        return tuple(box)
+
+    def _painted(self, axis: int, box: tuple[slice, ...]) -> bool:
+        """Whether the output layers (covering ``box``) hold anything before the region on
+        ``axis`` (zeros added there for an oblique 2D view, then painted by the user)."""
+        width = self._box[axis].start - box[axis].start
+        before = tuple(slice(0, width) if b == axis else slice(None) for b in range(3))
+        layers = [layer for layer in self._output_layers() if layer.data.shape == _size(box)]
+        return any(np.asarray(layer.data[before]).any() for layer in layers)
 
     def _follow_turned_view(self, *_: Any) -> None:
-        """A turned view slices another axis: region outputs on an oblique scan are moved to
-        start at voxel 0 on it (zeros before the region, see :func:`axis_to_anchor`), during a
-        run or after it, the values (and a user's edits) kept. The zeros added for the axis
-        sliced before are dropped unless something was painted there."""
-        if not self._box or self._image is None or not self._output_layers():
+        """A turned view (or a 2D view after 3D) slices another axis: region outputs on an
+        oblique scan are moved to start at voxel 0 on it (zeros before the region, see
+        :func:`axis_to_anchor`), during a run or after it, the values (and a user's edits)
+        kept; the zeros added for the axis sliced before are dropped unless painted. In 3D
+        nothing moves (the placement is exact there)."""
+        if not self._box or self._image is None or axis_to_anchor(self.viewer, self._image) is None:
             return
-        axis = axis_to_anchor(self.viewer, self._image)
         old = self._run_layer_box
-        if axis is None or old[axis].start == 0:
+        box = self._output_box(old)
+        if box == old:
             return
-        layers = [layer for layer in self._output_layers() if layer.data.shape == _size(old)]
-        new = []
-        for a, (was, region) in enumerate(zip(old, self._box)):
-            if a == axis:
-                new.append(slice(0, was.stop))
-                continue
-            before = tuple(  # the zeros added before the region on this axis
-                slice(0, region.start - was.start) if b == a else slice(None) for b in range(3)
-            )
-            painted = any(np.asarray(layer.data[before]).any() for layer in layers)
-            new.append(was if painted else region)
-        box = tuple(new)
         kept = tuple(slice(max(n.start, o.start), min(n.stop, o.stop)) for n, o in zip(box, old))
         placement = placement_like(self._image, [b.start for b in box])
-        for layer in layers:
+        for layer in self._output_layers():
+            if layer.data.shape != _size(old):
+                continue
             data = np.zeros(_size(box), layer.data.dtype)
             data[_within(kept, box)] = layer.data[_within(kept, old)]
             layer.data = data
             for key, value in placement.items():
                 setattr(layer, key, value)
-        self._run_layer_box = box
+        self._run_layer_box = box  # also where layers not created yet will be placed
 
     def _complete_outputs(self, update: StepUpdate) -> None:
         """At the first result: the class legend, and the probability layers if not added yet."""
@@ -780,11 +798,13 @@ class TiledInferenceWidget(Container):
         target = tuple(slice(r.start, r.stop) for r in update.region)  # in the region's voxels
         shift = [b.start - c.start for b, c in zip(self._box, self._run_layer_box)]
         stored = tuple(slice(t.start + d, t.stop + d) for t, d in zip(target, shift))
-        if update.labels is not None and self._label_layer is not None:
+        shown = self._output_layers()  # a layer the user removed is not written (nor re-placed)
+        if update.labels is not None and self._label_layer in shown:
             self._label_layer.data[stored] = update.labels
         if update.probabilities is not None:
             for layer in self._probability_layers:
-                layer.data[stored] = update.probabilities[layer.metadata["channel"]]
+                if layer in shown:
+                    layer.data[stored] = update.probabilities[layer.metadata["channel"]]
         self._dirty |= self._in_view(
             tuple(slice(b.start + t.start, b.start + t.stop) for b, t in zip(self._box, target))
         )
