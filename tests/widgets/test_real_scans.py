@@ -397,6 +397,39 @@ def test_dock_keeps_its_width_with_long_messages(viewer_with_scan, qtbot):
     assert viewer.window._qt_window.width() < 4000
 
 
+def test_stacked_docks_scroll_and_never_grow_the_window(viewer_with_scan, qtbot):
+    """All four widgets docked on the right of a 900-pixel window, a long status: the
+    window keeps its height (before: 3094 pixels for 1000, saved by napari for the next
+    start); each dock scrolls, its controls at the top."""
+    from napari_patchwork.widgets.training import TrainingWidget
+
+    viewer = viewer_with_scan
+    window = viewer.window._qt_window
+    window.show()  # a hidden window is never resized to fit its docks
+    window.resize(1200, 900)
+    qtbot.wait(50)
+    height = window.height()
+    widgets = [
+        TrainingWidget(viewer),
+        TiledInferenceWidget(viewer),
+        PatchGridWidget(viewer),
+        SamplerExplorerWidget(viewer),
+    ]
+    for widget in widgets:
+        viewer.window.add_dock_widget(widget, area="right")
+        qtbot.wait(20)
+    widgets[0].status.value = (
+        "stopped after 36 iterations · paint corrections and press Continue " * 3
+    )
+    qtbot.wait(50)
+    assert window.height() <= height + 2
+    for widget in widgets:
+        area = widget.native
+        assert type(area).__name__ == "QScrollArea" and area.widget().height() >= area.height() - 2
+        first = widget[0].native
+        assert first.mapTo(area.widget(), first.rect().topLeft()).y() < 40  # controls on top
+
+
 def test_closing_the_dock_disconnects_every_callback(viewer_with_scan, qtbot):
     viewer = viewer_with_scan
     drag = len(viewer.mouse_drag_callbacks)

@@ -19,13 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit
+from magicgui.widgets import CheckBox, ComboBox, LineEdit
 from napari.layers import Image
 
 from napari_patchwork.core.inference.grid import GridPlan
 from napari_patchwork.core.samplers.coverage import SeparableVolume
 
 from ..core.types import PADDING_MODES
+from ._dock import DockContainer
 from ._grid_drawing import (
     CURSOR_LAYER,
     GRID_LAYER,
@@ -99,7 +100,7 @@ def _legend(coverage: SeparableVolume) -> str:
 
 
 # ---------------------------------------------------------------------- widget
-class PatchGridWidget(Container):
+class PatchGridWidget(DockContainer):
     """The patch grid of ``GridSampler`` over an image: one cell per patch, the patch under the
     cursor with the zones it shares with its neighbours, the overlap tint and the patch count.
 

@@ -12,7 +12,6 @@ import torch
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FileEdit,
     LineEdit,
     ProgressBar,
@@ -43,6 +42,7 @@ from ..io.models import (
 from ..io.zarr_io import is_zarr_path
 from ..models import DEMO_CLASSES
 from ..napari_contributions import read_zarr_layers
+from ._dock import DockContainer
 from ._napari import (
     Lifecycle,
     axis_to_anchor,
@@ -234,7 +234,7 @@ class InferenceFailed(Exception):
     """A run failed in the worker thread (wraps the original error)."""
 
 
-class TiledInferenceWidget(Container):
+class TiledInferenceWidget(DockContainer):
     """Runs tiled inference in a worker thread; the output layers fill in patch by patch.
 
     Parameters

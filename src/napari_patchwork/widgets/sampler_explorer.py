@@ -21,6 +21,7 @@ from napari.qt.threading import create_worker
 
 from napari_patchwork.core.data.location import PatchLocation
 
+from ._dock import DockContainer
 from ._napari import (
     Lifecycle,
     is_shown,
@@ -96,7 +97,7 @@ __all__ = [  # the names importable from here before the split (issue 14), and t
 ]
 
 
-class SamplerExplorerWidget(Container):
+class SamplerExplorerWidget(DockContainer):
     """Visual debugging of sampling strategies.
 
     Sample (or :meth:`run`) draws in a worker thread with progress and Cancel; Re-roll picks
@@ -187,7 +188,7 @@ class SamplerExplorerWidget(Container):
         if made is None:  # pragma: no cover - matplotlib is in the [napari] extra
             return
         self.figure, self.canvas = made
-        self.native.layout().addWidget(self.canvas)
+        self.append_qt(self.canvas)
         self._plot(None)
 
     # ------------------------------------------------------------------ settings

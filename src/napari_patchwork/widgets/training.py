@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from magicgui.types import FileDialogMode
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, PushButton, SpinBox
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
@@ -34,6 +34,7 @@ from napari_patchwork.core.training.process import (
 )
 
 from ..core.wording import reworded
+from ._dock import DockContainer
 from ._napari import (
     Lifecycle,
     layer_choices,
@@ -111,7 +112,7 @@ def saved_name(path: Path) -> str:
     return name
 
 
-class TrainingWidget(Container):
+class TrainingWidget(DockContainer):
     """Train a 3D network from painted annotations, in a worker thread.
 
     Parameters

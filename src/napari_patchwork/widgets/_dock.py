@@ -1,0 +1,43 @@
+"""``DockContainer``: the base of the plugin's dock widgets, whose content scrolls.
+
+napari docks a magicgui widget's ``.native``; for a ``Container(scrollable=True)`` that is the
+inner widget, not its scroll area, so the dock's minimum height is the whole content's. Docks
+stacked on one side of the window then add up: four docks on a 1000-pixel window made it 3094
+pixels tall (measured 2026-12-07 under Xvfb), napari saved that geometry and the next start
+opened off the screen. Handing napari the scroll area keeps each dock's minimum small: the
+content scrolls and the window keeps its size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from magicgui.widgets import Container
+
+
+class DockContainer(Container):
+    """A vertical magicgui ``Container`` docked by its scroll area.
+
+    Examples
+    --------
+    >>> from magicgui.widgets import Label
+    >>> dock = DockContainer(widgets=[Label(value="a")])
+    >>> type(dock.native).__name__, dock.native.widget() is dock.root_native_widget.widget()
+    ('QScrollArea', True)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(scrollable=True, **kwargs)
+        # controls stay at the top of a tall dock (napari adds this stretch to the docks it
+        # can see a layout in; a scroll area hides it)
+        self.native.widget().layout().addStretch(1)
+
+    @property
+    def native(self) -> Any:
+        """The scroll area (what napari docks), around the widget holding the layout."""
+        return self.root_native_widget
+
+    def append_qt(self, widget: Any) -> None:
+        """Append a Qt widget (e.g. a matplotlib canvas) below the magicgui ones."""
+        layout = self.native.widget().layout()
+        layout.insertWidget(layout.count() - 1, widget, 1)  # before the stretch, growing
