@@ -252,6 +252,35 @@ def test_region_predictions_follow_a_switch_from_3d_to_2d(viewer_with_scan, qtbo
     assert_placed_like(layer, image, (0, 0, 3))
 
 
+def test_region_predictions_follow_after_another_run_and_with_the_dock_closed(
+    viewer_with_scan, qtbot
+):
+    """The region's predictions belong to the user: they stay in place when the widget has
+    since run on another image and its dock is closed (before: only the widget's last run
+    followed, and none once the dock was closed)."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    viewer.dims.order = (1, 0, 2)
+    widget = run_region(viewer, qtbot)
+    layer = viewer.layers["oblique_las_t1 prediction"]
+    region = layer.data[:, 4:].copy()
+    other = viewer.add_image(image.data.copy(), name="other", affine=image.affine)
+    widget.image.value, widget.roi.value = other, None
+    widget.run()
+    wait(qtbot, widget)
+    assert viewer.layers["other prediction"].data.shape == (24, 20, 16)
+    dock = viewer.window.add_dock_widget(widget, area="right")
+    viewer.window.remove_dock_widget(dock)
+    qtbot.wait(10)
+    assert widget.lifecycle.closed
+    viewer.dims.order = (2, 0, 1)
+    assert layer.data.shape == (24, 12, 15) and np.array_equal(layer.data[:, :, 3:], region)
+    assert_placed_like(layer, image, (0, 4, 0))
+    assert viewer.layers["other prediction"].data.shape == (24, 20, 16)  # whole: unmoved
+    viewer.layers.remove(layer)
+    viewer.dims.order = (1, 0, 2)  # a removed layer is left alone
+
+
 def test_a_rerun_after_a_turn_keeps_what_was_painted(viewer_with_scan, qtbot):
     viewer = viewer_with_scan
     viewer.dims.order = (1, 0, 2)

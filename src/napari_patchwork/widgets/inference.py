@@ -45,14 +45,12 @@ from ..napari_contributions import read_zarr_layers
 from ._dock import DockContainer
 from ._napari import (
     Lifecycle,
-    axis_to_anchor,
     class_legend,
     displayed_block,
     layer_choices,
     lazy_data_of,
     message_label,
     parse_size,
-    placement_like,
     redraw_values,
     shape_of,
     show_layer,
@@ -61,6 +59,7 @@ from ._napari import (
     volume_of,
     watch_layers,
 )
+from ._region_layers import box_for_view, data_box, keep_in_place, region_of, size_of
 from ._workers import start_worker
 
 MODEL_SOURCES = ("demo", "file", "module:factory")
@@ -120,15 +119,6 @@ def _voxels_under(corners: np.ndarray, image: Any) -> np.ndarray:
     vertices[:, shown] = np.linalg.solve(block, (corners[:, shown] - offset).T).T
     vertices[:, flat[0]] = sliced_index(image, flat[0], corners[0, flat[0]])
     return vertices
-
-
-def _size(box: tuple[slice, ...]) -> tuple[int, ...]:
-    return tuple(b.stop - b.start for b in box)
-
-
-def _within(part: tuple[slice, ...], box: tuple[slice, ...]) -> tuple[slice, ...]:
-    """``part`` (in the image's voxels) as slices of an array covering ``box``."""
-    return tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(part, box))
 
 
 @dataclass(frozen=True)
@@ -393,8 +383,6 @@ class TiledInferenceWidget(DockContainer):
         watch_layers(
             self.lifecycle, napari_viewer, self.image, self.roi, on_first=self._follow_image
         )
-        self.lifecycle.connect(napari_viewer.dims.events.order, self._follow_turned_view)
-        self.lifecycle.connect(napari_viewer.dims.events.ndisplay, self._follow_turned_view)
         from .training import SAVE_CALLBACKS  # a model saved by training becomes a choice
 
         self.lifecycle.add_mouse_callback(SAVE_CALLBACKS, lambda *_: self.source.reset_choices())
@@ -411,7 +399,6 @@ class TiledInferenceWidget(DockContainer):
         self._probability_layers: list[Any] = []
         self._box: tuple[slice, ...] = ()
         self._image: Any = None  # the image of the last run
-        self._run_layer_box: tuple[slice, ...] = ()  # where the output layers' data lies
         self._class_values: list[int] | None = None  # a trained model's values, by channel
         self._failed = self._outputs_complete = False
         self._added_names: set[str] = set()
@@ -552,9 +539,7 @@ class TiledInferenceWidget(DockContainer):
         except (ValueError, TypeError) as error:
             self._error(error)
             return None
-        again = image is self._image and box == self._box  # the layers may hold edits
         self._box, self._image, self._started = box, image, time.perf_counter()
-        self._run_layer_box = self._output_box(self._run_layer_box if again else None)
         self._last_refresh, self._dirty, self._refresh_interval = 0.0, False, REFRESH_INTERVAL
         self.refresh_seconds = []
         self.last_step, self._failed = None, False
@@ -658,10 +643,11 @@ class TiledInferenceWidget(DockContainer):
         """
         if labels:
             name = f"{self._image.name} prediction"
-            data = self._reusable(name, np.int32)
+            data, box = self._reusable(name, np.int32)
             self._label_layer = show_layer(
-                self.viewer, name, "labels", data, opacity=0.6, **self._placed
+                self.viewer, name, "labels", data, opacity=0.6, **self._placed(box)
             )
+            self._keep_in_place(self._label_layer, box)
         if channels is not None:
             self._add_probability_layers(channels)
 
@@ -672,7 +658,7 @@ class TiledInferenceWidget(DockContainer):
             # value 2): named by it; other models' channels by their index
             shown = f"of {values[channel]}" if values and channel < len(values) else None
             name = f"{self._image.name} probability {shown or f'class {max(channel, 1)}'}"
-            data = self._reusable(name, np.float32)
+            data, box = self._reusable(name, np.float32)
             layer = show_layer(
                 self.viewer,
                 name,
@@ -682,70 +668,20 @@ class TiledInferenceWidget(DockContainer):
                 blending="additive",
                 contrast_limits=(0, 1),
                 visible=channel <= 1,
-                **self._placed,
+                **self._placed(box),
             )
+            self._keep_in_place(layer, box)
             layer.metadata["channel"] = channel
             layer.colorbar.visible = True  # drawn while the layer is shown
             self._probability_layers.append(layer)
 
-    @property
-    def _placed(self) -> dict[str, Any]:
-        return {
-            "like": self._image,
-            "offset": [b.start for b in self._run_layer_box],
-            "overlay": False,
-        }
+    def _placed(self, box: tuple[slice, ...]) -> dict[str, Any]:
+        return {"like": self._image, "offset": [b.start for b in box], "overlay": False}
 
-    def _output_box(self, before: tuple[slice, ...] | None = None) -> tuple[slice, ...]:
-        """Where the output layers' data lies, in the image's voxels: the run's region; on an
-        oblique scan in 2D, from voxel 0 on the sliced axis (zeros before the region, see
-        :func:`axis_to_anchor`). Only that axis: from 0 on all three, a small region near the
-        far corner of a large scan would cost a whole volume.
-
-        ``before``: the layers' box of an earlier run over the same region; what it holds
-        beyond the region is kept when something is painted there (the layers are reused)."""
-        axis = axis_to_anchor(self.viewer, self._image)
-        box = []
-        for a, region in enumerate(self._box):
-            if a == axis:
-                box.append(slice(0, region.stop))
-            elif before is not None and before[a].start < region.start and self._painted(a, before):
-                box.append(before[a])
-            else:
-                box.append(region)
-        return tuple(box)
-
-    def _painted(self, axis: int, box: tuple[slice, ...]) -> bool:
-        """Whether the output layers (covering ``box``) hold anything before the region on
-        ``axis`` (zeros added there for an oblique 2D view, then painted by the user)."""
-        width = self._box[axis].start - box[axis].start
-        before = tuple(slice(0, width) if b == axis else slice(None) for b in range(3))
-        layers = [layer for layer in self._output_layers() if layer.data.shape == _size(box)]
-        return any(np.asarray(layer.data[before]).any() for layer in layers)
-
-    def _follow_turned_view(self, *_: Any) -> None:
-        """A turned view (or a 2D view after 3D) slices another axis: region outputs on an
-        oblique scan are moved to start at voxel 0 on it (zeros before the region, see
-        :func:`axis_to_anchor`), during a run or after it, the values (and a user's edits)
-        kept; the zeros added for the axis sliced before are dropped unless painted. In 3D
-        nothing moves (the placement is exact there)."""
-        if not self._box or self._image is None or axis_to_anchor(self.viewer, self._image) is None:
-            return
-        old = self._run_layer_box
-        box = self._output_box(old)
-        if box == old:
-            return
-        kept = tuple(slice(max(n.start, o.start), min(n.stop, o.stop)) for n, o in zip(box, old))
-        placement = placement_like(self._image, [b.start for b in box])
-        for layer in self._output_layers():
-            if layer.data.shape != _size(old):
-                continue
-            data = np.zeros(_size(box), layer.data.dtype)
-            data[_within(kept, box)] = layer.data[_within(kept, old)]
-            layer.data = data
-            for key, value in placement.items():
-                setattr(layer, key, value)
-        self._run_layer_box = box  # also where layers not created yet will be placed
+    def _keep_in_place(self, layer: Any, box: tuple[slice, ...]) -> None:
+        """The output stays drawn in place as the view turns (a region's on an oblique scan
+        moves, see :mod:`._region_layers`), after the run and the dock too."""
+        keep_in_place(self.viewer, layer, self._image, self._box, box)
 
     def _complete_outputs(self, update: StepUpdate) -> None:
         """At the first result: the class legend, and the probability layers if not added yet."""
@@ -765,15 +701,19 @@ class TiledInferenceWidget(DockContainer):
                 self.viewer.layers.remove(layer)
         self._label_layer, self._probability_layers = None, []
 
-    def _reusable(self, name: str, dtype: Any) -> np.ndarray:
-        """The data of the existing layer ``name`` if it fits (a re-run refines it), else zeros."""
-        shape = tuple(b.stop - b.start for b in self._run_layer_box)
+    def _reusable(self, name: str, dtype: Any) -> tuple[np.ndarray, tuple[slice, ...]]:
+        """The data of the existing layer ``name`` and where it lies, if it shows this run's
+        region (a re-run refines it, keeping what was painted around it); else zeros placed
+        for the current view (from voxel 0 on the sliced axis of an oblique scan in 2D)."""
+        box = box_for_view(self.viewer, self._image, self._box)
         if name in self.viewer.layers:
-            data = self.viewer.layers[name].data
-            if isinstance(data, np.ndarray) and data.shape == shape and data.dtype == dtype:
-                return data
+            layer = self.viewer.layers[name]
+            data, placed = layer.data, data_box(layer) or box
+            same = region_of(layer) in (None, self._box) and data.shape == size_of(placed)
+            if same and isinstance(data, np.ndarray) and data.dtype == dtype:
+                return data, placed
         self._added_names.add(name)
-        return np.zeros(shape, dtype)
+        return np.zeros(size_of(box), dtype), box
 
     def _on_step(self, update: StepUpdate) -> None:
         if self.lifecycle.closed:
@@ -796,15 +736,14 @@ class TiledInferenceWidget(DockContainer):
             self._outputs_complete = True
             self._complete_outputs(update)
         target = tuple(slice(r.start, r.stop) for r in update.region)  # in the region's voxels
-        shift = [b.start - c.start for b, c in zip(self._box, self._run_layer_box)]
-        stored = tuple(slice(t.start + d, t.stop + d) for t, d in zip(target, shift))
-        shown = self._output_layers()  # a layer the user removed is not written (nor re-placed)
+        shown = self._output_layers()  # a layer the user removed is not written
         if update.labels is not None and self._label_layer in shown:
-            self._label_layer.data[stored] = update.labels
+            self._label_layer.data[self._stored(self._label_layer, target)] = update.labels
         if update.probabilities is not None:
             for layer in self._probability_layers:
                 if layer in shown:
-                    layer.data[stored] = update.probabilities[layer.metadata["channel"]]
+                    channel = update.probabilities[layer.metadata["channel"]]
+                    layer.data[self._stored(layer, target)] = channel
         self._dirty |= self._in_view(
             tuple(slice(b.start + t.start, b.start + t.stop) for b, t in zip(self._box, target))
         )
@@ -812,6 +751,13 @@ class TiledInferenceWidget(DockContainer):
         if self._dirty and start - self._last_refresh > self._refresh_interval:
             self._refresh()
         self.refresh_seconds.append(time.perf_counter() - start)
+
+    def _stored(self, layer: Any, target: tuple[slice, ...]) -> tuple[slice, ...]:
+        """``target`` (in the region's voxels) in the layer's data, which may have moved since
+        the run started (a turned view, see :mod:`._region_layers`)."""
+        box = data_box(layer) or self._box
+        shift = [b.start - c.start for b, c in zip(self._box, box)]
+        return tuple(slice(t.start + d, t.stop + d) for t, d in zip(target, shift))
 
     def _in_view(self, target: tuple[slice, ...]) -> bool:
         """Whether voxels in ``target`` are on screen (any, in 3D view; the slice's, in 2D)."""
