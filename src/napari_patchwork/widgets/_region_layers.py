@@ -14,6 +14,7 @@ painted there. Replacing the data clears the layer's undo history (napari's).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ Box = tuple[slice, ...]
 #: voxels of the image the layer is placed like.
 REGION_KEY = "napari_patchwork_region"
 
-_following: dict[int, Any] = {}  # id(layer) -> its callback on the viewer's dims events
+_following: weakref.WeakSet[Any] = weakref.WeakSet()  # layers already following (not kept alive)
 
 
 def size_of(box: Box) -> tuple[int, ...]:
@@ -95,7 +96,7 @@ def keep_in_place(viewer: Any, layer: Any, like: Any, region: Box, box: Box) -> 
         "region": [[b.start, b.stop] for b in region],
         "box": [[b.start, b.stop] for b in box],
     }
-    if id(layer) in _following:
+    if layer in _following:
         return
 
     def follow(*_: Any) -> None:
@@ -111,12 +112,12 @@ def keep_in_place(viewer: Any, layer: Any, like: Any, region: Box, box: Box) -> 
             for emitter in (viewer.dims.events.order, viewer.dims.events.ndisplay):
                 emitter.disconnect(follow)
             viewer.layers.events.removed.disconnect(forget)
-            _following.pop(id(layer), None)
+            _following.discard(layer)
 
     viewer.dims.events.order.connect(follow)
     viewer.dims.events.ndisplay.connect(follow)
     viewer.layers.events.removed.connect(forget)
-    _following[id(layer)] = follow
+    _following.add(layer)
 
 
 def _move(layer: Any, like: Any, old: Box, new: Box) -> None:
