@@ -387,7 +387,8 @@ def test_choosing_a_trained_model_sets_its_patch_and_a_too_large_patch_says_what
     widget.patch_size.value = "48"  # the sample is 40 x 36 x 32
     assert widget.run() is None
     assert "patch size (48, 48, 48) is larger than the image (40, 36, 32)" in widget.status.value
-    assert "use at most 32" in widget.status.value and "padding" not in widget.status.value
+    assert "use at most 40, 36, 32" in widget.status.value
+    assert "padding" not in widget.status.value
 
 
 def test_a_trained_models_patch_is_fitted_to_a_thin_image_and_a_typed_one_stays(

@@ -176,10 +176,10 @@ def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...], what: str
     Examples
     --------
     >>> check_patch_inside((32, 32, 32), (slice(0, 64), slice(0, 64), slice(0, 48)))
-    >>> check_patch_inside((64, 64, 64), (slice(0, 64), slice(0, 64), slice(0, 48)))
+    >>> check_patch_inside((16, 16, 16), (slice(0, 20), slice(0, 16), slice(0, 9)))
     Traceback (most recent call last):
     ...
-    ValueError: patch size (64, 64, 64) is larger than the image (64, 64, 48): use at most 48
+    ValueError: patch size (16, 16, 16) is larger than the image (20, 16, 9): use at most 16, 16, 8
     >>> check_patch_inside((8, 8, 8), (slice(0, 40), slice(0, 1), slice(3, 9)), "region")
     Traceback (most recent call last):
     ...
@@ -187,8 +187,9 @@ def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...], what: str
     """
     shape = tuple(int(b.stop - b.start) for b in box)
     if any(p > s for p, s in zip(patch, shape)):
-        fits = min(shape) - min(shape) % 2
-        advice = f"use at most {fits}" if fits >= 4 else f"draw a larger {what}"
+        fits = [min(p, s - s % 2) for p, s in zip(patch, shape)]  # even: the networks' rule
+        written = ", ".join(map(str, fits))
+        advice = f"use at most {written}" if min(fits) >= 4 else f"draw a larger {what}"
         raise ValueError(f"patch size {tuple(patch)} is larger than the {what} {shape}: {advice}")
 
 
