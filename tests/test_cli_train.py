@@ -164,6 +164,8 @@ def test_infer_fits_the_models_patch_to_a_thin_scan(files, tmp_path) -> None:
     argv = ["infer", str(thin), "--model", str(model), "-o", str(segmentation), "--labels"]
     config = inference_config(parse_args(argv), "cpu", str(model), (24, 24, 10))
     assert config.patch == (16, 16, 10) and config.overlap == (4, 4, 2)
+    with pytest.raises(ValueError, match=r"than the model's patch size \(16, 16, 10\) \(fitted"):
+        inference_config(parse_args([*argv, "--overlap", "12"]), "cpu", str(model), (24, 24, 10))
     assert main(argv) == 0
     assert nib.load(str(segmentation)).shape == (24, 24, 10)
     zarr = pytest.importorskip("zarr")  # the zarr engine reads the shape from the store

@@ -256,9 +256,24 @@ def inference_config(
     training patch when its file records it, fitted to the volume's ``shape`` when given,
     else 64; ``--overlap``: a quarter of the patch, even, unless given; ``.pt2`` models run
     fixed-size batches)."""
-    sizes = args.patch_size or list(model_patch_size(source, shape) or [64])
+    recorded = None if args.patch_size else model_patch_size(source, shape)
+    sizes = args.patch_size or list(recorded or [64])
     patch = _size(sizes, "--patch-size")
     overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in sizes]
+    try:
+        return _inference_config(args, device, source, patch, overlap)
+    except ValueError as error:
+        if recorded is None or "--patch-size" not in str(error):
+            raise
+        message = str(error).replace("--patch-size", "the model's patch size", 1)
+        raise ValueError(
+            f"{message} (fitted to the volume; choose one with --patch-size)"
+        ) from error
+
+
+def _inference_config(
+    args: argparse.Namespace, device: str, source: str, patch: Any, overlap: list[int]
+) -> InferenceConfig:
     return flag_worded(
         InferenceConfig,
         patch_size=patch,
