@@ -262,13 +262,16 @@ def inference_config(
     overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in sizes]
     try:
         return _inference_config(args, device, source, patch, overlap)
-    except ValueError as error:
-        if recorded is None or "--patch-size" not in str(error):
+    except ValueError as error:  # a patch the user did not type is named for what it is
+        if args.patch_size or "--patch-size" not in str(error):
             raise
-        message = str(error).replace("--patch-size", "the model's patch size", 1)
-        raise ValueError(
-            f"{message} (fitted to the volume; choose one with --patch-size)"
-        ) from error
+        if recorded is None:
+            name, note = "the default patch size", "choose one with --patch-size"
+        else:
+            fitted = recorded != model_patch_size(source)
+            name = "the model's patch size"
+            note = f"{'fitted to the volume; ' if fitted else ''}choose one with --patch-size"
+        raise ValueError(f"{str(error).replace('--patch-size', name, 1)} ({note})") from error
 
 
 def _inference_config(

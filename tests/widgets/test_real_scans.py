@@ -277,8 +277,19 @@ def test_region_predictions_follow_after_another_run_and_with_the_dock_closed(
     assert layer.data.shape == (24, 12, 15) and np.array_equal(layer.data[:, :, 3:], region)
     assert_placed_like(layer, image, (0, 4, 0))
     assert viewer.layers["other prediction"].data.shape == (24, 20, 16)  # whole: unmoved
+    # a duplicate, and the layer removed and added back, follow too; the scan may go
+    from napari.layers._layer_actions import _duplicate_layer  # Layers > Duplicate
+
+    viewer.layers.selection.active = layer
+    _duplicate_layer(viewer.layers)
+    copy = viewer.layers[f"{layer.name} copy"]
     viewer.layers.remove(layer)
-    viewer.dims.order = (1, 0, 2)  # a removed layer is left alone
+    viewer.layers.remove(image)
+    viewer.layers.append(layer)
+    viewer.dims.order = (1, 0, 2)
+    for each in (layer, copy):
+        assert each.data.shape == (24, 16, 12) and np.array_equal(each.data[:, 4:], region)
+        assert_placed_like(each, image, (0, 0, 3))
 
 
 def test_a_rerun_after_a_turn_keeps_what_was_painted(viewer_with_scan, qtbot):

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ._napari import axis_to_anchor, placement_like
+from ._napari import axis_to_anchor
 
 Box = tuple[slice, ...]
 
@@ -27,7 +27,7 @@ Box = tuple[slice, ...]
 #: voxels of the image the layer is placed like.
 REGION_KEY = "napari_patchwork_region"
 
-_following: weakref.WeakSet[Any] = weakref.WeakSet()  # layers already following (not kept alive)
+_followed_viewers: weakref.WeakSet[Any] = weakref.WeakSet()  # viewers with the handler
 
 
 def size_of(box: Box) -> tuple[int, ...]:
@@ -88,46 +88,56 @@ def _painted(layer: Any, axis: int, box: Box, part: slice) -> bool:
     return bool(np.asarray(layer.data[zeros]).any())
 
 
-def keep_in_place(viewer: Any, layer: Any, like: Any, region: Box, box: Box) -> None:
-    """Record that ``layer`` (its data covering ``box``) shows ``region`` of ``like``, and
-    move it as the view turns so that napari draws it in place (until it leaves the viewer).
+def keep_in_place(viewer: Any, layer: Any, region: Box, box: Box) -> None:
+    """Record that ``layer`` (its data covering ``box``) shows ``region`` of the image it is
+    placed like, and keep it drawn in place for the current view and as the view turns.
+
+    Every layer of the viewer carrying this record follows (a duplicate, a layer removed and
+    added back, one whose widget is gone): one handler per viewer, on its dims events. The
+    layer's own transform is the image's shifted by ``box``'s start, so moving it needs
+    neither the image (which may have been removed) nor the widget.
     """
     layer.metadata[REGION_KEY] = {
         "region": [[b.start, b.stop] for b in region],
         "box": [[b.start, b.stop] for b in box],
     }
-    if layer in _following:
+    if viewer not in _followed_viewers:
+        _followed_viewers.add(viewer)
+
+        def follow_all(*_: Any) -> None:
+            for each in list(viewer.layers):
+                if REGION_KEY in each.metadata:
+                    _follow(viewer, each)
+
+        viewer.dims.events.order.connect(follow_all)
+        viewer.dims.events.ndisplay.connect(follow_all)
+    _follow(viewer, layer)
+
+
+def _follow(viewer: Any, layer: Any) -> None:
+    """Move ``layer`` to where the current view needs it (if its record matches its data)."""
+    region, old = region_of(layer), data_box(layer)
+    if region is None or old is None or tuple(np.shape(layer.data)) != size_of(old):
         return
-
-    def follow(*_: Any) -> None:
-        region_now, old = region_of(layer), data_box(layer)
-        if region_now is None or old is None or tuple(layer.data.shape) != size_of(old):
-            return
-        new = box_for_view(viewer, like, region_now, old, layer)
-        if new != old:
-            _move(layer, like, old, new)
-
-    def forget(event: Any) -> None:
-        if event.value is layer:
-            for emitter in (viewer.dims.events.order, viewer.dims.events.ndisplay):
-                emitter.disconnect(follow)
-            viewer.layers.events.removed.disconnect(forget)
-            _following.discard(layer)
-
-    viewer.dims.events.order.connect(follow)
-    viewer.dims.events.ndisplay.connect(follow)
-    viewer.layers.events.removed.connect(forget)
-    _following.add(layer)
+    # the layer's linear transform is the image's: it tells the sliced axis as the image would
+    new = box_for_view(viewer, layer, region, old, layer)
+    if new != old:
+        _move(layer, old, new)
 
 
-def _move(layer: Any, like: Any, old: Box, new: Box) -> None:
+def _move(layer: Any, old: Box, new: Box) -> None:
+    """Re-pad the layer's data from ``old`` to ``new`` and shift it by their starts' difference
+    (through its own scale, rotation and shear: ``layer(x) = image(x + new.start)``)."""
+    from napari.utils.transforms import Affine
+
     kept = tuple(slice(max(n.start, o.start), min(n.stop, o.stop)) for n, o in zip(new, old))
     data = np.zeros(size_of(new), layer.data.dtype)
     data[_within(kept, new)] = layer.data[_within(kept, old)]
+    linear = Affine(scale=layer.scale, rotate=layer.rotate, shear=layer.shear, ndim=layer.ndim)
+    shift = np.zeros(layer.ndim)
+    shift[-3:] = [n.start - o.start for n, o in zip(new, old)]
+    translate = np.asarray(layer.translate) + linear(shift)
     layer.data = data
-    for key, value in placement_like(like, [b.start for b in new]).items():
-        setattr(layer, key, value)
-    layer.metadata[REGION_KEY] = {
-        **layer.metadata[REGION_KEY],
-        "box": [[b.start, b.stop] for b in new],
-    }
+    layer.translate = translate
+    record = layer.metadata[REGION_KEY]
+    layer.metadata[REGION_KEY] = {**record, "box": [[b.start, b.stop] for b in new]}

@@ -682,7 +682,7 @@ class TiledInferenceWidget(DockContainer):
     def _keep_in_place(self, layer: Any, box: tuple[slice, ...]) -> None:
         """The output stays drawn in place as the view turns (a region's on an oblique scan
         moves, see :mod:`._region_layers`), after the run and the dock too."""
-        keep_in_place(self.viewer, layer, self._image, self._box, box)
+        keep_in_place(self.viewer, layer, self._box, box)
 
     def _complete_outputs(self, update: StepUpdate) -> None:
         """At the first result: the class legend, and the probability layers if not added yet."""
