@@ -546,6 +546,50 @@ def test_closing_during_a_run_ends_cleanly(tmp_path, close):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
+CLOSE_WHILE_TRAINING_STARTS = textwrap.dedent(
+    """
+    import time
+    import numpy as np
+    import napari
+    from napari_patchwork.data import make_sample
+    from napari_patchwork.core.training import scribbles_from_labels
+    from napari_patchwork.widgets import TrainingWidget
+
+    sample = make_sample((24, 24, 24), seed=1)
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(sample.image, name="image")
+    strokes = scribbles_from_labels(sample.labels, slices=3, disks=2, seed=0)
+    viewer.add_labels(strokes.astype(np.int32), name="strokes")
+    widget = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.annotations.value = viewer.layers["strokes"]
+    widget.patch_size.value, widget.seconds.value = 16, 600.0
+    widget.train()
+    print("status at close:", widget.status.value)
+    viewer.close()
+    app = napari.qt.get_qapp()
+    for _ in range(20):  # 0.2 s of events, then the script ends: the worker is still starting
+        app.processEvents()
+        time.sleep(0.01)
+    print("closed")
+    """
+)
+
+
+def test_a_script_closing_napari_while_training_starts_exits_cleanly(tmp_path):
+    """The viewer closed while training is still "preparing…", the script ending at once:
+    the worker used to finish after the exit had deleted its Qt signals, and PyQt aborted
+    the process (exit 134, 3 runs of 3 in a user test). Exit waits for it now."""
+    script = tmp_path / "close_while_training_starts.py"
+    script.write_text(CLOSE_WHILE_TRAINING_STARTS)
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "status at close: preparing" in result.stdout and "closed" in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+
+
 def test_a_scan_with_swapped_axes_gives_no_error_under_the_cursor_or_in_a_box():
     """Voxel axes swapped against the world's (a sagittal file, not reoriented): the
     displayed axes' part of the transform cannot be inverted; the widgets' mapping falls back

@@ -25,7 +25,9 @@ any widget's worker runs:
   would make the next automatic full collection due soon after), so it is moved to where
   nobody is touching the viewer, not into the last frame of a run. A run starting before
   then keeps everything frozen and the collection waits for its end; a program that exits
-  before the pause collects at exit (``atexit``, the application still intact). A program
+  before the pause collects at exit (``atexit``, the application still intact), after
+  waiting up to :data:`EXIT_WAIT_SECONDS` for cancelled workers to end (one still running at
+  exit emitted ``finished`` on deleted Qt objects and PyQt aborted the process). A program
   that calls ``gc.freeze()`` itself sees that undone then, and one that disabled the
   collector keeps it disabled;
 - superqt emits no ``finished`` when the work ends in a ``RuntimeError`` (it takes it for a
@@ -44,6 +46,7 @@ from typing import Any
 SETUP_SECONDS = 5.0  # the collector resumes at a run's first result, or this long after its start
 IDLE_SECONDS = 1.0  # no input event this long after the last run: the full collection runs
 IDLE_POLL_MS = 200  # how often the GUI thread checks for that
+EXIT_WAIT_SECONDS = 10.0  # at exit, the longest wait for cancelled workers to end
 
 
 class _CollectorHold:
@@ -159,6 +162,15 @@ class _IdleCollection:
         atexit.register(self.at_exit)
 
     def at_exit(self) -> None:
+        # A worker still running when the interpreter exits (a script that closed the viewer
+        # mid-run and ended) emits its `finished` on Qt objects the exit has deleted: PyQt
+        # aborts the process. The widgets cancelled theirs at close; wait for them to end.
+        from qtpy.QtCore import QThreadPool
+
+        try:
+            QThreadPool.globalInstance().waitForDone(int(1000 * EXIT_WAIT_SECONDS))
+        except RuntimeError:  # the application's Qt objects are gone already
+            pass
         self.collect_now()
 
     def collect_now(self) -> None:
