@@ -167,8 +167,10 @@ class _IdleCollection:
         # aborts the process. The widgets cancelled theirs at close; wait for them to end.
         from qtpy.QtCore import QThreadPool
 
+        pool = QThreadPool.globalInstance()
         try:
-            QThreadPool.globalInstance().waitForDone(int(1000 * EXIT_WAIT_SECONDS))
+            if pool is not None:
+                pool.waitForDone(int(1000 * EXIT_WAIT_SECONDS))
         except RuntimeError:  # the application's Qt objects are gone already
             pass
         self.collect_now()
