@@ -187,6 +187,28 @@ def test_preview_predicts_the_requested_region(sample) -> None:
     assert strokes[0, 0, 0] == 0 and trainer.predict(region=empty).painted_agreement is None
 
 
+def test_the_whole_volume_prediction_is_tiled_inferences(sample) -> None:
+    """The prediction shown after a run is what the Tiled inference widget and `infer` give
+    with the model (same patch and overlap, no extra padding: half a patch of replicated
+    border on each side made it 2.5-2.9x the voxels, 6.3 s against 1.8 s in a user test);
+    an image thinner than the patch is padded up to it, as training padded it."""
+    from napari_patchwork.core.inference.functional import infer
+
+    image, strokes, _ = sample
+    trainer = Trainer((image, strokes), TrainingConfig(**FAST, iterations=2))
+    list(trainer.run())
+    full = trainer.predict()
+    trainer.model.eval()
+    with torch.no_grad():
+        logits = infer(trainer.model, torch.from_numpy(image)[None], patch_size=16, patch_overlap=4)
+    expected = torch.softmax(logits, 0).numpy()
+    np.testing.assert_allclose(full.probabilities, expected, atol=1e-5)
+    thin = trainer.predict(image[:, :, 5:15])  # 10 slices, patch 16
+    assert thin.labels.shape == (32, 32, 10) and thin.probabilities.shape == (3, 32, 32, 10)
+    edge = trainer.predict(region=(slice(0, 32), slice(0, 32), slice(31, 32)))
+    assert edge.labels.shape == (32, 32, 1)
+
+
 def test_several_pairs_and_a_class_missing_from_one(sample) -> None:
     image, strokes, _ = sample
     other = make_sample((24, 28, 20), seed=2)

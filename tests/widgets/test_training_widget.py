@@ -119,6 +119,26 @@ def test_status_line_is_redrawn_a_few_times_a_second_not_at_every_step(widget, q
     assert len(texts) == 3
 
 
+def test_after_stop_the_status_says_stopping_then_the_whole_volume_prediction(
+    widget, qtbot
+) -> None:
+    """Stop: "stopping…" stays (steps still arriving do not replace it with a stale line),
+    then the final prediction is announced, then the result."""
+    texts, label = [], widget.status.native
+    set_text = label.setText
+    label.setText = lambda text: (texts.append(text), set_text(text))  # what Qt is asked to draw
+    widget.seconds.value = 600.0
+    widget.train()
+    qtbot.waitUntil(lambda: widget.last_step is not None, timeout=60_000)
+    widget.stop()
+    wait(qtbot, widget)
+    assert "stopping…" in texts, texts
+    after = texts[texts.index("stopping…") :]
+    assert after[1].endswith("predicting the whole volume…"), after
+    assert after[-1].startswith("stopped after") and "reproduced" in after[-1]
+    assert len(after) == 3, after
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
 def test_training_killed_by_the_system_leaves_napari_and_the_strokes(widget, qtbot) -> None:
     strokes = widget.viewer.layers["strokes"]

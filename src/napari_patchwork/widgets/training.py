@@ -88,6 +88,13 @@ class TrainingFailed(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class _Predicting:
+    """The worker's message before the whole-volume prediction (seconds on a CPU)."""
+
+    iteration: int
+
+
+@dataclasses.dataclass(frozen=True)
 class _Finished:
     """The worker's last message: the whole-volume prediction after the run."""
 
@@ -324,7 +331,11 @@ class TrainingWidget(DockContainer):
                     if self._stop_requested:
                         trainer.stop()  # again: a Stop pressed just before the run began
                     yield step
-            yield _Finished(trainer.predict() if trainer.iteration else None)
+            if not trainer.iteration:
+                yield _Finished(None)
+                return
+            yield _Predicting(trainer.iteration)
+            yield _Finished(trainer.predict())
         except (RuntimeError, ValueError, TypeError, OSError) as error:
             self._forget_dead_trainer()
             # superqt drops RuntimeErrors raised in workers: hand every failure over as one type
@@ -365,10 +376,15 @@ class TrainingWidget(DockContainer):
         self._region = (region[0], region[1], region[2])
 
     # ------------------------------------------------------------------ results (GUI thread)
-    def _on_step(self, update: TrainingStep | _Finished) -> None:
+    def _on_step(self, update: TrainingStep | _Predicting | _Finished) -> None:
         if self.lifecycle.closed:
             return
         start = time.perf_counter()
+        if isinstance(update, _Predicting):
+            self.status.value = (
+                f"stopped after {update.iteration} iterations · predicting the whole volume…"
+            )
+            return
         if isinstance(update, _Finished):
             if update.prediction is not None:
                 self._show(update.prediction, final=True)
@@ -394,7 +410,8 @@ class TrainingWidget(DockContainer):
         if self._agreement is not None:
             status += f" · painted voxels in view reproduced: {self._agreement:.0%}"
         self.curve.value = f"{sparkline(losses)}  {recent:.3f}"
-        self.status.value = status
+        if not self._stop_requested:  # "stopping…" stays until the run has ended
+            self.status.value = status
         self.refresh_seconds.append(time.perf_counter() - start)
 
     def _prediction_layer(self) -> bool:

@@ -393,7 +393,10 @@ class Trainer:
     def predict(self, image: Any = None, region: Region | None = None) -> Prediction:
         """Predict ``image`` (default: the first training image) over ``region`` (default: all).
 
-        The region is read with half a patch of context on every side.
+        The region is read with up to half a patch of context on every side, as far as the
+        image goes; at the image's borders the prediction is tiled inference's (what the Tiled
+        inference widget and ``infer`` give with the saved model). An image thinner than the
+        patch is padded up to it (replicating its border voxels, as training did).
         """
         from napari_patchwork.core.inference.functional import infer
 
@@ -405,10 +408,15 @@ class Trainer:
         box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, shape))
         if any(b.stop <= b.start for b in box):
             raise ValueError(f"region {region} is empty for an image of shape {shape}")
-        half = self.config.patch_size // 2
-        padded = nn.functional.pad(volume[None], (half,) * 6, mode="replicate")[0]
-        crop = padded[(slice(None), *(slice(b.start, b.stop + 2 * half) for b in box))]
-        overlap = (self.config.patch_size // 4) // 2 * 2
+        patch, half = self.config.patch_size, self.config.patch_size // 2
+        context = [slice(max(b.start - half, 0), min(b.stop + half, n)) for b, n in zip(box, shape)]
+        crop = volume[(slice(None), *context)]
+        short = [max(0, patch - (c.stop - c.start)) for c in context]  # thinner than the patch
+        before = [need // 2 for need in short]
+        if any(short):
+            widths = [w for a in (2, 1, 0) for w in (before[a], short[a] - before[a])]
+            crop = nn.functional.pad(crop[None], widths, mode="replicate")[0]
+        overlap = (patch // 4) // 2 * 2
         self.model.eval()
         try:
             logits = infer(
@@ -423,7 +431,10 @@ class Trainer:
         finally:
             self.model.train()
         assert isinstance(logits, torch.Tensor)  # one output: the model returns a tensor
-        inner = logits[(slice(None), *(slice(half, half + b.stop - b.start) for b in box))].float()
+        starts = [b.start - c.start + d for b, c, d in zip(box, context, before)]
+        inner = logits[
+            (slice(None), *(slice(s, s + b.stop - b.start) for s, b in zip(starts, box)))
+        ].float()
         probabilities = torch.softmax(inner, 0)
         labels = torch.tensor(self.class_values)[probabilities.argmax(0).cpu()]
         dtype = np.uint8 if max(self.class_values) < 256 else np.int32
