@@ -14,6 +14,8 @@ from typing import Any
 
 from magicgui.widgets import Container
 
+MIN_HEIGHT = 150  # pixels: a dock's least height (its content scrolls within it)
+
 
 class DockContainer(Container):
     """A vertical magicgui ``Container`` docked by its scroll area.
@@ -28,6 +30,9 @@ class DockContainer(Container):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(scrollable=True, **kwargs)
+        # a share of the side worth having when docks are added back to back (Qt gave the
+        # later ones 89 pixels, two rows, in a user test); four fit a 900-pixel window
+        self.native.setMinimumHeight(MIN_HEIGHT)
         # controls stay at the top of a tall dock (napari adds this stretch to the docks it
         # can see a layout in; a scroll area hides it)
         self.native.widget().layout().addStretch(1)
