@@ -208,11 +208,16 @@ def test_bad_settings_name_their_flag(scan, tmp_path, arguments, fragments):
 
 
 def test_a_too_large_patch_names_the_flag(scan, tmp_path, capsys):
-    code = main(["infer", str(scan), "--model", "demo", "--output", str(tmp_path / "o.nii.gz")])
+    """Typed, the patch is named by its flag; not typed, as the default it is."""
+    argv = ["infer", str(scan), "--model", "demo", "--output", str(tmp_path / "o.nii.gz")]
+    assert main([*argv, "--patch-size", "64"]) == 2
     error = capsys.readouterr().err
-    assert code == 2
     assert "--patch-size (64, 64, 64) is larger than the volume (12, 10, 8)" in error
     assert "--padding-mode" in error
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "the default patch size (64, 64, 64) is larger than the volume (12, 10, 8)" in error
+    assert "choose one with --patch-size" in error
 
 
 # ---------------------------------------------------------------- errors and tracebacks

@@ -157,7 +157,6 @@ def test_infer_fits_the_models_patch_to_a_thin_scan(files, tmp_path) -> None:
     args = parse(str(image), str(annotations), "-o", str(model), "--iterations", "2", *FAST)
     assert run_train(args) == 0
     assert model_patch_size(model) == (16, 16, 16)
-    assert model_patch_size(model, (40, 15, 3)) == (16, 14, 16)  # under 4: no patch fits
     thin = tmp_path / "thin.nii.gz"
     nib.save(nib.Nifti1Image(nib.load(str(image)).get_fdata()[:, :, 7:17], AFFINE), str(thin))
     segmentation = tmp_path / "seg.nii.gz"

@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 from napari_patchwork.core.data.harmonisation import Harmonisation
 from napari_patchwork.core.inference.config import InferenceConfig
+from napari_patchwork.core.inference.grid import fit_patch, quarter_overlap
 
 from .core.types import OVERLAP_MODES
 from .core.wording import reworded
@@ -253,25 +254,39 @@ def inference_config(
     args: argparse.Namespace, device: str, source: str, shape: Sequence[int] | None = None
 ) -> InferenceConfig:
     """The :class:`InferenceConfig` of the ``infer`` flags (``--patch-size``: the model's
-    training patch when its file records it, fitted to the volume's ``shape`` when given,
-    else 64; ``--overlap``: a quarter of the patch, even, unless given; ``.pt2`` models run
-    fixed-size batches)."""
-    recorded = None if args.patch_size else model_patch_size(source, shape)
-    sizes = args.patch_size or list(recorded or [64])
+    training patch when its file records it, fitted to the volume's ``shape`` when given
+    (:func:`fit_patch`), else 64; ``--overlap``: a quarter of the patch, even
+    (:func:`quarter_overlap`), unless given; ``.pt2`` models run fixed-size batches)."""
+    recorded = None if args.patch_size else model_patch_size(source)
+    fitted = recorded if recorded is None or shape is None else fit_patch(recorded, shape)
+    sizes = args.patch_size or list(fitted or [64])
     patch = _size(sizes, "--patch-size")
-    overlap = args.overlap or [p // 4 - (p // 4) % 2 for p in sizes]
+    overlap = args.overlap or list(quarter_overlap(sizes * 3 if len(sizes) == 1 else sizes))
     try:
         return _inference_config(args, device, source, patch, overlap)
-    except ValueError as error:  # a patch the user did not type is named for what it is
-        if args.patch_size or "--patch-size" not in str(error):
-            raise
-        if recorded is None:
-            name, note = "the default patch size", "choose one with --patch-size"
-        else:
-            fitted = recorded != model_patch_size(source)
-            name = "the model's patch size"
-            note = f"{'fitted to the volume; ' if fitted else ''}choose one with --patch-size"
-        raise ValueError(f"{str(error).replace('--patch-size', name, 1)} ({note})") from error
+    except ValueError as error:
+        raise untyped_patch_named(error, args, recorded, fitted) from error
+
+
+def untyped_patch_named(
+    error: ValueError,
+    args: argparse.Namespace,
+    recorded: tuple[int, ...] | None,
+    fitted: tuple[int, ...] | None,
+) -> ValueError:
+    """``error`` with "--patch-size" named for what it is when the user did not type one:
+    "the default patch size", or "the model's patch size" (fitted to the volume when it was).
+    """
+    if args.patch_size or "--patch-size" not in str(error):
+        return error
+    if recorded is None:
+        name, note = "the default patch size", "choose one with --patch-size"
+    else:
+        name = "the model's patch size"
+        note = (
+            f"{'fitted to the volume; ' if fitted != recorded else ''}choose one with --patch-size"
+        )
+    return ValueError(f"{str(error).replace('--patch-size', name, 1)} ({note})")
 
 
 def _inference_config(
@@ -300,4 +315,5 @@ __all__ = [
     "flag_worded",
     "inference_config",
     "parse_args",
+    "untyped_patch_named",
 ]

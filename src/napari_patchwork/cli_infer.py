@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .cli_args import SAMPLE_LABELS, SAMPLE_OUTPUT, flag_worded, inference_config
+from .cli_args import (
+    SAMPLE_LABELS,
+    SAMPLE_OUTPUT,
+    flag_worded,
+    inference_config,
+    untyped_patch_named,
+)
 from .cli_files import check_model_files, check_output, file_shape, write_nifti_atomically
 from .core.devices import default_device
 
@@ -61,7 +67,7 @@ def run_infer(args: argparse.Namespace) -> int:
     from napari_patchwork.core.data.image import ScalarImage
     from napari_patchwork.core.inference.functional import TiledInference
 
-    from .io.models import load_model
+    from .io.models import load_model, model_patch_size
     from .io.nifti import read_nifti_header
     from .io.zarr_io import is_zarr_path
 
@@ -76,7 +82,11 @@ def run_infer(args: argparse.Namespace) -> int:
     check_model_files(source, args.weights)
     model = load_model(source, weights=args.weights, device=device, trust_pickle=args.trust_pickle)
     image.load()  # a broken file is named before the patch size is checked against it
-    flag_worded(config.check_fits, image.spatial_shape)  # the engine checks too, with API names
+    try:  # the engine checks too, with API names
+        flag_worded(config.check_fits, image.spatial_shape)
+    except ValueError as error:  # a patch the user did not type is named for what it is
+        recorded = None if args.patch_size else model_patch_size(source)
+        raise untyped_patch_named(error, args, recorded, tuple(config.patch)) from error
     engine = TiledInference(model, config)
     start = time.perf_counter()
     _consume(engine.run(image, previews=False), f"{input_path.name}")

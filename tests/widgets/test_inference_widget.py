@@ -433,8 +433,8 @@ def test_a_scan_opened_after_the_model_is_chosen_gets_the_fitted_patch(
     assert (widget.patch_size.value, widget.patch_overlap.value) == ("8, 8, 6", "2, 2, 0")
     widget.patch_overlap.value = "2, 2, 2"
     viewer.add_image(np.zeros((20, 20, 20), np.float32), name="other")
-    widget.image.value = viewer.layers["other"]
-    assert (widget.patch_size.value, widget.patch_overlap.value) == ("8, 8, 6", "2, 2, 2")
+    widget.image.value = viewer.layers["other"]  # the patch follows, the typed overlap stays
+    assert (widget.patch_size.value, widget.patch_overlap.value) == ("8", "2, 2, 2")
 
 
 def test_a_trained_models_choice_names_its_file(viewer_with_sample, harmonised_model):

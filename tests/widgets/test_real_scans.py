@@ -532,8 +532,9 @@ CLOSE_DURING_RUN = textwrap.dedent(
     [
         "viewer.close()",
         "viewer.window.remove_dock_widget(widget.native.parent())",
+        "pass  # the script ends with the run going on",
     ],
-    ids=["viewer", "dock"],
+    ids=["viewer", "dock", "script ends"],
 )
 def test_closing_during_a_run_ends_cleanly(tmp_path, close):
     script = tmp_path / "close_during_run.py"

@@ -15,7 +15,6 @@ import importlib
 import json
 import os
 import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -323,15 +322,9 @@ def model_class_values(source: str | os.PathLike[str]) -> list[int] | None:
     return None if info is None else list(info["class_values"])
 
 
-def model_patch_size(
-    source: str | os.PathLike[str], shape: Sequence[int] | None = None
-) -> tuple[int, int, int] | None:
-    """The patch size a saved model was trained with, or None if not recorded.
-
-    With ``shape`` (a volume's or region's), fitted to it: each axis at most the volume's,
-    rounded down to even. Training pads patches near the borders, so a model trained with
-    patch 48 on a 30-slice scan runs on that scan with (48, 48, 30); the networks training
-    builds take any even size. An axis under 4 voxels is left as recorded (no patch fits).
+def model_patch_size(source: str | os.PathLike[str]) -> tuple[int, int, int] | None:
+    """The patch size a saved model was trained with, or None if not recorded (see
+    :func:`napari_patchwork.core.inference.grid.fit_patch` for the patch it runs with).
 
     Examples
     --------
@@ -342,10 +335,7 @@ def model_patch_size(
     size = None if info is None else info.get("patch_size")
     if not isinstance(size, list) or len(size) != 3:
         return None
-    patch = [int(p) for p in size]
-    if shape is not None:
-        patch = [min(p, s - s % 2) if s >= 4 else p for p, s in zip(patch, shape)]
-    return (patch[0], patch[1], patch[2])
+    return (int(size[0]), int(size[1]), int(size[2]))
 
 
 def apply_class_values(indices: torch.Tensor, class_values: Any) -> torch.Tensor:

@@ -26,8 +26,9 @@ any widget's worker runs:
   nobody is touching the viewer, not into the last frame of a run. A run starting before
   then keeps everything frozen and the collection waits for its end; a program that exits
   before the pause collects at exit (``atexit``, the application still intact), after
-  waiting up to :data:`EXIT_WAIT_SECONDS` for cancelled workers to end (one still running at
-  exit emitted ``finished`` on deleted Qt objects and PyQt aborted the process). A program
+  quitting the workers still running and waiting up to :data:`EXIT_WAIT_SECONDS` for them
+  (one still running at exit emitted ``finished`` on deleted Qt objects and PyQt aborted
+  the process). A program
   that calls ``gc.freeze()`` itself sees that undone then, and one that disabled the
   collector keeps it disabled;
 - superqt emits no ``finished`` when the work ends in a ``RuntimeError`` (it takes it for a
@@ -41,12 +42,13 @@ import atexit
 import gc
 import threading
 import time
+import weakref
 from typing import Any
 
 SETUP_SECONDS = 5.0  # the collector resumes at a run's first result, or this long after its start
 IDLE_SECONDS = 1.0  # no input event this long after the last run: the full collection runs
 IDLE_POLL_MS = 200  # how often the GUI thread checks for that
-EXIT_WAIT_SECONDS = 10.0  # at exit, the longest wait for cancelled workers to end
+EXIT_WAIT_SECONDS = 10.0  # at exit, the longest wait for the quit workers to end
 
 
 class _CollectorHold:
@@ -164,8 +166,14 @@ class _IdleCollection:
     def at_exit(self) -> None:
         # A worker still running when the interpreter exits (a script that closed the viewer
         # mid-run and ended) emits its `finished` on Qt objects the exit has deleted: PyQt
-        # aborts the process. The widgets cancelled theirs at close; wait for them to end.
+        # aborts the process. Quit ours (the widgets quit theirs at close) and wait for them.
         from qtpy.QtCore import QThreadPool
+
+        for worker in list(_started):
+            try:
+                worker.quit()
+            except RuntimeError:  # its Qt objects are gone already
+                pass
 
         pool = QThreadPool.globalInstance()
         try:
@@ -219,6 +227,7 @@ class _IdleCollection:
 
 
 _idle_collection: _IdleCollection | None = None
+_started: weakref.WeakSet[Any] = weakref.WeakSet()  # workers started here: quit at exit
 
 
 def idle_collection() -> _IdleCollection:
@@ -296,6 +305,7 @@ def start_worker(worker: Any) -> None:
     from qtpy.QtCore import QTimer
 
     hold = _WorkerHold(worker)
+    _started.add(worker)
     idle_collection().watch()
     _CollectorHold.start()
     try:

@@ -25,6 +25,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_patchwork.core.data.harmonisation import Harmonisation
 from napari_patchwork.core.inference.config import InferenceConfig
 from napari_patchwork.core.inference.functional import InferenceStep, TiledInference
+from napari_patchwork.core.inference.grid import fit_patch, quarter_overlap
 from napari_patchwork.core.inference.postprocess import to_labels, to_probabilities
 from napari_patchwork.core.inference.streaming import StreamTarget, zarr_target
 
@@ -187,10 +188,15 @@ def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...], what: str
     """
     shape = tuple(int(b.stop - b.start) for b in box)
     if any(p > s for p, s in zip(patch, shape)):
-        fits = [min(p, s - s % 2) for p, s in zip(patch, shape)]  # even: the networks' rule
-        written = ", ".join(map(str, fits))
-        advice = f"use at most {written}" if min(fits) >= 4 else f"draw a larger {what}"
+        fits = fit_patch(patch, shape)
+        fitting = all(f <= s for f, s in zip(fits, shape))  # no axis under 4
+        advice = f"use at most {_written(fits)}" if fitting else f"draw a larger {what}"
         raise ValueError(f"patch size {tuple(patch)} is larger than the {what} {shape}: {advice}")
+
+
+def _written(size: tuple[int, ...]) -> str:
+    """A size as the user types it: "32" for a cube, else "32, 32, 20"."""
+    return str(size[0]) if len(set(size)) == 1 else ", ".join(map(str, size))
 
 
 def known_class_values(source: str) -> list[int] | None:
@@ -419,33 +425,35 @@ class TiledInferenceWidget(DockContainer):
         self.source.tooltip = self._model_source() if trained else SOURCE_TOOLTIP
         self._follow_model_patch()
 
-    def _follow_model_patch(self, *_: Any) -> None:
+    def _follow_model_patch(self, *_: Any, keep_typed: bool = False) -> None:
         """Choosing a model that records its training patch ("Train from annotations") sets
-        the patch size to it, fitted to the image (an axis thinner than the patch: that
-        axis's size, as training padded it), and the overlap to a quarter of it (the user may
-        then change them): the demo's 64 does not fit a scan with an axis under 64."""
+        the patch size to it, fitted to the image (:func:`fit_patch`: an axis thinner than the
+        patch gets its own even size, as training padded it), and the overlap to a quarter of
+        it (the user may then change them): the demo's 64 does not fit a scan with an axis
+        under 64. With ``keep_typed`` (another image), a field the user typed stays."""
         try:
             shape = None if self.image.value is None else shape_of(self.image.value)
         except ValueError:  # not 3D: refused at Run
             shape = None
         try:
-            size = model_patch_size(self._model_source(), shape)
+            recorded = model_patch_size(self._model_source())
         except (ValueError, KeyError, OSError):  # no file chosen yet, or not a model
             return
-        if size is None:
+        if recorded is None:
             return
-        overlap = [p // 4 - (p // 4) % 2 for p in size]
-        self.patch_size.value = str(size[0]) if len(set(size)) == 1 else ", ".join(map(str, size))
-        self.patch_overlap.value = (
-            str(overlap[0]) if len(set(overlap)) == 1 else ", ".join(map(str, overlap))
-        )
-        self._followed_patch = (self.patch_size.value, self.patch_overlap.value)
+        size = recorded if shape is None else fit_patch(recorded, shape)
+        followed = self._followed_patch or ("", "")
+        if not (keep_typed and self.patch_size.value != followed[0]):
+            self.patch_size.value = _written(size)
+        if not (keep_typed and self.patch_overlap.value != followed[1]):
+            self.patch_overlap.value = _written(quarter_overlap(size))
+        self._followed_patch = (_written(size), _written(quarter_overlap(size)))
 
     def _follow_image(self, *_: Any) -> None:
-        """Another image: a patch that followed the model is fitted to it; a typed patch or
-        overlap stays."""
-        if (self.patch_size.value, self.patch_overlap.value) == self._followed_patch:
-            self._follow_model_patch()
+        """Another image: a patch or overlap that followed the model is fitted to it; what
+        the user typed stays."""
+        if self._followed_patch is not None:
+            self._follow_model_patch(keep_typed=True)
 
     def _source_choices(self, *_: Any) -> list[str]:
         """demo, file, module:factory, then the models saved by "Train from annotations"."""

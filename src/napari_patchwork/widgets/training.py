@@ -381,9 +381,7 @@ class TrainingWidget(DockContainer):
             return
         start = time.perf_counter()
         if isinstance(update, _Predicting):
-            self.status.value = (
-                f"stopped after {update.iteration} iterations · predicting the whole volume…"
-            )
+            self.status.value = f"{update.iteration} iterations · predicting the whole volume…"
             return
         if isinstance(update, _Finished):
             if update.prediction is not None:

@@ -54,6 +54,37 @@ def grid_locations(
     return [PatchLocation((i, j, k), patch_size) for i, j, k in itertools.product(*axes)]
 
 
+def fit_patch(patch: Sequence[int], shape: Sequence[int]) -> TypeTriplet:
+    """A patch fitted to a volume: each axis at most the volume's, rounded down to even.
+
+    The rule for a trained model's patch (the networks training builds take any even size,
+    and training padded patches near the borders): a model trained with patch 48 segments a
+    30-slice scan with (48, 48, 30). An axis under 4 voxels keeps the patch's size (no patch
+    fits it; the callers refuse it or pad it).
+
+    Examples
+    --------
+    >>> fit_patch((48, 48, 48), (96, 96, 31))
+    (48, 48, 30)
+    >>> fit_patch((16, 16, 16), (40, 15, 3))
+    (16, 14, 16)
+    """
+    a, b, c = (min(p, s - s % 2) if s >= 4 else p for p, s in zip(patch, shape))
+    return (int(a), int(b), int(c))
+
+
+def quarter_overlap(patch: Sequence[int]) -> TypeTriplet:
+    """A quarter of each axis of ``patch``, rounded down to even: a trained model's overlap.
+
+    Examples
+    --------
+    >>> quarter_overlap((32, 32, 20))
+    (8, 8, 4)
+    """
+    a, b, c = (p // 4 - (p // 4) % 2 for p in patch)
+    return (int(a), int(b), int(c))
+
+
 def crop_intervals(
     size: int, patch: int, overlap: int, padded: bool = False
 ) -> dict[int, tuple[int, int]]:

@@ -25,6 +25,7 @@ from napari_patchwork.core.batching.queue import Queue
 from napari_patchwork.core.data.harmonisation import Harmonisation, IntensityField
 from napari_patchwork.core.data.image import LabelMap, ScalarImage
 from napari_patchwork.core.data.subject import Subject
+from napari_patchwork.core.inference.grid import fit_patch, quarter_overlap
 from napari_patchwork.core.training.annotations import (
     annotated_reach,
     as_annotations,
@@ -60,6 +61,17 @@ def _check_patch_fits(patch: int, images: list[torch.Tensor]) -> None:
                 f"patch_size {patch} is larger than image{suffix} in every direction"
                 f" {tuple(image.shape[1:])}: use at most {largest}"
             )
+
+
+def _window(box: slice, size: int, patch: int) -> slice:
+    """The voxels read to predict ``box`` on an axis of ``size``: half a patch of context on
+    each side, at least a patch wide where the axis allows (slid inward at the borders: a
+    window cut short there would be padded with copies of voxels the image has)."""
+    half = patch // 2
+    lo, hi = max(box.start - half, 0), min(box.stop + half, size)
+    if hi - lo < patch:
+        lo, hi = (0, min(patch, size)) if lo == 0 else (max(size - patch, 0), size)
+    return slice(lo, hi)
 
 
 @dataclass(frozen=True)
@@ -393,10 +405,12 @@ class Trainer:
     def predict(self, image: Any = None, region: Region | None = None) -> Prediction:
         """Predict ``image`` (default: the first training image) over ``region`` (default: all).
 
-        The region is read with up to half a patch of context on every side, as far as the
-        image goes; at the image's borders the prediction is tiled inference's (what the Tiled
-        inference widget and ``infer`` give with the saved model). An image thinner than the
-        patch is padded up to it (replicating its border voxels, as training did).
+        The patch is the one a saved model runs with (:func:`fit_patch` to the image, overlap
+        :func:`quarter_overlap`), so the whole image's prediction is tiled inference's: what
+        the Tiled inference widget and ``infer`` give with the saved model. A region is read
+        with half a patch of context on every side, the window kept a patch wide at the
+        image's borders; an axis under 4 voxels (no patch fits it) is padded up to the patch,
+        replicating its border voxels as training did.
         """
         from napari_patchwork.core.inference.functional import infer
 
@@ -408,22 +422,21 @@ class Trainer:
         box = tuple(slice(*s.indices(n)[:2]) for s, n in zip(region, shape))
         if any(b.stop <= b.start for b in box):
             raise ValueError(f"region {region} is empty for an image of shape {shape}")
-        patch, half = self.config.patch_size, self.config.patch_size // 2
-        context = [slice(max(b.start - half, 0), min(b.stop + half, n)) for b, n in zip(box, shape)]
+        patch = fit_patch((self.config.patch_size,) * 3, shape)
+        context = [_window(b, n, p) for b, n, p in zip(box, shape, patch)]
         crop = volume[(slice(None), *context)]
-        short = [max(0, patch - (c.stop - c.start)) for c in context]  # thinner than the patch
+        short = [max(0, p - (c.stop - c.start)) for p, c in zip(patch, context)]  # under 4
         before = [need // 2 for need in short]
         if any(short):
             widths = [w for a in (2, 1, 0) for w in (before[a], short[a] - before[a])]
             crop = nn.functional.pad(crop[None], widths, mode="replicate")[0]
-        overlap = (patch // 4) // 2 * 2
         self.model.eval()
         try:
             logits = infer(
                 self.model,
                 crop,
-                patch_size=self.config.patch_size,
-                patch_overlap=overlap,
+                patch_size=patch,
+                patch_overlap=quarter_overlap(patch),
                 batch_size=self.config.batch_size,
                 device=self.device,
                 amp=self.amp,
