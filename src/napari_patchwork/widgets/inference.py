@@ -442,12 +442,12 @@ class TiledInferenceWidget(DockContainer):
         if recorded is None:
             return
         size = recorded if shape is None else fit_patch(recorded, shape)
+        values = (_written(size), _written(quarter_overlap(size)))
         followed = self._followed_patch or ("", "")
-        if not (keep_typed and self.patch_size.value != followed[0]):
-            self.patch_size.value = _written(size)
-        if not (keep_typed and self.patch_overlap.value != followed[1]):
-            self.patch_overlap.value = _written(quarter_overlap(size))
-        self._followed_patch = (_written(size), _written(quarter_overlap(size)))
+        for field, value, was in zip((self.patch_size, self.patch_overlap), values, followed):
+            if not (keep_typed and field.value != was):  # typed by the user: kept
+                field.value = value
+        self._followed_patch = values
 
     def _follow_image(self, *_: Any) -> None:
         """Another image: a patch or overlap that followed the model is fitted to it; what
