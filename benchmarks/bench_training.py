@@ -16,6 +16,7 @@ intensities (background / darker tissue / brighter tissue).
 
     python benchmarks/bench_training.py [--seconds 240] [--volumes synthetic real] [--json out]
     python benchmarks/bench_training.py --seconds 240 --augmentation full flips-noise none
+    python benchmarks/bench_training.py --volumes real --schedule cosine constant --seed 1
     xvfb-run -a python benchmarks/bench_training.py --volumes synthetic --seconds 5 --widget 60
     xvfb-run -a python benchmarks/bench_training.py --widget-only --widget 60
 
@@ -25,6 +26,8 @@ once per volume): ``default`` (training's default,
 fields, gamma, intensity scale and shift, noise: ``AugmentationConfig()``), ``no-contrast`` (no
 gamma, scale or shift: :data:`~napari_patchwork.core.training.augmentation.NO_CONTRAST`),
 ``flips-noise``, ``none``.
+``--schedule`` does the same for learning-rate schedules (``cosine``, training's default,
+and ``constant``); ``--seed`` sets the networks' seed (the scribbles stay the same).
 ``--iterations`` replaces the time budget by a step count, to compare settings on a busy
 machine.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import math
 import sys
@@ -52,6 +56,7 @@ from napari_patchwork.core.training.augmentation import (
     AugmentationConfig,
     simulate_scanner,
 )
+from napari_patchwork.core.training.config import SCHEDULES
 from napari_patchwork.sample import make_sample
 
 SIGMAS = (0.7, 1.6, 3.5, 5.0)
@@ -142,10 +147,11 @@ def run_volume(image: np.ndarray, truth: np.ndarray, name: str, args: argparse.N
     strokes = scribbles_from_labels(truth, slices=args.slices, disks=args.disks, seed=0)
     shifted = simulate_scanner(torch.from_numpy(image)[None], seed=1)[0].numpy()
     rows = []
-    for augmentation in args.augmentation:
+    for augmentation, schedule in itertools.product(args.augmentation, args.schedule):
         row: dict[str, Any] = {
             "volume": name,
             "augmentation": augmentation,
+            "schedule": schedule,
             "annotated": float((strokes > 0).mean()),
         }
         config = TrainingConfig(
@@ -153,8 +159,9 @@ def run_volume(image: np.ndarray, truth: np.ndarray, name: str, args: argparse.N
             seconds=None if args.iterations else args.seconds,
             iterations=args.iterations,
             device=args.device,
-            seed=0,
+            seed=args.seed,
             augmentation=AUGMENTATIONS[augmentation],
+            schedule=schedule,
             harmonise=not args.no_harmonise,
         )
         trainer = Trainer((image, strokes), config)
@@ -171,7 +178,7 @@ def run_volume(image: np.ndarray, truth: np.ndarray, name: str, args: argparse.N
         shifted_labels = trainer.predict(shifted).labels.astype(np.int64) - 1
         row["net_dice_shifted"] = mean_dice(shifted_labels, truth)
         rows.append(row)
-        print(f"  {augmentation}: {row}", file=sys.stderr, flush=True)
+        print(f"  {augmentation}, {schedule}: {row}", file=sys.stderr, flush=True)
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -357,14 +364,16 @@ def table(rows: list[dict]) -> str:
         return fmt.format(row[key]) if key in row else "n/a"
 
     lines = [
-        "| volume | augmentation | annotated | net Dice | forest Dice | net Dice, other scanner |"
-        " forest Dice, other scanner | forest, other scanner harmonised | iterations | seconds |"
+        "| volume | augmentation | schedule | annotated | net Dice | forest Dice |"
+        " net Dice, other scanner | forest Dice, other scanner |"
+        " forest, other scanner harmonised | iterations | seconds |"
         " patches/s | waiting for patches |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['volume']} | {row['augmentation']} | {100 * row['annotated']:.2f} % |"
+            f"| {row['volume']} | {row['augmentation']} | {row['schedule']} |"
+            f" {100 * row['annotated']:.2f} % |"
             f" {number(row, 'net_dice')} |"
             f" {number(row, 'rf_dice')} | {number(row, 'net_dice_shifted')} |"
             f" {number(row, 'rf_dice_shifted')} | {number(row, 'rf_dice_harmonised')} |"
@@ -388,6 +397,14 @@ def main() -> None:
         default=["default"],
         help="augmentation settings to train with, one network each",
     )
+    parser.add_argument(
+        "--schedule",
+        nargs="+",
+        choices=list(SCHEDULES),
+        default=[TrainingConfig().schedule],
+        help="learning-rate schedules to train with, one network each (default: training's)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the networks' TrainingConfig seed")
     parser.add_argument("--size", type=int, default=96, help="edge of the synthetic volume")
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--slices", type=int, default=5, help="annotated slices per class")

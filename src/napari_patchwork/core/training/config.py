@@ -12,7 +12,7 @@ import torch
 from napari_patchwork.core.training.augmentation import FLIPS_AND_NOISE, AugmentationConfig
 
 INITS = ("scratch", "demo")  # or a saved model file, or 'module:factory'
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("cosine", "constant")
 NETWORKS = ("filters", "unet")  # what init='scratch' builds
 Region = tuple[slice, slice, slice]
 
@@ -53,10 +53,13 @@ class TrainingConfig:
         ``'unet'``); default 32 and 8.
     learning_rate : float
         Peak AdamW learning rate.
-    schedule : {'constant', 'cosine'}
+    schedule : {'cosine', 'constant'}
         After 20 warm-up steps, ``'cosine'`` decays the rate to 5 % at the end of the run's
-        budget (seconds or iterations; constant for a run without one). Gradients are
-        clipped to norm 5.
+        budget (seconds or iterations; constant for a run without one), so the weights a
+        run ends with are settled: on nibabel's EPI volume, Dice every 250 steps of a
+        5000-step run ended 0.930-0.935 (last six) with ``'cosine'``, 0.909-0.933 with
+        ``'constant'``. Each Continue warms up and decays again over its own budget.
+        Gradients are clipped to norm 5.
     seed : int, optional
         Makes the run reproducible (initialisation, patches, augmentation).
     device : str, optional
@@ -102,7 +105,7 @@ class TrainingConfig:
     patches_per_volume: int = 16
     queue_length: int = 64
     preview_every: float = 3.0
-    schedule: str = "constant"
+    schedule: str = "cosine"
     harmonise: bool = True
 
     def _check_network(self) -> None:
