@@ -15,7 +15,9 @@ TOOLTIPS = {
     "image": "The 3D image the grid is planned on. Only its shape is read (huge, lazy and"
     " multiscale layers are fine).",
     "patch size": "Patch size in voxels: one number for all three axes (64) or three numbers"
-    " separated by commas, one per axis (64, 64, 32). A text field so it takes both forms.",
+    " separated by commas, one per axis (64, 64, 32). A text field so it takes both forms."
+    " Until you type one it follows the image: 64, and an axis thinner than that gets its"
+    " own size (64, 64, 24 on a 24-slice scan), with a quarter of it as overlap.",
     "patch overlap": "Voxels shared by neighbouring patches, even (half goes to each side of"
     " a border): one number (16) or one per axis (16, 16, 8). 0: patches tile the volume.",
     "padding": "none: patches stay inside the image. Otherwise the image is padded by half"

@@ -37,7 +37,8 @@ TIPS = {
     "label probabilities": "Label sampler only: 'label: probability' pairs, e.g. "
     "'0: 0.5, 1: 0.3, 2: 0.2' (renormalised over labels present). Empty: foreground only.",
     "patch size": "Patch size in voxels: one integer for a cube ('32') or three, one per "
-    "axis ('32, 32, 16'). Must fit in the image.",
+    "axis ('32, 32, 16'). Must fit in the image: until you type one it follows the image,"
+    " 32 with a thinner axis given its own size ('32, 32, 24' on a 24-slice scan).",
     "patches": "Number of patches to draw. All centres are drawn; past "
     f"{MAX_BOXES:,} patches only the first {MAX_BOXES:,} boxes are.",
     "seed": "Random seed: the same seed gives the same patches.",

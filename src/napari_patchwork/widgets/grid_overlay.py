@@ -27,6 +27,7 @@ from napari_patchwork.core.samplers.coverage import SeparableVolume
 
 from ..core.types import PADDING_MODES
 from ._dock import DockContainer
+from ._followed_patch import FollowedPatch, written_size
 from ._grid_drawing import (
     CURSOR_LAYER,
     GRID_LAYER,
@@ -55,6 +56,7 @@ from ._napari import (
     layer_choices,
     message_label,
     redraw_on_slice_change,
+    shape_of,
     show_layer,
     slice_position,
     starting_on_the_slice_axis,
@@ -79,6 +81,9 @@ __all__ = [  # the names importable from here before the split (issue 14), and t
     "PatchGridWidget",
 ]
 
+#: The patch shown until the user types one, fitted to the image (an axis thinner than it
+#: gets the axis's own even size).
+DEFAULT_PATCH = (64, 64, 64)
 CURSOR_HINT = "move the cursor over the image (2D view)"
 CLICK_HINT = "click a voxel"
 
@@ -125,7 +130,7 @@ class PatchGridWidget(DockContainer):
         super().__init__()
         self.viewer = napari_viewer
         self.image = ComboBox(label="image", choices=layer_choices(napari_viewer, Image))
-        self.patch_size = LineEdit(label="patch size", value="64")
+        self.patch_size = LineEdit(label="patch size", value=written_size(DEFAULT_PATCH))
         self.patch_overlap = LineEdit(label="patch overlap", value="16")
         self.padding_mode = ComboBox(
             label="padding", choices=["none", *PADDING_MODES], value="none"
@@ -142,6 +147,8 @@ class PatchGridWidget(DockContainer):
         for widget in self:
             widget.tooltip = TOOLTIPS[widget.label]
         self.plan: GridPlan | None = None
+        self.followed_patch = FollowedPatch(self.patch_size, self.patch_overlap)
+        self._followed_shape: tuple[int, int, int] | None = None
         self.cursor_rank: int | None = None
         self.selected_ranks: list[int] = []
         self._tiles: list[list[tuple[int, int]]] = []
@@ -170,6 +177,7 @@ class PatchGridWidget(DockContainer):
 
     def update(self, *_: Any) -> None:  # type: ignore[override]  # not magicgui's update(mapping)
         """Re-plan the grid from the controls and redraw everything."""
+        self._follow_image()
         try:
             self.plan = self._plan()
         except (ValueError, TypeError) as error:
@@ -200,6 +208,19 @@ class PatchGridWidget(DockContainer):
         self._redraw(create=True)
         self._show_cursor()
         self.selection.value = CLICK_HINT
+
+    def _follow_image(self) -> None:
+        """An image of another shape: a patch size and overlap the user has not typed show
+        the default fitted to it (64 on a 24-slice scan: 64, 64, 24 and 16, 16, 6)."""
+        try:
+            shape = None if self.image.value is None else shape_of(self.image.value)
+        except ValueError:  # not 3D: the plan says so
+            return
+        if shape is None or shape == self._followed_shape:
+            return
+        self._followed_shape = shape
+        with self.patch_size.changed.blocked(), self.patch_overlap.changed.blocked():
+            self.followed_patch.follow(DEFAULT_PATCH, shape)
 
     def _clear_drawn(self) -> None:
         for name in (GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER, CURSOR_LAYER, SHARED_LAYER):

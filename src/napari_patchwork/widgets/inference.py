@@ -25,7 +25,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_patchwork.core.data.harmonisation import Harmonisation
 from napari_patchwork.core.inference.config import InferenceConfig
 from napari_patchwork.core.inference.functional import InferenceStep, TiledInference
-from napari_patchwork.core.inference.grid import fit_patch, quarter_overlap
+from napari_patchwork.core.inference.grid import fit_patch
 from napari_patchwork.core.inference.postprocess import to_labels, to_probabilities
 from napari_patchwork.core.inference.streaming import StreamTarget, zarr_target
 
@@ -44,6 +44,7 @@ from ..io.zarr_io import is_zarr_path
 from ..models import DEMO_CLASSES
 from ..napari_contributions import read_zarr_layers
 from ._dock import DockContainer
+from ._followed_patch import FollowedPatch, written_size
 from ._napari import (
     Lifecycle,
     class_legend,
@@ -190,13 +191,8 @@ def check_patch_inside(patch: tuple[int, ...], box: tuple[slice, ...], what: str
     if any(p > s for p, s in zip(patch, shape)):
         fits = fit_patch(patch, shape)
         fitting = all(f <= s for f, s in zip(fits, shape))  # no axis under 4
-        advice = f"use at most {_written(fits)}" if fitting else f"draw a larger {what}"
+        advice = f"use at most {written_size(fits)}" if fitting else f"draw a larger {what}"
         raise ValueError(f"patch size {tuple(patch)} is larger than the {what} {shape}: {advice}")
-
-
-def _written(size: tuple[int, ...]) -> str:
-    """A size as the user types it: "32" for a cube, else "32, 32, 20"."""
-    return str(size[0]) if len(set(size)) == 1 else ", ".join(map(str, size))
 
 
 def known_class_values(source: str) -> list[int] | None:
@@ -386,7 +382,8 @@ class TiledInferenceWidget(DockContainer):
             ]
         )
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
-        self._followed_patch: tuple[str, str] | None = None  # patch, overlap set from a model
+        # the patch and overlap a chosen model records, fitted to the image, until typed
+        self.followed_patch = FollowedPatch(self.patch_size, self.patch_overlap, following=False)
         watch_layers(
             self.lifecycle, napari_viewer, self.image, self.roi, on_first=self._follow_image
         )
@@ -441,18 +438,12 @@ class TiledInferenceWidget(DockContainer):
             return
         if recorded is None:
             return
-        size = recorded if shape is None else fit_patch(recorded, shape)
-        values = (_written(size), _written(quarter_overlap(size)))
-        followed = self._followed_patch or ("", "")
-        for field, value, was in zip((self.patch_size, self.patch_overlap), values, followed):
-            if not (keep_typed and field.value != was):  # typed by the user: kept
-                field.value = value
-        self._followed_patch = values
+        self.followed_patch.follow(recorded, shape, keep_typed=keep_typed)
 
     def _follow_image(self, *_: Any) -> None:
         """Another image: a patch or overlap that followed the model is fitted to it; what
         the user typed stays."""
-        if self._followed_patch is not None:
+        if self.followed_patch.following:
             self._follow_model_patch(keep_typed=True)
 
     def _source_choices(self, *_: Any) -> list[str]:

@@ -22,12 +22,14 @@ from napari.qt.threading import create_worker
 from napari_patchwork.core.data.location import PatchLocation
 
 from ._dock import DockContainer
+from ._followed_patch import FollowedPatch, written_size
 from ._napari import (
     Lifecycle,
     is_shown,
     layer_choices,
     message_label,
     redraw_on_slice_change,
+    shape_of,
     watch_layers,
 )
 from ._sampler_drawing import (
@@ -96,6 +98,9 @@ __all__ = [  # the names importable from here before the split (issue 14), and t
     "sampling_steps",
 ]
 
+#: The patch size shown until the user types one, fitted to the image.
+DEFAULT_PATCH = (32, 32, 32)
+
 
 class SamplerExplorerWidget(DockContainer):
     """Visual debugging of sampling strategies.
@@ -138,7 +143,10 @@ class SamplerExplorerWidget(DockContainer):
         self.label_probabilities = LineEdit(
             label="label probabilities", value="", tooltip=TIPS["label probabilities"]
         )
-        self.patch_size = LineEdit(label="patch size", value="32", tooltip=TIPS["patch size"])
+        self.patch_size = LineEdit(
+            label="patch size", value=written_size(DEFAULT_PATCH), tooltip=TIPS["patch size"]
+        )
+        self.followed_patch = FollowedPatch(self.patch_size)
         self.num_patches = SpinBox(
             label="patches", value=100, min=1, max=100_000, tooltip=TIPS["patches"]
         )
@@ -175,6 +183,8 @@ class SamplerExplorerWidget(DockContainer):
         self._add_plot()
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
         watch_layers(self.lifecycle, napari_viewer, self.image, self.probability, self.labels_layer)
+        self.image.changed.connect(self._follow_image)  # before the settings re-check
+        self._follow_image()
         for control in self.controls:
             control.changed.connect(self._settings_changed)
         self.run_button.changed.connect(self.run)
@@ -192,6 +202,15 @@ class SamplerExplorerWidget(DockContainer):
         self._plot(None)
 
     # ------------------------------------------------------------------ settings
+    def _follow_image(self, *_: Any) -> None:
+        """A patch size the user has not typed shows the default fitted to the image."""
+        try:
+            shape = None if self.image.value is None else shape_of(self.image.value)
+        except ValueError:  # not 3D: the settings say so
+            return
+        if shape is not None:
+            self.followed_patch.follow(DEFAULT_PATCH, shape)
+
     @property
     def running(self) -> bool:
         """Whether a run is in progress."""

@@ -1,0 +1,76 @@
+"""Patch-size fields that follow the image until the user types in them.
+
+A widget's default patch (the Patch grid's 64, the Sampler explorer's 32, a trained model's
+recorded patch in Tiled inference) does not fit a thin scan: nibabel's EPI volume has 24
+slices. Until the user types a value, the fields show the default fitted to the chosen image
+(:func:`~napari_patchwork.core.inference.grid.fit_patch`, overlap
+:func:`~napari_patchwork.core.inference.grid.quarter_overlap`); a value the user typed stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from napari_patchwork.core.inference.grid import fit_patch, quarter_overlap
+
+
+def written_size(size: Sequence[int]) -> str:
+    """A size as the user types it: ``'32'`` for a cube, else ``'32, 32, 20'``.
+
+    Examples
+    --------
+    >>> written_size((32, 32, 32)), written_size((64, 64, 24))
+    ('32', '64, 64, 24')
+    """
+    return str(size[0]) if len(set(size)) == 1 else ", ".join(map(str, size))
+
+
+class FollowedPatch:
+    """A patch-size field, and optionally an overlap field, set by the widget until typed.
+
+    Parameters
+    ----------
+    patch, overlap : magicgui value widget
+        The fields (``overlap`` may be None: a sampler has no overlap).
+    following : bool
+        Whether the fields' current values are the widget's own (a default), to be replaced
+        by :meth:`follow`; False until something is to be followed (e.g. a model chosen).
+
+    Examples
+    --------
+    >>> from magicgui.widgets import LineEdit
+    >>> patch, overlap = LineEdit(value="64"), LineEdit(value="16")
+    >>> followed = FollowedPatch(patch, overlap)
+    >>> followed.follow((64, 64, 64), (128, 96, 24))
+    >>> patch.value, overlap.value
+    ('64, 64, 24', '16, 16, 6')
+    >>> patch.value = "48"  # typed: kept when another image is chosen
+    >>> followed.follow((64, 64, 64), (100, 100, 100))
+    >>> patch.value, overlap.value
+    ('48', '16')
+    """
+
+    def __init__(self, patch: Any, overlap: Any = None, following: bool = True) -> None:
+        self.fields = [patch] if overlap is None else [patch, overlap]
+        self.values: tuple[str, ...] | None = (
+            tuple(str(field.value) for field in self.fields) if following else None
+        )
+
+    @property
+    def following(self) -> bool:
+        """Whether the widget has set (or owns) the fields' values."""
+        return self.values is not None
+
+    def follow(
+        self, size: Sequence[int], shape: Sequence[int] | None, keep_typed: bool = True
+    ) -> None:
+        """Show ``size`` fitted to an image of ``shape`` (None: as it is), with a quarter
+        overlap; a field the user typed stays unless ``keep_typed`` is False."""
+        fitted = tuple(size) if shape is None else fit_patch(size, shape)
+        values = (written_size(fitted), written_size(quarter_overlap(fitted)))
+        was = self.values or ("",) * len(self.fields)
+        for field, value, old in zip(self.fields, values, was):
+            if not (keep_typed and str(field.value) != old):  # typed by the user: kept
+                field.value = value
+        self.values = values[: len(self.fields)]

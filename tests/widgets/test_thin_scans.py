@@ -1,0 +1,78 @@
+"""Widgets opened on a thin real scan: the default patch fits it until the user types one.
+
+nibabel's example EPI volume (128 × 96 × 24, shipped in nibabel's wheel) has fewer slices
+than the Patch grid's default patch (64) and the Sampler explorer's (32): opening either
+dock on it used to show an error before the user had done anything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_patchwork.napari_contributions import read_layers
+from napari_patchwork.widgets import PatchGridWidget, SamplerExplorerWidget
+
+
+@pytest.fixture
+def epi_path(tmp_path):
+    """The first frame of nibabel's example4d EPI, saved with its own affine and header."""
+    source = nib.load(str(Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz"))
+    frame = np.asarray(source.dataobj[..., 0])
+    path = tmp_path / "epi.nii.gz"
+    nib.save(nib.Nifti1Image(frame, source.affine, source.header), str(path))
+    return path
+
+
+@pytest.fixture
+def viewer_with_epi(make_napari_viewer, epi_path):
+    viewer = make_napari_viewer()
+    for data, meta, kind in read_layers(str(epi_path)):  # as File > Open does
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    assert viewer.layers[0].data.shape == (128, 96, 24)
+    return viewer
+
+
+def test_patch_grid_opens_on_a_thin_scan_with_a_fitted_patch(viewer_with_epi):
+    widget = PatchGridWidget(viewer_with_epi)
+    assert (widget.patch_size.value, widget.patch_overlap.value) == ("64, 64, 24", "16, 16, 6")
+    assert "⚠" not in widget.info.value
+    assert widget.info.value.endswith("(3 × 2 × 1)"), widget.info.value
+    assert widget.plan is not None and widget.plan.patch_size == (64, 64, 24)
+    assert "patch grid" in viewer_with_epi.layers
+
+
+def test_patch_grid_keeps_what_the_user_typed_when_the_image_changes(viewer_with_epi):
+    viewer = viewer_with_epi
+    widget = PatchGridWidget(viewer)
+    widget.patch_size.value = "16"  # typed
+    cube = viewer.add_image(np.zeros((100, 100, 100), np.float32), name="cube")
+    widget.image.value = cube
+    assert widget.patch_size.value == "16"
+    assert widget.patch_overlap.value == "16"  # the default for 100³: quarter of 64
+    assert "⚠" in widget.info.value  # overlap 16 is not smaller than patch 16: the user's call
+    widget.patch_overlap.value = "4"
+    assert widget.plan is not None and widget.plan.patch_size == (16, 16, 16)
+
+
+def test_patch_grid_follows_every_image_until_typed(viewer_with_epi):
+    viewer = viewer_with_epi
+    widget = PatchGridWidget(viewer)
+    cube = viewer.add_image(np.zeros((100, 100, 100), np.float32), name="cube")
+    widget.image.value = cube
+    assert (widget.patch_size.value, widget.patch_overlap.value) == ("64", "16")
+    widget.image.value = viewer.layers[0]
+    assert widget.patch_size.value == "64, 64, 24"
+
+
+def test_sampler_explorer_samples_a_thin_scan_without_typing(viewer_with_epi):
+    widget = SamplerExplorerWidget(viewer_with_epi)
+    assert widget.patch_size.value == "32, 32, 24"
+    widget.num_patches.value = 20
+    locations = widget.sample()
+    assert len(locations) == 20
+    assert all(tuple(np.subtract(loc.index_fin, loc.index_ini)) == (32, 32, 24) for loc in locations)
+    assert "larger than" not in widget.info.value
