@@ -470,6 +470,36 @@ def test_stacked_docks_scroll_and_never_grow_the_window(viewer_with_scan, qtbot)
         assert first.mapTo(area.widget(), first.rect().topLeft()).y() < 40  # controls on top
 
 
+@pytest.mark.parametrize("name", ["grid", "sampler", "inference", "training"])
+def test_docks_never_scroll_sideways(viewer_with_scan, qtbot, name):
+    """Each dock is at least as wide as its controls, also after a long status (the Sampler
+    explorer's and Tiled inference's content scrolled sideways by 2–21 pixels)."""
+    from napari_patchwork.widgets.training import TrainingWidget
+
+    viewer = viewer_with_scan
+    window = viewer.window._qt_window
+    window.show()
+    window.resize(1200, 900)
+    kind = {
+        "grid": PatchGridWidget,
+        "sampler": SamplerExplorerWidget,
+        "inference": TiledInferenceWidget,
+        "training": TrainingWidget,
+    }[name]
+    widget = kind(viewer)
+    dock = viewer.window.add_dock_widget(widget, area="right")
+    qtbot.wait(100)
+    area = widget.native
+    assert area.horizontalScrollBar().maximum() == 0
+    assert area.viewport().width() >= area.widget().minimumSizeHint().width()
+    width = dock.width()
+    status = next(w for w in widget if w.label in ("status", "grid"))
+    status.value = "a long message a user could see after a failed run " * 4
+    qtbot.wait(100)
+    assert area.horizontalScrollBar().maximum() == 0
+    assert dock.width() <= width + 2  # wrapped, not widened
+
+
 def test_closing_the_dock_disconnects_every_callback(viewer_with_scan, qtbot):
     viewer = viewer_with_scan
     drag = len(viewer.mouse_drag_callbacks)
