@@ -102,6 +102,7 @@ def layer_data_from_nifti(path: str | os.PathLike[str]) -> list[LayerData]:
     meta.update(_placement(affine))
     if data.shape[0] == 1 and _is_labels(data[0], path):
         return [(_as_labels(data[0], f"NIfTI file '{path}'"), meta, "labels")]
+    meta["rgb"] = False  # volumes: 3 or 4 slices on the last axis are not colours
     if data.shape[0] == 1:
         return [(data[0], meta, "image")]
     return [(data, {**meta, "channel_axis": 0}, "image")]

@@ -76,3 +76,34 @@ def test_sampler_explorer_samples_a_thin_scan_without_typing(viewer_with_epi):
     assert len(locations) == 20
     assert all(tuple(np.subtract(loc.index_fin, loc.index_ini)) == (32, 32, 24) for loc in locations)
     assert "larger than" not in widget.info.value
+
+
+@pytest.mark.parametrize("slices", [3, 4])
+def test_a_scan_of_3_or_4_slices_opens_as_a_volume_not_colours(make_napari_viewer, tmp_path, slices):
+    """napari takes a last axis of 3 or 4 for RGB(A) unless told: the file then failed to
+    open (a matrix of the wrong size) and left a broken layer behind."""
+    volume = np.random.default_rng(0).random((64, 48, slices)).astype(np.float32)
+    affine = np.diag([0.8, 0.8, 5.0, 1.0])
+    path = tmp_path / f"slab{slices}.nii.gz"
+    nib.save(nib.Nifti1Image(volume, affine), str(path))
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(path), plugin="napari-patchwork")
+    assert layer.ndim == 3 and not layer.rgb and layer.data.shape == (64, 48, slices)
+    assert np.allclose(layer.data_to_world((1, 2, slices - 1)), (0.8, 1.6, 5.0 * (slices - 1)))
+    widget = PatchGridWidget(viewer)
+    if slices == 4:
+        assert widget.patch_size.value == "64, 48, 4" and "⚠" not in widget.info.value
+    else:  # no patch (even, >= 4) fits 3 slices: the default stays and the grid says why
+        assert widget.patch_size.value == "64, 48, 64"
+        assert "larger than the volume (64 × 48 × 3 voxels)" in widget.info.value
+
+
+def test_a_zarr_volume_of_3_slices_opens_as_a_volume(make_napari_viewer, tmp_path):
+    import zarr
+
+    path = tmp_path / "slab.zarr"
+    array = zarr.open_array(str(path), mode="w", shape=(64, 48, 3), dtype="float32")
+    array[:] = 1.0
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(path), plugin="napari-patchwork")
+    assert layer.ndim == 3 and not layer.rgb and layer.data.shape == (64, 48, 3)

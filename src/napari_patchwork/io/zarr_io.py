@@ -127,6 +127,7 @@ def layer_data_from_zarr(path: str | os.PathLike[str]) -> list[LayerData]:
     meta: dict[str, Any] = {
         "name": Path(str(path).rstrip("/\\")).name.removesuffix(".zarr").removesuffix(".ome"),
         "metadata": {"path": str(path)},
+        "rgb": False,  # volumes: a last axis of 3 or 4 voxels is slices, not colours
         **_placement(attributes, 3),
     }
     if len(levels) > 1:

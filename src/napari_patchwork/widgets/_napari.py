@@ -147,6 +147,8 @@ def show_layer(  # noqa: PLR0913
             return layer
         viewer.layers.remove(layer)
     add = getattr(viewer, f"add_{kind}")
+    if kind == "image":  # a volume of 3 or 4 slices on its last axis is not colours
+        kwargs.setdefault("rgb", False)
     metadata = {**kwargs.pop("metadata", {}), OVERLAY: overlay}
     return add(data, name=name, metadata=metadata, **placement, **kwargs)
 
