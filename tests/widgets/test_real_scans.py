@@ -488,16 +488,43 @@ def test_docks_never_scroll_sideways(viewer_with_scan, qtbot, name):
     }[name]
     widget = kind(viewer)
     dock = viewer.window.add_dock_widget(widget, area="right")
-    qtbot.wait(100)
     area = widget.native
+    qtbot.waitUntil(  # Qt lays the dock out over a few event-loop turns
+        lambda: area.viewport().width() >= area.widget().minimumSizeHint().width(), timeout=3000
+    )
     assert area.horizontalScrollBar().maximum() == 0
-    assert area.viewport().width() >= area.widget().minimumSizeHint().width()
     width = dock.width()
     status = next(w for w in widget if w.label in ("status", "grid"))
     status.value = "a long message a user could see after a failed run " * 4
     qtbot.wait(100)
     assert area.horizontalScrollBar().maximum() == 0
     assert dock.width() <= width + 2  # wrapped, not widened
+
+
+@pytest.mark.parametrize("name", ["grid", "sampler", "inference", "training"])
+def test_a_long_layer_name_does_not_widen_the_window(viewer_with_scan, qtbot, name):
+    """Layer pickers ask for 16 characters, not their longest name: a 198-character name
+    made the dock, and the window napari saves, 2193 pixels wide."""
+    from napari_patchwork.widgets.training import TrainingWidget
+
+    viewer = viewer_with_scan
+    viewer.layers[0].name = "scan" + "_with_a_very_long_name" * 9
+    window = viewer.window._qt_window
+    window.show()
+    window.resize(1200, 900)
+    qtbot.wait(50)
+    kind = {
+        "grid": PatchGridWidget,
+        "sampler": SamplerExplorerWidget,
+        "inference": TiledInferenceWidget,
+        "training": TrainingWidget,
+    }[name]
+    widget = kind(viewer)
+    dock = viewer.window.add_dock_widget(widget, area="right")
+    qtbot.wait(100)
+    assert window.width() <= 1202
+    assert widget.native.minimumWidth() <= 420 and dock.width() < 700
+    assert widget.native.widget().minimumSizeHint().width() <= 420
 
 
 def test_closing_the_dock_disconnects_every_callback(viewer_with_scan, qtbot):

@@ -14,14 +14,20 @@ from typing import Any
 
 from magicgui.widgets import Container
 from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QComboBox
 
 MIN_HEIGHT = 150  # pixels: a dock's least height (its content scrolls within it)
+MAX_MIN_WIDTH = 420  # pixels: the most a dock's content may ask for (wider content scrolls)
+COMBO_CHARACTERS = 16  # a layer picker's least width, in characters: longer names are cut
 
 
 class _FitWidth(QObject):
     """Keeps a scroll area at least as wide as its content's least width (plus the vertical
-    bar), re-read whenever the content's layout changes: the content then never scrolls
-    sideways (the Sampler explorer's and Tiled inference's did by 2–21 pixels)."""
+    bar, at most :data:`MAX_MIN_WIDTH`), re-read whenever the content's layout changes: the
+    content then does not scroll sideways (the Sampler explorer's and Tiled inference's did
+    by 2–21 pixels). Layer pickers ask for :data:`COMBO_CHARACTERS`, not their longest item:
+    a 198-character layer name would otherwise widen the dock, and the window napari saves,
+    by 1300 pixels."""
 
     def __init__(self, area: Any) -> None:
         super().__init__(area)
@@ -31,8 +37,18 @@ class _FitWidth(QObject):
 
     def fit(self) -> None:
         area = self.area
+        for combo in area.widget().findChildren(QComboBox):
+            if combo.minimumContentsLength() != COMBO_CHARACTERS:
+                combo.setSizeAdjustPolicy(
+                    QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+                )
+                combo.setMinimumContentsLength(COMBO_CHARACTERS)
+                # Qt keeps the minimum size hint computed from the items before (measured):
+                # an explicit minimum, from the new size hint, replaces it in layouts
+                combo.setMinimumWidth(combo.sizeHint().width())
         bar = area.verticalScrollBar().sizeHint().width()
         least = area.widget().minimumSizeHint().width() + bar + 2 * area.frameWidth()
+        least = min(least, MAX_MIN_WIDTH)
         if area.minimumWidth() != least:
             area.setMinimumWidth(least)
 
