@@ -110,3 +110,14 @@ def test_a_zarr_volume_of_3_slices_opens_as_a_volume(make_napari_viewer, tmp_pat
     viewer = make_napari_viewer()
     [layer] = viewer.open(str(path), plugin="napari-patchwork")
     assert layer.ndim == 3 and not layer.rgb and layer.data.shape == (64, 48, 3)
+
+
+def test_docks_opened_before_the_scan_follow_it(make_napari_viewer, epi_path):
+    """The usual order: open the plugin's docks, then File > Open."""
+    viewer = make_napari_viewer()
+    grid, sampler = PatchGridWidget(viewer), SamplerExplorerWidget(viewer)
+    for data, meta, kind in read_layers(str(epi_path)):
+        getattr(viewer, f"add_{kind}")(data, **meta)
+    assert grid.patch_size.value == "64, 64, 24" and "⚠" not in grid.info.value
+    assert sampler.patch_size.value == "32, 32, 24"
+    assert len(sampler.sample()) == sampler.num_patches.value

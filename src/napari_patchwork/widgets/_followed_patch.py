@@ -49,6 +49,10 @@ class FollowedPatch:
     >>> followed.follow((64, 64, 64), (100, 100, 100))
     >>> patch.value, overlap.value
     ('48', '16')
+    >>> patch.value = "64"  # typed, the very text a default would show: still the user's
+    >>> followed.follow((64, 64, 64), (128, 96, 24))
+    >>> patch.value, overlap.value
+    ('64', '16, 16, 6')
     """
 
     def __init__(self, patch: Any, overlap: Any = None, following: bool = True) -> None:
@@ -70,7 +74,11 @@ class FollowedPatch:
         fitted = tuple(size) if shape is None else fit_patch(size, shape)
         values = (written_size(fitted), written_size(quarter_overlap(fitted)))
         was = self.values or ("",) * len(self.fields)
+        kept = []
         for field, value, old in zip(self.fields, values, was):
-            if not (keep_typed and str(field.value) != old):  # typed by the user: kept
+            if keep_typed and str(field.value) != old:  # typed by the user: kept, and
+                kept.append(old)  # remembered as typed even if a later default equals it
+            else:
                 field.value = value
-        self.values = values[: len(self.fields)]
+                kept.append(value)
+        self.values = tuple(kept)

@@ -182,7 +182,14 @@ class SamplerExplorerWidget(DockContainer):
         self._notes: list[str] = []  # this run's warnings (e.g. labels absent), for the status
         self._add_plot()
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
-        watch_layers(self.lifecycle, napari_viewer, self.image, self.probability, self.labels_layer)
+        watch_layers(
+            self.lifecycle,
+            napari_viewer,
+            self.image,
+            self.probability,
+            self.labels_layer,
+            on_first=self._follow_image,  # the dock opened first, then the scan
+        )
         self.image.changed.connect(self._follow_image)  # before the settings re-check
         self._follow_image()
         for control in self.controls:
