@@ -94,6 +94,33 @@ def test_the_slice_on_screen_is_the_slice_napari_shows(viewer_with_scan, axis):
         assert slice_position(viewer, image) == (axis, int(round(shown))), (step, shown)
 
 
+def test_patch_grid_never_moves_the_slider_on_an_oblique_scan(viewer_with_scan, qtbot):
+    """Turned so that the slider starts outside the oblique volume, the grid drew lines
+    there, which widened the slider's range and moved the slice further out; stepping the
+    slider then stuck and napari raised RecursionError (a user test, nibabel's EPI)."""
+    viewer = viewer_with_scan
+    image = viewer.layers[0]
+    widget = PatchGridWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    viewer.dims.roll()
+    viewer.dims.roll()
+    axis = viewer.dims.order[0]
+    ranges = [tuple(r) for r in viewer.dims.range]
+    viewer.dims.set_current_step(axis, 0)
+    qtbot.wait(20)
+    outside = 0
+    for step in range(1, viewer.dims.nsteps[axis]):
+        viewer.dims.set_current_step(axis, step)
+        assert viewer.dims.current_step[axis] == step
+        data_axis, index = slice_position(viewer, image)
+        lines = viewer.layers["patch grid"].data
+        inside = 0 <= index < image.data.shape[data_axis]
+        outside += not inside
+        assert bool(len(lines)) == inside, (step, index)
+    assert [tuple(r) for r in viewer.dims.range] == ranges
+    assert outside > 0  # the slider did pass outside the volume
+
+
 @pytest.mark.parametrize("ndisplay", [2, 3])
 def test_patch_grid_layers_are_placed_like_the_scan(viewer_with_scan, ndisplay):
     viewer = viewer_with_scan

@@ -349,16 +349,24 @@ def parse_label_probabilities(text: str) -> dict[int, float] | None:
 def redraw_on_slice_change(lifecycle: Lifecycle, viewer: Any, draw: Any) -> None:
     """Call ``draw(create=False)`` when the slice or the 2D/3D display changes (never re-entrant).
 
-    Redraws change existing layers only, so the events they fire cannot add layers back.
+    Redraws change existing layers only, so the events they fire cannot add layers back. A
+    slice change fired by the draw itself (new lines can widen the slider's range, which
+    moves the slice on an oblique scan) is drawn once more after it, at most twice, so
+    what is drawn is the slice on screen.
     """
-    busy = [False]
+    busy, again = [False], [False]
 
     def redraw(*_: Any) -> None:
         if busy[0]:
+            again[0] = True
             return
         busy[0] = True
         try:
-            draw(create=False)
+            for _attempt in range(3):
+                again[0] = False
+                draw(create=False)
+                if not again[0]:
+                    break
         finally:
             busy[0] = False
 

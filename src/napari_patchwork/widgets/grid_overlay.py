@@ -243,7 +243,11 @@ class PatchGridWidget(DockContainer):
             return
         assert self.plan is not None
         axis, position = slice_position(self.viewer, self.image.value)
-        if self.grid_lines.value == TILING:
+        if axis is not None and not 0 <= position < self.plan.spatial_shape[axis]:
+            # a slice outside the volume: nothing (lines there widened the slider's range,
+            # which moved the slice further out: a loop napari ended with a RecursionError)
+            grid = np.zeros((0, 2, 3))
+        elif self.grid_lines.value == TILING:
             borders = [
                 np.array([lo for lo, hi in tiles if hi > lo] + [size], float) - 0.5
                 for tiles, size in zip(self._tiles, self.plan.spatial_shape)
