@@ -27,7 +27,8 @@ fields, gamma, intensity scale and shift, noise: ``AugmentationConfig()``), ``no
 gamma, scale or shift: :data:`~napari_patchwork.core.training.augmentation.NO_CONTRAST`),
 ``flips-noise``, ``none``.
 ``--schedule`` does the same for learning-rate schedules (``cosine``, training's default,
-and ``constant``); ``--seed`` sets the networks' seed (the scribbles stay the same).
+and ``constant``); ``--seed`` sets the training seed (initialisation, patch draws and
+augmentation; the scribbles stay the same).
 ``--iterations`` replaces the time budget by a step count, to compare settings on a busy
 machine.
 """
@@ -404,7 +405,12 @@ def main() -> None:
         default=[TrainingConfig().schedule],
         help="learning-rate schedules to train with, one network each (default: training's)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="the networks' TrainingConfig seed")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="TrainingConfig seed (initialisation, patches, augmentation; not the scribbles)",
+    )
     parser.add_argument("--size", type=int, default=96, help="edge of the synthetic volume")
     parser.add_argument("--patch-size", type=int, default=32)
     parser.add_argument("--slices", type=int, default=5, help="annotated slices per class")
