@@ -121,3 +121,21 @@ def test_docks_opened_before_the_scan_follow_it(make_napari_viewer, epi_path):
     assert grid.patch_size.value == "64, 64, 24" and "⚠" not in grid.info.value
     assert sampler.patch_size.value == "32, 32, 24"
     assert len(sampler.sample()) == sampler.num_patches.value
+
+
+def test_overlays_stay_above_a_newly_chosen_image(viewer_with_epi):
+    """A second scan opened and chosen: the grid and the sampled boxes drawn again on it
+    were reused below it, hidden (user test)."""
+    from napari_patchwork.widgets._sampler_drawing import CENTRES, PATCHES
+
+    viewer = viewer_with_epi
+    grid, sampler = PatchGridWidget(viewer), SamplerExplorerWidget(viewer)
+    sampler.num_patches.value = 10
+    sampler.sample()
+    other = viewer.add_image(np.zeros((64, 64, 32), np.float32), name="second scan")
+    grid.image.value = other
+    sampler.image.value = other
+    sampler.sample()
+    names = [layer.name for layer in viewer.layers]
+    for overlay in ("patch grid", "patch overlap", PATCHES, CENTRES):
+        assert names.index(overlay) > names.index("second scan"), (overlay, names)

@@ -15,7 +15,7 @@ import numpy as np
 from napari.layers import Shapes
 
 from ._grid_geometry import LINE_PIXELS, line_widths
-from ._napari import OVERLAY, data_to_world_matrix, placement_like
+from ._napari import OVERLAY, data_to_world_matrix, keep_above, placement_like
 
 GRID_LAYER, OVERLAP_LAYER, SELECTED_LAYER = "patch grid", "patch overlap", "selected patch"
 CURSOR_LAYER, SHARED_LAYER = "patch under cursor", "zones shared with neighbours"
@@ -81,6 +81,7 @@ def show_lines(viewer: Any, like: Any, name: str, lines: np.ndarray, create: boo
             layer.refresh()  # napari redraws edges on new widths only when asked
         if create:
             place(layer, placement)
+            keep_above(viewer.layers, layer, like)
         return
     if name in viewer.layers:
         viewer.layers.remove(name)

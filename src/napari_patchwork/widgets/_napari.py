@@ -144,6 +144,7 @@ def show_layer(  # noqa: PLR0913
             layer.data = data
             if create:
                 _update_properties(layer, {**placement, **kwargs})
+                keep_above(viewer.layers, layer, like)
             return layer
         viewer.layers.remove(layer)
     add = getattr(viewer, f"add_{kind}")
@@ -151,6 +152,19 @@ def show_layer(  # noqa: PLR0913
         kwargs.setdefault("rgb", False)
     metadata = {**kwargs.pop("metadata", {}), OVERLAY: overlay}
     return add(data, name=name, metadata=metadata, **placement, **kwargs)
+
+
+def keep_above(layers: Any, layer: Any, like: Any) -> None:
+    """Move a reused ``layer`` just above ``like`` if it lies below it (a grid drawn before
+    on another image, which the user then opened or chose, was hidden under it)."""
+    if like is None:
+        return
+    try:
+        index, below = layers.index(layer), layers.index(like)
+    except ValueError:  # ``like`` is not (or no longer) in this viewer
+        return
+    if index < below:
+        layers.move(index, below + 1)
 
 
 def _update_properties(layer: Any, properties: dict[str, Any]) -> None:
