@@ -139,3 +139,18 @@ def test_overlays_stay_above_a_newly_chosen_image(viewer_with_epi):
     names = [layer.name for layer in viewer.layers]
     for overlay in ("patch grid", "patch overlap", PATCHES, CENTRES):
         assert names.index(overlay) > names.index("second scan"), (overlay, names)
+
+
+def test_tiled_inference_with_the_demo_runs_on_a_thin_scan_without_typing(viewer_with_epi, qtbot):
+    from napari_patchwork.widgets import TiledInferenceWidget
+
+    widget = TiledInferenceWidget(viewer_with_epi)
+    assert (widget.patch_size.value, widget.patch_overlap.value) == ("64, 64, 24", "16, 16, 6")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    prediction = viewer_with_epi.layers["epi prediction"]
+    assert prediction.data.shape == (128, 96, 24) and "larger than" not in widget.status.value
+    widget.patch_size.value = "32"  # typed: kept while the image changes, but choosing
+    widget.source.value = "file"  # a model again sets its own patch (as a trained
+    widget.source.value = "demo"  # model's does)
+    assert widget.patch_size.value == "64, 64, 24"

@@ -65,6 +65,7 @@ from ._region_layers import box_for_view, data_box, keep_in_place, region_of, si
 from ._workers import start_worker
 
 MODEL_SOURCES = ("demo", "file", "module:factory")
+DEMO_PATCH = (64, 64, 64)  # the patch the demo runs with until typed, fitted to the image
 OUTPUTS = ("labels", "probabilities", "both")
 REFRESH_INTERVAL = 0.1  # least seconds between layer refreshes while running
 WIDGET_WORDS = {  # the core's argument names, as this widget labels them
@@ -278,9 +279,10 @@ class TiledInferenceWidget(DockContainer):
         )
         self.patch_size = LineEdit(
             label="patch size (voxels)",
-            value="64",
+            value=written_size(DEMO_PATCH),
             tooltip="Patch size in voxels: one number (64) or one per axis in the layer's axis "
-            "order (64, 64, 32).",
+            "order (64, 64, 32). Until you type one it follows the image and the model (the "
+            "demo's 64, a trained model's own), an axis thinner than it getting its own size.",
         )
         self.patch_overlap = LineEdit(
             label="overlap (voxels)",
@@ -383,7 +385,7 @@ class TiledInferenceWidget(DockContainer):
         )
         self.lifecycle = Lifecycle(self, on_close=self._abandon)
         # the patch and overlap a chosen model records, fitted to the image, until typed
-        self.followed_patch = FollowedPatch(self.patch_size, self.patch_overlap, following=False)
+        self.followed_patch = FollowedPatch(self.patch_size, self.patch_overlap)
         watch_layers(
             self.lifecycle, napari_viewer, self.image, self.roi, on_first=self._follow_image
         )
@@ -393,6 +395,7 @@ class TiledInferenceWidget(DockContainer):
         self.source.changed.connect(self._show_source_fields)
         self.model_file.changed.connect(self._follow_model_patch)
         self.image.changed.connect(self._follow_image)
+        self._follow_image()  # a scan already open: the demo's patch fitted to it
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.worker: Any = None
@@ -423,20 +426,24 @@ class TiledInferenceWidget(DockContainer):
         self._follow_model_patch()
 
     def _follow_model_patch(self, *_: Any, keep_typed: bool = False) -> None:
-        """Choosing a model that records its training patch ("Train from annotations") sets
-        the patch size to it, fitted to the image (:func:`fit_patch`: an axis thinner than the
-        patch gets its own even size, as training padded it), and the overlap to a quarter of
-        it (the user may then change them): the demo's 64 does not fit a scan with an axis
-        under 64. With ``keep_typed`` (another image), a field the user typed stays."""
+        """Choosing a model that records its training patch ("Train from annotations"), or
+        the demo (64), sets the patch size to it, fitted to the image (:func:`fit_patch`: an
+        axis thinner than the patch gets its own even size, as training padded it), and the
+        overlap to a quarter of it (the user may then change them): 64 does not fit a scan
+        with an axis under 64. With ``keep_typed`` (another image), a field the user typed
+        stays. A file or factory model without a recorded patch leaves the fields alone."""
         try:
             shape = None if self.image.value is None else shape_of(self.image.value)
         except ValueError:  # not 3D: refused at Run
             shape = None
         try:
-            recorded = model_patch_size(self._model_source())
+            source = self._model_source()
+            recorded = model_patch_size(source)
         except (ValueError, KeyError, OSError):  # no file chosen yet, or not a model
             return
-        if recorded is None:
+        if recorded is None and source == DEMO:  # the demo takes any size: its 64, fitted
+            recorded = DEMO_PATCH
+        if recorded is None:  # a user's model: its size constraints are unknown
             return
         self.followed_patch.follow(recorded, shape, keep_typed=keep_typed)
 
