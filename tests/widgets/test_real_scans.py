@@ -497,13 +497,10 @@ def test_stacked_docks_scroll_and_never_grow_the_window(viewer_with_scan, qtbot)
         assert first.mapTo(area.widget(), first.rect().topLeft()).y() < 40  # controls on top
 
 
-@pytest.mark.parametrize("name", ["grid", "sampler", "inference", "training"])
-def test_docks_never_scroll_sideways(viewer_with_scan, qtbot, name):
-    """Each dock is at least as wide as its controls, also after a long status (the Sampler
-    explorer's and Tiled inference's content scrolled sideways by 2–21 pixels)."""
+def docked(viewer, name):
+    """The widget called ``name``, docked on the right of a shown 1200 × 900 window."""
     from napari_patchwork.widgets.training import TrainingWidget
 
-    viewer = viewer_with_scan
     window = viewer.window._qt_window
     window.show()
     window.resize(1200, 900)
@@ -514,7 +511,15 @@ def test_docks_never_scroll_sideways(viewer_with_scan, qtbot, name):
         "training": TrainingWidget,
     }[name]
     widget = kind(viewer)
-    dock = viewer.window.add_dock_widget(widget, area="right")
+    return widget, viewer.window.add_dock_widget(widget, area="right")
+
+
+@pytest.mark.parametrize("name", ["grid", "sampler", "inference", "training"])
+def test_docks_never_scroll_sideways(viewer_with_scan, qtbot, name):
+    """Each dock is at least as wide as its controls, also after a long status (the Sampler
+    explorer's and Tiled inference's content scrolled sideways by 2–21 pixels)."""
+    viewer = viewer_with_scan
+    widget, dock = docked(viewer, name)
     area = widget.native
     qtbot.waitUntil(  # Qt lays the dock out over a few event-loop turns
         lambda: area.viewport().width() >= area.widget().minimumSizeHint().width(), timeout=3000
@@ -532,22 +537,10 @@ def test_docks_never_scroll_sideways(viewer_with_scan, qtbot, name):
 def test_a_long_layer_name_does_not_widen_the_window(viewer_with_scan, qtbot, name):
     """Layer pickers ask for 16 characters, not their longest name: a 198-character name
     made the dock, and the window napari saves, 2193 pixels wide."""
-    from napari_patchwork.widgets.training import TrainingWidget
-
     viewer = viewer_with_scan
     viewer.layers[0].name = "scan" + "_with_a_very_long_name" * 9
     window = viewer.window._qt_window
-    window.show()
-    window.resize(1200, 900)
-    qtbot.wait(50)
-    kind = {
-        "grid": PatchGridWidget,
-        "sampler": SamplerExplorerWidget,
-        "inference": TiledInferenceWidget,
-        "training": TrainingWidget,
-    }[name]
-    widget = kind(viewer)
-    dock = viewer.window.add_dock_widget(widget, area="right")
+    widget, dock = docked(viewer, name)
     qtbot.wait(100)
     assert window.width() <= 1202
     assert widget.native.minimumWidth() <= 420 and dock.width() < 700
