@@ -14,7 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_patchwork.core.training import NETWORKS, Trainer, TrainingConfig, TrainingStep
+from napari_patchwork.core.training import (
+    NETWORKS,
+    Trainer,
+    TrainingConfig,
+    TrainingStep,
+    loss_text,
+)
 from napari_patchwork.core.wording import reworded
 
 EXIT_INTERRUPTED = 130
@@ -181,7 +187,7 @@ class _Progress:
         position = min(step.elapsed, self.bar.total) if self.by_time else step.iteration
         self.bar.update(position - self.bar.n)
         self.bar.set_postfix(
-            loss=f"{step.loss:.3f}",
+            loss=loss_text(step.loss),
             patches_s=f"{step.patches_per_second:.1f}",
             wait=f"{100 * step.wait_fraction:.0f}%",
             refresh=False,
@@ -219,7 +225,7 @@ def run_train(args: argparse.Namespace) -> int:
     recent = trainer.losses[-10:]
     print(
         f"wrote {path}: classes {trainer.class_values}, {trainer.iteration} iterations in"
-        f" {trainer.seconds:.0f} s, loss {sum(recent) / len(recent):.3f}"
+        f" {trainer.seconds:.0f} s, loss {loss_text(sum(recent) / len(recent))}"
         + (" (interrupted)" if interrupted else ""),
         file=sys.stderr,
     )

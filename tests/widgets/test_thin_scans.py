@@ -116,10 +116,12 @@ def test_docks_opened_before_the_scan_follow_it(make_napari_viewer, epi_path):
     """The usual order: open the plugin's docks, then File > Open."""
     viewer = make_napari_viewer()
     grid, sampler = PatchGridWidget(viewer), SamplerExplorerWidget(viewer)
+    assert "⚠" in sampler.info.value  # asks for an image at once
     for data, meta, kind in read_layers(str(epi_path)):
         getattr(viewer, f"add_{kind}")(data, **meta)
     assert grid.patch_size.value == "64, 64, 24" and "⚠" not in grid.info.value
     assert sampler.patch_size.value == "32, 32, 24"
+    assert sampler.info.value == "ready: click Sample"
     assert len(sampler.sample()) == sampler.num_patches.value
 
 

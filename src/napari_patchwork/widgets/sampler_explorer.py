@@ -188,7 +188,7 @@ class SamplerExplorerWidget(DockContainer):
             self.image,
             self.probability,
             self.labels_layer,
-            on_first=self._follow_image,  # the dock opened first, then the scan
+            on_first=self._on_first_image,  # the dock opened first, then the scan
         )
         self.image.changed.connect(self._follow_image)  # before the settings re-check
         self._follow_image()
@@ -199,6 +199,7 @@ class SamplerExplorerWidget(DockContainer):
         self.cancel_button.changed.connect(self.cancel)
         redraw_on_slice_change(self.lifecycle, napari_viewer, self._draw_boxes)
         self.lifecycle.connect(napari_viewer.events.theme, self._replot)
+        self._settings_changed()  # the status says at once what Sample would do
 
     def _add_plot(self) -> None:
         made = composition_canvas()
@@ -209,6 +210,10 @@ class SamplerExplorerWidget(DockContainer):
         self._plot(None)
 
     # ------------------------------------------------------------------ settings
+    def _on_first_image(self) -> None:
+        self._follow_image()
+        self._settings_changed()  # the status no longer asks for an image
+
     def _follow_image(self, *_: Any) -> None:
         """A patch size the user has not typed shows the default fitted to the image."""
         try:

@@ -24,7 +24,13 @@ from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-from napari_patchwork.core.training import NETWORKS, Prediction, TrainingConfig, TrainingStep
+from napari_patchwork.core.training import (
+    NETWORKS,
+    Prediction,
+    TrainingConfig,
+    TrainingStep,
+    loss_text,
+)
 from napari_patchwork.core.training.process import (
     LocalTrainer,
     TrainerProcess,
@@ -402,12 +408,12 @@ class TrainingWidget(DockContainer):
         losses = trainer.losses
         recent = float(np.mean(losses[-10:]))
         status = (
-            f"iteration {update.iteration} · loss {recent:.3f} · {update.elapsed:.0f} s ·"
+            f"iteration {update.iteration} · loss {loss_text(recent)} · {update.elapsed:.0f} s ·"
             f" {update.patches_per_second:.1f} patches/s"
         )
         if self._agreement is not None:
             status += f" · painted voxels in view reproduced: {self._agreement:.0%}"
-        self.curve.value = f"{sparkline(losses)}  {recent:.3f}"
+        self.curve.value = f"{sparkline(losses)}  {loss_text(recent)}"
         if not self._stop_requested:  # "stopping…" stays until the run has ended
             self.status.value = status
         self.refresh_seconds.append(time.perf_counter() - start)

@@ -22,6 +22,7 @@ from napari_patchwork.core.training.trainer import (
     TrainingStep,
     import_optimiser_modules,
     iter_train,
+    loss_text,
     train,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "annotation_loss",
     "import_optimiser_modules",
     "iter_train",
+    "loss_text",
     "start_trainer",
     "scribbles_from_labels",
     "simulate_scanner",
