@@ -141,6 +141,7 @@ def test_overlays_stay_above_a_newly_chosen_image(viewer_with_epi):
     names = [layer.name for layer in viewer.layers]
     for overlay in ("patch grid", "patch overlap", PATCHES, CENTRES):
         assert names.index(overlay) > names.index("second scan"), (overlay, names)
+    assert names.index("patch grid") > names.index("patch overlap")  # lines above the tint
 
 
 def test_tiled_inference_with_the_demo_runs_on_a_thin_scan_without_typing(viewer_with_epi, qtbot):

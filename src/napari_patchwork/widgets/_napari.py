@@ -155,8 +155,10 @@ def show_layer(  # noqa: PLR0913
 
 
 def keep_above(layers: Any, layer: Any, like: Any) -> None:
-    """Move a reused ``layer`` just above ``like`` if it lies below it (a grid drawn before
-    on another image, which the user then opened or chose, was hidden under it)."""
+    """Move a reused ``layer`` to the top if it lies below ``like`` (a grid drawn before on
+    another image, which the user then opened or chose, was hidden under it). To the top,
+    not just above ``like``: a widget's layers, reused in the order it made them, then stack
+    as they did when made (the grid lines above their tint)."""
     if like is None:
         return
     try:
@@ -164,7 +166,7 @@ def keep_above(layers: Any, layer: Any, like: Any) -> None:
     except ValueError:  # ``like`` is not (or no longer) in this viewer
         return
     if index < below:
-        layers.move(index, below + 1)
+        layers.move(index, len(layers))
 
 
 def _update_properties(layer: Any, properties: dict[str, Any]) -> None:
