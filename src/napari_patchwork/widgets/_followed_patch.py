@@ -32,10 +32,8 @@ class FollowedPatch:
     Parameters
     ----------
     patch, overlap : magicgui value widget
-        The fields (``overlap`` may be None: a sampler has no overlap).
-    following : bool
-        Whether the fields' current values are the widget's own (a default), to be replaced
-        by :meth:`follow`; False until something is to be followed (e.g. a model chosen).
+        The fields (``overlap`` may be None: a sampler has no overlap); their values when
+        made are the widget's defaults, replaced by :meth:`follow`.
 
     Examples
     --------
@@ -55,16 +53,10 @@ class FollowedPatch:
     ('64', '16, 16, 6')
     """
 
-    def __init__(self, patch: Any, overlap: Any = None, following: bool = True) -> None:
+    def __init__(self, patch: Any, overlap: Any = None) -> None:
         self.fields = [patch] if overlap is None else [patch, overlap]
-        self.values: tuple[str, ...] | None = (
-            tuple(str(field.value) for field in self.fields) if following else None
-        )
-
-    @property
-    def following(self) -> bool:
-        """Whether the widget has set (or owns) the fields' values."""
-        return self.values is not None
+        #: what the widget last showed in each field (a field showing else was typed)
+        self.values = tuple(str(field.value) for field in self.fields)
 
     def follow(
         self, size: Sequence[int], shape: Sequence[int] | None, keep_typed: bool = True
@@ -73,9 +65,8 @@ class FollowedPatch:
         overlap; a field the user typed stays unless ``keep_typed`` is False."""
         fitted = tuple(size) if shape is None else fit_patch(size, shape)
         values = (written_size(fitted), written_size(quarter_overlap(fitted)))
-        was = self.values or ("",) * len(self.fields)
         kept = []
-        for field, value, old in zip(self.fields, values, was):
+        for field, value, old in zip(self.fields, values, self.values):
             if keep_typed and str(field.value) != old:  # typed by the user: kept, and
                 kept.append(old)  # remembered as typed even if a later default equals it
             else:

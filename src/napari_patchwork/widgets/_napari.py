@@ -502,6 +502,15 @@ def shape_of(layer: Any) -> tuple[int, int, int]:
     return (shape[0], shape[1], shape[2])
 
 
+def shape_or_none(layer: Any) -> tuple[int, int, int] | None:
+    """:func:`shape_of` the chosen layer, None when none is chosen or it is not 3D (the
+    widget's settings check says why)."""
+    try:
+        return None if layer is None else shape_of(layer)
+    except ValueError:
+        return None
+
+
 def lazy_data_of(layer: Any) -> Any:
     """The layer's finest-level array as it is (numpy, zarr, dask…), without reading it."""
     data = layer.data[0] if layer.multiscale else layer.data

@@ -56,7 +56,7 @@ from ._napari import (
     layer_choices,
     message_label,
     redraw_on_slice_change,
-    shape_of,
+    shape_or_none,
     show_layer,
     slice_position,
     starting_on_the_slice_axis,
@@ -212,10 +212,7 @@ class PatchGridWidget(DockContainer):
     def _follow_image(self) -> None:
         """An image of another shape: a patch size and overlap the user has not typed show
         the default fitted to it (64 on a 24-slice scan: 64, 64, 24 and 16, 16, 6)."""
-        try:
-            shape = None if self.image.value is None else shape_of(self.image.value)
-        except ValueError:  # not 3D: the plan says so
-            return
+        shape = shape_or_none(self.image.value)  # not 3D: the plan says so
         if shape is None or shape == self._followed_shape:
             return
         self._followed_shape = shape

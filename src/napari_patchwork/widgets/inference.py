@@ -55,6 +55,7 @@ from ._napari import (
     parse_size,
     redraw_values,
     shape_of,
+    shape_or_none,
     show_layer,
     slice_position,
     sliced_index,
@@ -432,10 +433,7 @@ class TiledInferenceWidget(DockContainer):
         overlap to a quarter of it (the user may then change them): 64 does not fit a scan
         with an axis under 64. With ``keep_typed`` (another image), a field the user typed
         stays. A file or factory model without a recorded patch leaves the fields alone."""
-        try:
-            shape = None if self.image.value is None else shape_of(self.image.value)
-        except ValueError:  # not 3D: refused at Run
-            shape = None
+        shape = shape_or_none(self.image.value)  # not 3D: refused at Run
         try:
             source = self._model_source()
             recorded = model_patch_size(source)
@@ -450,8 +448,7 @@ class TiledInferenceWidget(DockContainer):
     def _follow_image(self, *_: Any) -> None:
         """Another image: a patch or overlap that followed the model is fitted to it; what
         the user typed stays."""
-        if self.followed_patch.following:
-            self._follow_model_patch(keep_typed=True)
+        self._follow_model_patch(keep_typed=True)
 
     def _source_choices(self, *_: Any) -> list[str]:
         """demo, file, module:factory, then the models saved by "Train from annotations"."""

@@ -29,7 +29,7 @@ from ._napari import (
     layer_choices,
     message_label,
     redraw_on_slice_change,
-    shape_of,
+    shape_or_none,
     watch_layers,
 )
 from ._sampler_drawing import (
@@ -216,10 +216,7 @@ class SamplerExplorerWidget(DockContainer):
 
     def _follow_image(self, *_: Any) -> None:
         """A patch size the user has not typed shows the default fitted to the image."""
-        try:
-            shape = None if self.image.value is None else shape_of(self.image.value)
-        except ValueError:  # not 3D: the settings say so
-            return
+        shape = shape_or_none(self.image.value)  # not 3D: the settings say so
         if shape is not None:
             self.followed_patch.follow(DEFAULT_PATCH, shape)
 
