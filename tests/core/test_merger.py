@@ -16,6 +16,18 @@ MODES = ["crop", "average", "hann", "gaussian"]
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(autouse=True)
+def nan_filled_buffers(monkeypatch):
+    """Buffers start as NaN, not as the zeros a fresh heap block often happens to hold: a row
+    read before the merger zeroes it shows in every result."""
+    allocate = merger_module.heap_empty
+
+    def nan_filled(shape):
+        return allocate(shape).fill_(float("nan"))
+
+    monkeypatch.setattr(merger_module, "heap_empty", nan_filled)
+
+
 def placed(plan, rank, factor, shape):
     """Output-space (target, source) slices of a patch, cropped to the output volume."""
     target, source = [], []
@@ -202,3 +214,21 @@ def test_axis_plans_are_reused_within_a_byte_budget(monkeypatch):
     assert all(axis is not plan for axis, _ in merging._axis_cache.values())
     result = GridMerger(huge, "average", 1, (16, 8, 8), torch.device("cpu"))
     assert result.axes[0] is not plan and torch.equal(result.axes[0].prefix, plan.prefix)
+
+
+def test_a_crop_preview_shows_zeros_where_no_patch_has_reached():
+    plan = GridPlan((12, 4, 4), (4, 4, 4), (2, 0, 0))
+    outputs = torch.rand(len(plan), 1, 4, 4, 4)
+    merger = merged(plan, "crop", outputs[:2])
+    preview = merger.normalized(2, (slice(None),) * 3)
+    assert preview[:, 6:].eq(0).all()  # rows the first two patches never reach: 0, not NaN
+    assert preview.isfinite().all()
+
+
+def test_finalize_again_returns_the_same_result():
+    """Rows are normalised once, whatever calls finalize() (the engine's result() twice)."""
+    plan = GridPlan((10, 8, 8), (4, 4, 4), (2, 2, 2))
+    outputs = torch.rand(len(plan), 1, 4, 4, 4)
+    merger = merged(plan, "gaussian", outputs)
+    first = merger.finalize().clone()
+    torch.testing.assert_close(merger.finalize(), first)

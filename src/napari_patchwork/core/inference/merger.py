@@ -5,6 +5,11 @@ separable, the sum of the windows of the patches done so far is a sum of three s
 (full planes, full rows of the current plane, patches of the current row). The merger
 therefore keeps no weight volume and spends no pass per patch on weights: it evaluates the
 exact weight of any region from 1D vectors, for previews and for the final division.
+
+The rank order also says when rows of the buffer are first and last touched: rows are zeroed
+just before the first grid row of patches that reaches them, and divided by their weights as
+soon as the next grid row starts past them. Both passes then work on rows still in the cache,
+and no pass over the whole buffer is left for the end.
 """
 
 from __future__ import annotations
@@ -109,19 +114,20 @@ def _planned_axis(key: _AxisKey) -> _Axis:
     return axis
 
 
-#: Bytes of the buffer :meth:`GridMerger.finalize` normalises at a time (a block stays in the
-#: cache while it is multiplied twice and summed; split between the threads, half of a 4 MiB
-#: block fits each core's 2 MiB L2 here). 4 MiB measured faster than 1 MiB at 128³, 192³ and
-#: 256³ (gaussian identity runs 5.87 → 5.70, 28.3 → 27.2, 64.7 → 63.0 ms, 50 round-robin
-#: runs each, 2026-12-07); whole-buffer passes are slower once the output leaves the cache
-#: (256³: 7.0 ms against 4.5 ms for the finalize alone).
+#: Bytes of the buffer normalised at a time (a block stays in the cache while it is
+#: multiplied twice and summed; split between the threads, half of a 4 MiB block fits each
+#: core's 2 MiB L2 here). 4 MiB measured faster than 1 MiB at 128³, 192³ and 256³ (gaussian
+#: identity runs 5.87 → 5.70, 28.3 → 27.2, 64.7 → 63.0 ms, 50 round-robin runs each,
+#: 2026-12-07); whole-buffer passes are slower once the output leaves the cache (256³: 7.0 ms
+#: against 4.5 ms for the finalize alone).
 FINALIZE_BLOCK_BYTES = 4 << 20
 
 
-def heap_zeros(shape: tuple[int, ...]) -> torch.Tensor:
-    """A float32 tensor of zeros from the C heap (numpy's ``calloc``), 64-byte aligned.
+def heap_empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised float32 tensor from the C heap (numpy's ``malloc``), 64-byte aligned.
 
-    The CPU output buffer of a run.
+    The CPU output buffer of a run (:class:`GridMerger` zeroes its rows just before their
+    first patch, while the patches' rows are in the cache).
 
     torch allocates large CPU tensors with ``posix_memalign``, which asks glibc for the size
     plus the alignment: the block a freed output leaves is then too small for the next
@@ -132,12 +138,12 @@ def heap_zeros(shape: tuple[int, ...]) -> torch.Tensor:
 
     Examples
     --------
-    >>> buffer = heap_zeros((1, 4, 4, 4))
-    >>> buffer.shape, buffer.dtype, float(buffer.sum()), buffer.data_ptr() % 64
-    (torch.Size([1, 4, 4, 4]), torch.float32, 0.0, 0)
+    >>> buffer = heap_empty((1, 4, 4, 4))
+    >>> buffer.shape, buffer.dtype, buffer.data_ptr() % 64
+    (torch.Size([1, 4, 4, 4]), torch.float32, 0)
     """
     count = math.prod(shape)
-    raw = np.zeros(count + 16, np.float32)  # room to start on a 64-byte boundary
+    raw = np.empty(count + 16, np.float32)  # room to start on a 64-byte boundary
     skip = (-raw.ctypes.data % 64) // 4
     return torch.from_numpy(raw[skip : skip + count].reshape(shape))
 
@@ -199,7 +205,12 @@ class GridMerger:
             )
         ]
         self.values = self._allocate(channels, device)
-        self._sums: torch.Tensor | None = None  # per-block sums taken by finalize()
+        self._row = -1  # the grid row (first axis) of the last patch added
+        self._zeroed_rows = 0  # buffer rows before this are zeroed (and hold sums or results)
+        self._final_rows = 0  # buffer rows before this are divided by their weights: final
+        self._block_sums: list[torch.Tensor] = []  # a sum per normalised block (the NaN check)
+        self._factors: tuple[torch.Tensor, torch.Tensor] | None = None  # 1/F_i, 1/F_j ⊗ 1/F_k
+        self._sums: torch.Tensor | None = None  # the block sums, stacked by finalize()
         self.window = (
             None
             if mode in ("crop", "average")
@@ -207,13 +218,15 @@ class GridMerger:
         )
 
     def _allocate(self, channels: int, device: torch.device) -> torch.Tensor:
+        """The uninitialised buffer (rows are zeroed as the grid reaches them)."""
         if device.type != "cpu":
-            return torch.zeros((channels, *self.shape), dtype=torch.float32, device=device)
-        return heap_zeros((channels, *self.shape))
+            return torch.empty((channels, *self.shape), dtype=torch.float32, device=device)
+        return heap_empty((channels, *self.shape))
 
     def to(self, device: torch.device) -> None:
         """Move the buffer (e.g. to the CPU after a GPU out-of-memory error)."""
         self.values = self.values.to(device)
+        self._factors = None
         if self.window is not None:
             self.window = self.window.to(device)
 
@@ -237,7 +250,18 @@ class GridMerger:
             self.next_rank = rank + 1
 
     def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
-        """The part of the buffer where the patch of this rank lands (output coordinates)."""
+        """The part of the buffer where the patch of this rank lands (output coordinates).
+
+        The first patch of a grid row first finishes the rows before the row's start (no
+        later patch reaches them) and zeroes the rows the grid row reaches for the first time.
+        """
+        row = self.plan.unravel(rank)[0]
+        if row != self._row:
+            self._row = row
+            axis = self.axes[0]
+            start = axis.starts[row]
+            self._normalise_rows(max(start, 0))
+            self._zero_rows(min(start + axis.size, axis.length))
         ti, tj, tk = target
         return box_view(
             self.values,
@@ -248,6 +272,39 @@ class GridMerger:
     def _inverse_axes(self) -> list[torch.Tensor]:
         """Per axis, ``1 / F`` where the complete 1D weight sum ``F`` is positive, else 0."""
         return [axis.inverse.to(self.values.device) for axis in self.axes]
+
+    def _zero_rows(self, stop: int) -> None:
+        """Zero the buffer rows ``[zeroed, stop)`` (just before the first patch reaches them)."""
+        if stop > self._zeroed_rows:
+            self.values[:, self._zeroed_rows : stop].zero_()
+            self._zeroed_rows = stop
+
+    def _normalise_rows(self, stop: int) -> None:
+        """Divide the finished rows ``[final, stop)`` by their weights, in place.
+
+        With every patch reaching them done, the weight of these rows is exactly
+        ``F_i ⊗ F_j ⊗ F_k``: each block of rows (about :data:`FINALIZE_BLOCK_BYTES`) is
+        multiplied by the ``(J, K)`` plane ``1/F_j ⊗ 1/F_k``, by its ``1/F_i`` and summed
+        while it is in the cache, no weight volume built.
+        """
+        start = self._final_rows
+        if stop <= start:
+            return
+        self._final_rows = stop
+        if self.mode == "crop":
+            return
+        if self._factors is None:
+            inverse_i, inverse_j, inverse_k = self._inverse_axes()
+            self._factors = (inverse_i, inverse_j[:, None] * inverse_k[None, :])
+        inverse_i, plane = self._factors
+        channels = self.values.shape[0]
+        step = max(1, FINALIZE_BLOCK_BYTES // max(1, channels * plane.numel() * 4))
+        for first in range(start, stop, step):
+            last = min(first + step, stop)
+            block = self.values[:, first:last]
+            block.mul_(plane)
+            block.mul_(inverse_i[first:last, None, None])
+            self._block_sums.append(block.sum())
 
     def _slices(self, rank: int) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
         """Buffer slices, patch slices and whether the whole patch lands (output coordinates)."""
@@ -281,34 +338,34 @@ class GridMerger:
         return total.to(torch.float32)
 
     def normalized(self, done: int, box: tuple[slice, ...]) -> torch.Tensor:
-        """A new ``(C, *box)`` tensor: the aggregate of the first ``done`` patches so far."""
+        """A new ``(C, *box)`` tensor: the aggregate of the first ``done`` patches so far.
+
+        Valid for the patches added so far (``done`` the number added): rows already final
+        are copied, rows no patch has reached are 0.
+        """
         values = self.values[(slice(None), *box)]
+        low, high, _ = box[0].indices(self.shape[0])
+        final = min(max(self._final_rows - low, 0), values.shape[1])  # box rows already final
+        zeroed = min(max(self._zeroed_rows - low, 0), values.shape[1])  # box rows ever reached
         if self.mode == "crop":
-            return values.clone()
-        weight = self.weights(done, box).to(values.device)
-        return torch.where(weight > 0, values / weight, torch.zeros((), device=values.device))
+            result = values.clone()
+        else:
+            weight = self.weights(done, box).to(values.device)
+            weight[:final] = 1
+            result = torch.where(weight > 0, values / weight, torch.zeros((), device=values.device))
+        result[:, zeroed:] = 0
+        return result
 
     def finalize(self) -> torch.Tensor:
-        """Normalise the complete buffer in place and return it.
+        """Normalise the rows not yet final, in place, and return the buffer (call it once
+        every patch is added; again, it returns the same buffer).
 
-        With every patch done the weight is exactly ``F_i ⊗ F_j ⊗ F_k``: each block of rows
-        (about :data:`FINALIZE_BLOCK_BYTES`) is multiplied in place by the ``(J, K)`` plane
-        ``1/F_j ⊗ 1/F_k``, by its ``1/F_i`` and summed while it is in the cache, no weight
-        volume built: one pass over the buffer where two broadcasts and a check took three.
+        Rows are normalised as the grid passes them (:meth:`_normalise_rows`); what is left
+        here is the last grid row's rows.
         """
-        if self.mode == "crop":
-            return self.values
-        inverse_i, inverse_j, inverse_k = self._inverse_axes()
-        plane = inverse_j[:, None] * inverse_k[None, :]
-        channels, rows = self.values.shape[0], self.values.shape[1]
-        step = max(1, FINALIZE_BLOCK_BYTES // max(1, channels * plane.numel() * 4))
-        sums = []
-        for start in range(0, rows, step):
-            block = self.values[:, start : start + step]
-            block.mul_(plane)
-            block.mul_(inverse_i[start : start + step, None, None])
-            sums.append(block.sum())
-        self._sums = torch.stack(sums) if sums else None
+        self._zero_rows(self.shape[0])  # rows no patch reaches (none on a covering grid)
+        self._normalise_rows(self.shape[0])
+        self._sums = torch.stack(self._block_sums) if self._block_sums else None
         return self.values
 
     def all_finite(self) -> bool:
