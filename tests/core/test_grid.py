@@ -68,3 +68,26 @@ def test_grid_plan_takes_sizes_as_the_api_does():
     plan = GridPlan(np.array([10, 8, 8]), 4, (2, 0, 0))
     assert plan.spatial_shape == (10, 8, 8) and plan.patch_size == (4, 4, 4)
     assert plan.patch_overlap == (2, 0, 0) and len(plan) == 16
+
+
+@pytest.mark.parametrize("kept", [0, 10_000], ids=["made-each-time", "kept"])
+def test_locations_are_the_same_whether_kept_or_made(kept, monkeypatch):
+    from napari_patchwork.core.inference import grid
+
+    monkeypatch.setattr(grid, "KEPT_LOCATIONS", kept)
+    plan = GridPlan((10, 9, 7), (4, 4, 4), (2, 2, 0), padded=True)
+    expected = [plan.location(rank) for rank in range(len(plan))]
+    assert plan.locations(0, len(plan)) == expected
+    assert plan.locations(5, 9) == expected[5:9]
+    plan.locations(0, 3).clear()  # a caller's list is its own
+    assert plan.locations(0, 3) == expected[:3]
+
+
+def test_a_planned_grid_is_shared_and_checked():
+    from napari_patchwork.core.inference.grid import planned_grid
+
+    assert planned_grid((8, 8, 8), (4, 4, 4), (2, 2, 2), False) is planned_grid(
+        (8, 8, 8), (4, 4, 4), (2, 2, 2), False
+    )
+    with pytest.raises(ValueError, match="overlap"):
+        planned_grid((8, 8, 8), (4, 4, 4), (3, 3, 3), False)

@@ -420,3 +420,26 @@ def test_compile_gives_the_same_output_as_eager():
     engine = pw.TiledInference(model, pw.InferenceConfig(patch_size=8, compile=True))
     assert type(engine.model).__name__ == "OptimizedModule"  # torch.compile's wrapper
     assert pw.TiledInference(model, pw.InferenceConfig(patch_size=8)).model is model
+
+
+def test_the_model_runs_without_autograd_and_the_callers_grad_mode_is_kept():
+    """infer runs under one no_grad; iter_infer steps in the caller's grad mode, the model
+    each time without autograd."""
+    seen = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return x * self.scale
+
+    volume = torch.rand(1, 12, 12, 12)
+    output = pw.infer(Recording(), volume, patch_size=8, patch_overlap=4)
+    assert not output.requires_grad and torch.is_grad_enabled()
+    steps = pw.iter_infer(Recording(), volume, patch_size=8, patch_overlap=4)
+    for _ in steps:
+        assert torch.is_grad_enabled()
+    assert seen and not any(seen)

@@ -25,7 +25,7 @@ from napari_patchwork.core.data.lazy import LazyVolume, is_lazy_array
 from napari_patchwork.core.data.location import PatchLocation
 from napari_patchwork.core.data.subject import Subject
 from napari_patchwork.core.inference.config import InferenceConfig
-from napari_patchwork.core.inference.grid import GridPlan
+from napari_patchwork.core.inference.grid import GridPlan, planned_grid
 from napari_patchwork.core.inference.merger import GridMerger
 from napari_patchwork.core.inference.patches import PatchGatherer
 from napari_patchwork.core.inference.prefetch import Prefetcher
@@ -185,7 +185,7 @@ class TiledInference:
         volume = _harmonised(_as_volume(image, image_name), config.harmonisation)
         padded = config.padding_mode is not None
         config.check_fits(volume.shape[1:])
-        self.plan = GridPlan(volume.shape[1:], config.patch, config.overlap, padded)
+        self.plan = planned_grid(tuple(volume.shape[1:]), config.patch, config.overlap, padded)
         self.ranks = block_ranks(self.plan, self.stream.rows if self.stream else None)
         previews = previews and self.stream is None
         self.mergers, self.done, self._streamed = {}, self.ranks.start, None
@@ -258,22 +258,28 @@ class TiledInference:
         return self._call(batch)
 
     def _call(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model on one batch, without autograd (under autocast with ``amp``)."""
+        if not self.config.amp and not torch.is_grad_enabled():
+            return self._apply(batch)  # grad off already (infer's run, inference_mode)
         autocast: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
         if self.config.amp:
             amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
             autocast = torch.autocast(self.device.type, dtype=amp_dtype)
         with torch.no_grad(), autocast:
-            if not self.config.tta:
-                return _check_outputs(self.model(batch), batch.shape[0])
-            total: dict[str, torch.Tensor] = {}
-            for dims in _FLIPS:
-                flipped = _check_outputs(
-                    self.model(batch.flip(dims) if dims else batch), batch.shape[0]
-                )
-                for key, value in flipped.items():
-                    value = value.float().flip(dims) if dims else value.float()
-                    total[key] = total[key].add_(value) if key in total else value.clone()
-            return {key: value / len(_FLIPS) for key, value in total.items()}
+            return self._apply(batch)
+
+    def _apply(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's checked outputs (averaged over the 8 flips with ``tta``)."""
+        if not self.config.tta:
+            return _check_outputs(self.model(batch), batch.shape[0])
+        total: dict[str, torch.Tensor] = {}
+        for dims in _FLIPS:
+            flipped = self.model(batch.flip(dims) if dims else batch)
+            flipped = _check_outputs(flipped, batch.shape[0])
+            for key, value in flipped.items():
+                value = value.float().flip(dims) if dims else value.float()
+                total[key] = total[key].add_(value) if key in total else value.clone()
+        return {key: value / len(_FLIPS) for key, value in total.items()}
 
     def _merge(self, outputs: dict[str, torch.Tensor], first: int) -> None:
         if not self.mergers:

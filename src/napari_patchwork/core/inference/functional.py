@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, Unpack, overload
 
+import torch
+
 from napari_patchwork.core.inference.config import InferenceConfig, InferenceSettings
 from napari_patchwork.core.inference.engine import InferenceStep, Output, TiledInference
 from napari_patchwork.core.inference.progress import ProgressBar
@@ -22,7 +24,6 @@ from napari_patchwork.core.inference.streaming import zarr_target
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
     from napari_patchwork.core.data.image import Image
     from napari_patchwork.core.data.lazy import SliceableArray
@@ -331,8 +332,9 @@ def infer(
         previews=False,
     )
     try:
-        while True:
-            next(steps)
+        with torch.no_grad():  # one grad mode for the whole run, not a context per batch
+            while True:
+                next(steps)
     except StopIteration as finished:
         result: Output | StoredOutput = finished.value
         return result

@@ -7,6 +7,7 @@ last patch flush with the far border. With padding, the grid is planned on the v
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 
@@ -116,6 +117,10 @@ def crop_intervals(
     return intervals
 
 
+#: The most patches a :class:`GridPlan` keeps the locations of (about 250 bytes each).
+KEPT_LOCATIONS = 8192
+
+
 class GridPlan:
     """The patches of a grid in lexicographic order, addressable by their rank.
 
@@ -164,6 +169,7 @@ class GridPlan:
         self.padded = padded
         self.starts = [grid_starts(s, p, o, padded) for s, p, o in zip(shape, patch, overlap)]
         self.counts = tuple(len(starts) for starts in self.starts)
+        self._locations: list[PatchLocation] | None = None  # made by the first locations()
 
     def __len__(self) -> int:
         return self.counts[0] * self.counts[1] * self.counts[2]
@@ -187,8 +193,19 @@ class GridPlan:
         )
 
     def locations(self, first: int, stop: int) -> list[PatchLocation]:
-        """Locations of the patches of ranks ``first .. stop - 1``."""
-        return [self.location(rank) for rank in range(first, stop)]
+        """Locations of the patches of ranks ``first .. stop - 1``.
+
+        A grid of up to :data:`KEPT_LOCATIONS` patches makes them once and hands out the same
+        (frozen) locations after that: a run asks for every batch's, and a plan is shared by
+        the runs of one grid (:func:`planned_grid`).
+        """
+        if len(self) > KEPT_LOCATIONS:
+            return [self.location(rank) for rank in range(first, stop)]
+        if self._locations is None:
+            self._locations = grid_locations(
+                self.spatial_shape, self.patch_size, self.patch_overlap, self.padded
+            )
+        return self._locations[first:stop]
 
     def axis_ranks_containing(self, axis: int, voxel: int) -> list[int]:
         """Start indices along ``axis`` whose patches contain ``voxel``."""
@@ -208,3 +225,22 @@ class GridPlan:
         return sorted(
             a * count_j * count_k + b * count_k + c for a, b, c in itertools.product(*per_axis)
         )
+
+
+@functools.lru_cache(maxsize=16)
+def planned_grid(
+    spatial_shape: TypeTriplet, patch_size: TypeTriplet, patch_overlap: TypeTriplet, padded: bool
+) -> GridPlan:
+    """The :class:`GridPlan` of these settings, shared by the runs that use the same grid.
+
+    A plan is never modified after it is made; a run of the same grid again (the widget, a
+    loop over volumes of one size, a benchmark) skips planning and checking it.
+
+    Examples
+    --------
+    >>> planned_grid((8, 8, 8), (4, 4, 4), (2, 2, 2), False) is planned_grid(
+    ...     (8, 8, 8), (4, 4, 4), (2, 2, 2), False
+    ... )
+    True
+    """
+    return GridPlan(spatial_shape, patch_size, patch_overlap, padded)

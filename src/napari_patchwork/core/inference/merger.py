@@ -205,6 +205,8 @@ class GridMerger:
             )
         ]
         self.values = self._allocate(channels, device)
+        self._per_row = plan.counts[1] * plan.counts[2]  # patches in a grid row
+        self._placements = [axis.placements for axis in self.axes]
         self._row = -1  # the grid row (first axis) of the last patch added
         self._zeroed_rows = 0  # buffer rows before this are zeroed (and hold sums or results)
         self._final_rows = 0  # buffer rows before this are divided by their weights: final
@@ -234,28 +236,37 @@ class GridMerger:
         """Add ``(B, C, I', J', K')`` outputs of the patches of ranks ``first_rank …``."""
         outputs = outputs.to(self.values.device, torch.float32, non_blocking=True)
         crop, window = self.mode == "crop", self.window
+        per_row, per_column = self._per_row, self.plan.counts[2]
+        along_i, along_j, along_k = self._placements
         for offset, patch in enumerate(outputs.unbind(0)):
             rank = first_rank + offset
             if rank < self.next_rank:
                 continue
-            target, source, whole = self._slices(rank)
-            region = self._buffer_region(rank, target)
-            part = patch if whole else patch[(slice(None), *source)]
+            row, rest = divmod(rank, per_row)  # plan.unravel, inlined: this loop is per patch
+            (ti, si, wi), (tj, sj, wj), (tk, sk, wk) = (
+                along_i[row],
+                along_j[rest // per_column],
+                along_k[rest % per_column],
+            )
+            region = self._buffer_region(row, (ti, tj, tk))
+            whole = wi and wj and wk
+            part = patch if whole else patch[:, si, sj, sk]
+            source = (slice(None), si, sj, sk)
             if crop:
                 region.copy_(part)
             elif window is None:
                 region.add_(part)
             else:
-                region.addcmul_(part, window if whole else window[(slice(None), *source)])
+                region.addcmul_(part, window if whole else window[source])
             self.next_rank = rank + 1
 
-    def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
-        """The part of the buffer where the patch of this rank lands (output coordinates).
+    def _buffer_region(self, row: int, target: tuple[slice, ...]) -> torch.Tensor:
+        """The part of the buffer where a patch of this grid row lands at ``target`` (output
+        coordinates).
 
         The first patch of a grid row first finishes the rows before the row's start (no
         later patch reaches them) and zeroes the rows the grid row reaches for the first time.
         """
-        row = self.plan.unravel(rank)[0]
         if row != self._row:
             self._row = row
             axis = self.axes[0]
@@ -305,16 +316,6 @@ class GridMerger:
             block.mul_(plane)
             block.mul_(inverse_i[first:last, None, None])
             self._block_sums.append(block.sum())
-
-    def _slices(self, rank: int) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
-        """Buffer slices, patch slices and whether the whole patch lands (output coordinates)."""
-        a, b, c = self.plan.unravel(rank)
-        (ti, si, wi), (tj, sj, wj), (tk, sk, wk) = (
-            self.axes[0].placements[a],
-            self.axes[1].placements[b],
-            self.axes[2].placements[c],
-        )
-        return (ti, tj, tk), (si, sj, sk), wi and wj and wk
 
     def region(self, rank: int) -> tuple[slice, slice, slice]:
         """The output voxels the patch of this rank touches."""

@@ -75,8 +75,11 @@ class Prefetcher:
         if self.events[slot] is not None:
             self.events[slot].synchronize()  # the device copy from this buffer has finished
         locations = self.plan.locations(first, stop)
-        with torch.inference_mode(self.inference_mode):
+        if torch.is_inference_mode_enabled() == self.inference_mode:  # the caller's thread
             batch = self.gatherer.gather(locations, out=self.buffers[slot])
+        else:
+            with torch.inference_mode(self.inference_mode):
+                batch = self.gatherer.gather(locations, out=self.buffers[slot])
         if self.device.type == "cpu":
             return locations, batch
         moved = batch.to(self.device, non_blocking=True)

@@ -295,8 +295,7 @@ class StreamingMerger(GridMerger):
             needs.append(min(start + axis.size, axis.length) - (upto - upto % rows))
         return max(need for need in needs if need <= axis.size + axis.size // 8)
 
-    def _buffer_region(self, rank: int, target: tuple[slice, ...]) -> torch.Tensor:
-        row = self.plan.unravel(rank)[0]
+    def _buffer_region(self, row: int, target: tuple[slice, ...]) -> torch.Tensor:
         if row != self.current_row:  # rows before this grid row's start are final
             start = self.axes[0].starts[row]
             self._flush(max(start, 0), min(start + self.axes[0].size, self.shape[0]))
