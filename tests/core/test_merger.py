@@ -232,3 +232,16 @@ def test_finalize_again_returns_the_same_result():
     merger = merged(plan, "gaussian", outputs)
     first = merger.finalize().clone()
     torch.testing.assert_close(merger.finalize(), first)
+
+
+def test_average_blending_of_patches_that_do_not_overlap_is_the_patches_themselves():
+    """Weights of ones: normalising leaves the sums as they are (no pass multiplies by 1)."""
+    plan = GridPlan((8, 12, 4), (4, 4, 4))
+    outputs = torch.rand(len(plan), 2, 4, 4, 4)
+    merger = merged(plan, "average", outputs)
+    assert merger.axes[0].unit and merger.axes[1].unit
+    expected = torch.empty(2, 8, 12, 4)
+    for rank in range(len(plan)):
+        expected[(slice(None), *plan.location(rank).to_slices())] = outputs[rank]
+    assert torch.equal(merger.finalize(), expected)
+    assert not merged(plan, "gaussian", outputs).axes[0].unit

@@ -47,6 +47,7 @@ class _Axis:
     #: slice is the whole patch.
     placements: list[tuple[slice, slice, bool]]
     inverse: torch.Tensor  # (length,) float32: 1 / the complete weight sum where positive, else 0
+    unit: bool  # every inverse is exactly 1 (average blending, patches that do not overlap)
 
 
 def _axis_plan(
@@ -76,7 +77,8 @@ def _axis_plan(
         placements.append((slice(lo, hi), slice(lo - start, hi - start), hi - lo == size))
     prefix = torch.cat([torch.zeros(1, length, dtype=torch.float64), windows.cumsum(0)])
     inverse = torch.where(prefix[-1] > 0, 1 / prefix[-1], 0).to(torch.float32)
-    return _Axis(scaled, size, length, owned, prefix, windows, placements, inverse)
+    unit = bool((inverse == 1).all())
+    return _Axis(scaled, size, length, owned, prefix, windows, placements, inverse, unit)
 
 
 #: Bytes of axis plans kept for the next run of the same grid (the widget re-running a grid, a
@@ -211,7 +213,8 @@ class GridMerger:
         self._zeroed_rows = 0  # buffer rows before this are zeroed (and hold sums or results)
         self._final_rows = 0  # buffer rows before this are divided by their weights: final
         self._block_sums: list[torch.Tensor] = []  # a sum per normalised block (the NaN check)
-        self._factors: tuple[torch.Tensor, torch.Tensor] | None = None  # 1/F_i, 1/F_j ⊗ 1/F_k
+        #: 1/F_i and 1/F_j ⊗ 1/F_k, each None where it is all ones; None until first needed.
+        self._factors: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
         self._sums: torch.Tensor | None = None  # the block sums, stacked by finalize()
         self.window = (
             None
@@ -305,16 +308,22 @@ class GridMerger:
         if self.mode == "crop":
             return
         if self._factors is None:
-            inverse_i, inverse_j, inverse_k = self._inverse_axes()
-            self._factors = (inverse_i, inverse_j[:, None] * inverse_k[None, :])
+            along_i, along_j, along_k = self._inverse_axes()
+            unit_i, unit_j, unit_k = (axis.unit for axis in self.axes)
+            self._factors = (  # a factor of ones is left out (no pass multiplying by 1)
+                None if unit_i else along_i,
+                None if unit_j and unit_k else along_j[:, None] * along_k[None, :],
+            )
         inverse_i, plane = self._factors
         channels = self.values.shape[0]
-        step = max(1, FINALIZE_BLOCK_BYTES // max(1, channels * plane.numel() * 4))
+        step = max(1, FINALIZE_BLOCK_BYTES // max(1, channels * self.shape[1] * self.shape[2] * 4))
         for first in range(start, stop, step):
             last = min(first + step, stop)
             block = self.values[:, first:last]
-            block.mul_(plane)
-            block.mul_(inverse_i[first:last, None, None])
+            if plane is not None:
+                block.mul_(plane)
+            if inverse_i is not None:
+                block.mul_(inverse_i[first:last, None, None])
             self._block_sums.append(block.sum())
 
     def region(self, rank: int) -> tuple[slice, slice, slice]:
