@@ -234,14 +234,17 @@ def test_finalize_again_returns_the_same_result():
     torch.testing.assert_close(merger.finalize(), first)
 
 
-def test_average_blending_of_patches_that_do_not_overlap_is_the_patches_themselves():
-    """Weights of ones: normalising leaves the sums as they are (no pass multiplies by 1)."""
+@pytest.mark.parametrize("mode", ["average", "hann", "gaussian"])
+def test_patches_that_do_not_overlap_are_the_output_exactly(mode):
+    """One patch per voxel: any blend is the patch's value, bit for bit (weights of ones,
+    nothing multiplied; a window divided by itself would round)."""
     plan = GridPlan((8, 12, 4), (4, 4, 4))
     outputs = torch.rand(len(plan), 2, 4, 4, 4)
-    merger = merged(plan, "average", outputs)
-    assert merger.axes[0].unit and merger.axes[1].unit
+    merger = merged(plan, mode, outputs)
+    assert all(axis.unit for axis in merger.axes)
     expected = torch.empty(2, 8, 12, 4)
     for rank in range(len(plan)):
         expected[(slice(None), *plan.location(rank).to_slices())] = outputs[rank]
     assert torch.equal(merger.finalize(), expected)
-    assert not merged(plan, "gaussian", outputs).axes[0].unit
+    flush = GridPlan((8, 10, 4), (4, 4, 4))  # the last patch along J overlaps its neighbour
+    assert not merged(flush, mode, torch.rand(len(flush), 1, 4, 4, 4)).axes[1].unit

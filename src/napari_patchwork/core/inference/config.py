@@ -63,7 +63,8 @@ class InferenceConfig:
     patch_overlap : int or tuple of 3 int
         Overlap between patches (even, smaller than the patch).
     overlap_mode : {'gaussian', 'hann', 'average', 'crop'}
-        How overlapping outputs are blended.
+        How overlapping outputs are blended. Where no two patches overlap, every mode gives
+        the patches' own values, exactly.
     batch_size : int
         Patches per model call.
     device : str or torch.device, optional

@@ -150,6 +150,19 @@ def heap_empty(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(raw[skip : skip + count].reshape(shape))
 
 
+def _one_patch_per_voxel(plan: GridPlan) -> bool:
+    """Whether no two patches of the grid overlap (overlap 0 and patches that fit exactly).
+
+    Then a weighted blend divides each voxel's one weight by itself: the result is the patch's
+    value, exactly as with ``'average'`` (and with no window to read or weight to divide by).
+    """
+    return all(
+        later - earlier >= patch
+        for starts, patch in zip(plan.starts, plan.patch_size)
+        for earlier, later in zip(starts, starts[1:])
+    )
+
+
 def _outer(i: torch.Tensor, j: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return i[:, None, None] * j[None, :, None] * k[None, None, :]
 
@@ -190,6 +203,8 @@ class GridMerger:
         output_patch: TypeTriplet,
         device: torch.device,
     ) -> None:
+        if mode in ("hann", "gaussian") and _one_patch_per_voxel(plan):
+            mode = "average"  # every voxel from one patch: any blend is that patch's value
         self.plan, self.mode = plan, mode
         self.output_patch = tuple(output_patch)
         self.next_rank = 0  # patches before this rank are merged (a retried batch skips them)
