@@ -10,8 +10,10 @@ summary: in how many settings we are the fastest, and the closest call.
 
 MONAI and TorchIO come with ``pip install -e ".[bench]"``; a peer that is not installed is
 left out (and said so). TorchIO has no gaussian window: its Hann stands in, as in
-``bench_inference.py``. Times are medians of ``--repeats`` round-robin runs after a warm-up;
-this VM's speed drifts, so only the ratios within a row mean much.
+``bench_inference.py``, so its output differs there; the script times, it does not compare
+outputs (``tests/core/test_torchio_parity.py`` does, for ours and TorchIO's). Times are
+medians of ``--repeats`` round-robin runs after a warm-up; this VM's speed drifts, so only
+the ratios within a row mean much.
 """
 
 from __future__ import annotations

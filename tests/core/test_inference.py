@@ -443,3 +443,17 @@ def test_the_model_runs_without_autograd_and_the_callers_grad_mode_is_kept():
     for _ in steps:
         assert torch.is_grad_enabled()
     assert seen and not any(seen)
+
+
+def test_an_input_that_requires_grad_is_inferred_like_any_other():
+    """Both infer and iter_infer (which failed with 'A view was created in no_grad mode')."""
+    volume = torch.rand(1, 12, 12, 12, requires_grad=True)
+    expected = pw.infer(lambda x: 2 * x, volume.detach(), patch_size=8, patch_overlap=4)
+    assert torch.equal(pw.infer(lambda x: 2 * x, volume, patch_size=8, patch_overlap=4), expected)
+    steps = pw.iter_infer(lambda x: 2 * x, volume, patch_size=8, patch_overlap=4)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as finished:
+            assert torch.equal(finished.value, expected)
+            break

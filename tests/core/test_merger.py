@@ -106,7 +106,7 @@ def grids(draw):
     grid=grids(),
     mode=st.sampled_from(MODES),
     seed=st.integers(0, 2**16),
-    block_bytes=st.sampled_from([1, 300, merger_module.FINALIZE_BLOCK_BYTES]),
+    block_bytes=st.sampled_from([1, 300, merger_module.NORMALISE_BLOCK_BYTES]),
 )
 def test_output_equals_the_brute_force_blend(grid, mode, seed, block_bytes):
     """Whatever the size of the blocks finalize() normalises (1 byte: one row at a time)."""
@@ -114,11 +114,11 @@ def test_output_equals_the_brute_force_blend(grid, mode, seed, block_bytes):
     output_patch = tuple(round(p * factor) for p in plan.patch_size)
     generator = torch.Generator().manual_seed(seed)
     outputs = torch.rand((len(plan), 2, *output_patch), generator=generator)
-    default, merger_module.FINALIZE_BLOCK_BYTES = merger_module.FINALIZE_BLOCK_BYTES, block_bytes
+    default, merger_module.NORMALISE_BLOCK_BYTES = merger_module.NORMALISE_BLOCK_BYTES, block_bytes
     try:
         result = merged(plan, mode, outputs).finalize()
     finally:
-        merger_module.FINALIZE_BLOCK_BYTES = default
+        merger_module.NORMALISE_BLOCK_BYTES = default
     if mode == "crop":
         expected = crop_reference(plan, outputs, factor)
     else:
@@ -137,7 +137,10 @@ def test_weights_of_the_first_patches_equal_the_brute_force_sum(grid, mode, data
     outputs = torch.rand((len(plan), 1, *output_patch))
     done = data.draw(st.integers(0, len(plan)))
     merger = merged(plan, mode, outputs[:done]) if done else merged(plan, mode, outputs[:0])
-    values, weights = brute_force(plan, mode, outputs, factor, done)
+    # A grid where no two patches overlap merges as 'average' whatever the mode (the same
+    # result: each voxel's one weight divides itself); its weights are then those of 'average'.
+    assert merger.mode == mode or merger.mode == "average"
+    values, weights = brute_force(plan, merger.mode, outputs, factor, done)
     everything = (slice(None),) * 3
     torch.testing.assert_close(
         merger.weights(done, everything).double(), weights, atol=1e-5, rtol=1e-5
@@ -162,7 +165,7 @@ def test_a_constant_output_stays_constant(mode):
 def test_all_finite_sees_one_bad_voxel_in_any_block(value, finite, monkeypatch):
     """A NaN or infinity anywhere is seen; finite values whose block sum overflows are not
     mistaken for one (the buffer is then read)."""
-    monkeypatch.setattr(merger_module, "FINALIZE_BLOCK_BYTES", 8 * 8 * 4 * 2)  # 2 rows a block
+    monkeypatch.setattr(merger_module, "NORMALISE_BLOCK_BYTES", 8 * 8 * 4 * 2)  # 2 rows a block
     plan = GridPlan((8, 8, 8), (4, 4, 4), (2, 2, 2))
     outputs = torch.ones(len(plan), 1, 4, 4, 4)
     outputs[-1, 0, -1, -1, -1] = value  # the last voxel: the last block
@@ -248,3 +251,42 @@ def test_patches_that_do_not_overlap_are_the_output_exactly(mode):
     assert torch.equal(merger.finalize(), expected)
     flush = GridPlan((8, 10, 4), (4, 4, 4))  # the last patch along J overlaps its neighbour
     assert not merged(flush, mode, torch.rand(len(flush), 1, 4, 4, 4)).axes[1].unit
+
+
+def test_moving_the_buffer_mid_run_moves_what_is_summed_too():
+    """The out-of-memory fall-back moves the buffer after some rows are normalised (and
+    summed, on the old device); finalize() then stacks sums from one device ('meta' stands in
+    for the other device on a machine without a GPU)."""
+    plan = GridPlan((12, 8, 8), (4, 4, 4), (2, 2, 2))
+    outputs = torch.rand(len(plan), 1, 4, 4, 4)
+    per_row = plan.counts[1] * plan.counts[2]
+    merger = GridMerger(plan, "gaussian", 1, (4, 4, 4), CPU)
+    merger.add(outputs[: 2 * per_row], 0)  # the second grid row started: the first's rows final
+    merger.to(torch.device("meta"))
+    merger.add(outputs[2 * per_row :], 2 * per_row)
+    assert merger.finalize().device.type == "meta"
+
+
+def test_an_out_of_memory_error_while_finishing_rows_is_retried_correctly(monkeypatch):
+    """An error where a grid row finishes the rows before it (the engine then retries the batch
+    on the CPU) leaves nothing half done: the result equals an undisturbed run."""
+    import napari_patchwork as pw
+
+    volume = torch.rand(1, 12, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def model(x):
+        return 2 * x
+
+    clean = pw.infer(model, volume, patch_size=4, patch_overlap=2, batch_size=2)
+    inverse_axes, calls = GridMerger._inverse_axes, []
+
+    def failing_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return inverse_axes(self)
+
+    monkeypatch.setattr(GridMerger, "_inverse_axes", failing_once)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        retried = pw.infer(model, volume, patch_size=4, patch_overlap=2, batch_size=2)
+    torch.testing.assert_close(retried, clean, rtol=0, atol=0)

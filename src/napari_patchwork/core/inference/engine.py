@@ -70,7 +70,10 @@ class InferenceStep:
     _engine: TiledInference = field(repr=False)
 
     def full_output(self) -> Output:
-        """The whole normalised output so far (a full-volume copy: call it sparingly)."""
+        """The whole normalised output so far (a full-volume copy: call it sparingly).
+
+        Valid for the newest step: the engine keeps one buffer, whose finished rows are
+        already divided by their weights."""
         return self._engine.partial_output(self.done)
 
 
@@ -89,7 +92,7 @@ def _as_volume(image: Any, image_name: str | None) -> torch.Tensor | LazyVolume:
         volume = _as_tensor(image, "image")
         if volume.is_complex() or volume.dtype == torch.bool:
             raise TypeError(f"image must hold real numbers, got dtype {volume.dtype}")
-        return volume
+        return volume.detach()  # inference needs no gradient to the input (iter_infer failed)
     raise TypeError(
         "image must be a (C, I, J, K) tensor or array, a ScalarImage or a Subject,"
         f" got {type(image)}"

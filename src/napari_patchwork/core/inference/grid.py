@@ -117,7 +117,7 @@ def crop_intervals(
     return intervals
 
 
-#: The most patches a :class:`GridPlan` keeps the locations of (about 250 bytes each).
+#: The most patches a :class:`GridPlan` keeps the locations of (about 150 bytes each).
 KEPT_LOCATIONS = 8192
 
 

@@ -116,13 +116,13 @@ def _planned_axis(key: _AxisKey) -> _Axis:
     return axis
 
 
-#: Bytes of the buffer normalised at a time (a block stays in the cache while it is
+#: Bytes of buffer rows normalised at a time (a block stays in the cache while it is
 #: multiplied twice and summed; split between the threads, half of a 4 MiB block fits each
 #: core's 2 MiB L2 here). 4 MiB measured faster than 1 MiB at 128³, 192³ and 256³ (gaussian
 #: identity runs 5.87 → 5.70, 28.3 → 27.2, 64.7 → 63.0 ms, 50 round-robin runs each,
 #: 2026-12-07); whole-buffer passes are slower once the output leaves the cache (256³: 7.0 ms
 #: against 4.5 ms for the finalize alone).
-FINALIZE_BLOCK_BYTES = 4 << 20
+NORMALISE_BLOCK_BYTES = 4 << 20
 
 
 def heap_empty(shape: tuple[int, ...]) -> torch.Tensor:
@@ -183,6 +183,13 @@ class GridMerger:
     device : torch.device
         Where the buffer lives.
 
+    Notes
+    -----
+    Patches must be added in rank order. Mid-run, :attr:`values` holds finished rows
+    (already divided by their weights), sums in the rows the current grid row reaches, and
+    uninitialised memory below; :meth:`normalized` reads it correctly, :meth:`finalize`
+    finishes it. ``mode`` becomes ``'average'`` on a grid where no two patches overlap.
+
     Examples
     --------
     >>> plan = GridPlan((6, 6, 6), (4, 4, 4), (2, 2, 2))
@@ -228,6 +235,7 @@ class GridMerger:
         self._zeroed_rows = 0  # buffer rows before this are zeroed (and hold sums or results)
         self._final_rows = 0  # buffer rows before this are divided by their weights: final
         self._block_sums: list[torch.Tensor] = []  # a sum per normalised block (the NaN check)
+        self._summed_rows = 0  # the block sums cover the rows before this
         #: 1/F_i and 1/F_j ⊗ 1/F_k, each None where it is all ones; None until first needed.
         self._factors: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
         self._sums: torch.Tensor | None = None  # the block sums, stacked by finalize()
@@ -247,6 +255,7 @@ class GridMerger:
         """Move the buffer (e.g. to the CPU after a GPU out-of-memory error)."""
         self.values = self.values.to(device)
         self._factors = None
+        self._block_sums = [total.to(device) for total in self._block_sums]
         if self.window is not None:
             self.window = self.window.to(device)
 
@@ -269,13 +278,12 @@ class GridMerger:
             region = self._buffer_region(row, (ti, tj, tk))
             whole = wi and wj and wk
             part = patch if whole else patch[:, si, sj, sk]
-            source = (slice(None), si, sj, sk)
             if crop:
                 region.copy_(part)
             elif window is None:
                 region.add_(part)
             else:
-                region.addcmul_(part, window if whole else window[source])
+                region.addcmul_(part, window if whole else window[:, si, sj, sk])
             self.next_rank = rank + 1
 
     def _buffer_region(self, row: int, target: tuple[slice, ...]) -> torch.Tensor:
@@ -286,11 +294,11 @@ class GridMerger:
         later patch reaches them) and zeroes the rows the grid row reaches for the first time.
         """
         if row != self._row:
-            self._row = row
             axis = self.axes[0]
             start = axis.starts[row]
             self._normalise_rows(max(start, 0))
             self._zero_rows(min(start + axis.size, axis.length))
+            self._row = row  # last: a batch retried after an error here does both again
         ti, tj, tk = target
         return box_view(
             self.values,
@@ -312,15 +320,15 @@ class GridMerger:
         """Divide the finished rows ``[final, stop)`` by their weights, in place.
 
         With every patch reaching them done, the weight of these rows is exactly
-        ``F_i ⊗ F_j ⊗ F_k``: each block of rows (about :data:`FINALIZE_BLOCK_BYTES`) is
+        ``F_i ⊗ F_j ⊗ F_k``: each block of rows (about :data:`NORMALISE_BLOCK_BYTES`) is
         multiplied by the ``(J, K)`` plane ``1/F_j ⊗ 1/F_k``, by its ``1/F_i`` and summed
         while it is in the cache, no weight volume built.
         """
         start = self._final_rows
         if stop <= start:
             return
-        self._final_rows = stop
         if self.mode == "crop":
+            self._final_rows = self._summed_rows = stop
             return
         if self._factors is None:
             along_i, along_j, along_k = self._inverse_axes()
@@ -331,7 +339,7 @@ class GridMerger:
             )
         inverse_i, plane = self._factors
         channels = self.values.shape[0]
-        step = max(1, FINALIZE_BLOCK_BYTES // max(1, channels * self.shape[1] * self.shape[2] * 4))
+        step = max(1, NORMALISE_BLOCK_BYTES // max(1, channels * self.shape[1] * self.shape[2] * 4))
         for first in range(start, stop, step):
             last = min(first + step, stop)
             block = self.values[:, first:last]
@@ -339,7 +347,9 @@ class GridMerger:
                 block.mul_(plane)
             if inverse_i is not None:
                 block.mul_(inverse_i[first:last, None, None])
+            self._final_rows = last  # before the sum: a retry must not divide this block again
             self._block_sums.append(block.sum())
+            self._summed_rows = last
 
     def region(self, rank: int) -> tuple[slice, slice, slice]:
         """The output voxels the patch of this rank touches."""
@@ -399,7 +409,8 @@ class GridMerger:
         Cheap after :meth:`finalize`: a finite sum of a block means every value in it is
         finite; only where a sum is not (NaN, infinity or an overflow) is the buffer read.
         """
-        if self._sums is not None and bool(torch.isfinite(self._sums).all()):
+        summed = self._summed_rows == self.shape[0]  # a sum per block (none lost to an error)
+        if summed and self._sums is not None and bool(torch.isfinite(self._sums).all()):
             return True
         return bool(torch.isfinite(self.values).all())
 

@@ -332,7 +332,7 @@ class StreamingMerger(GridMerger):
             if self._plane is None:
                 self._inverse = self._inverse_axes()
                 self._plane = self._inverse[1][:, None] * self._inverse[2][None, :]
-            for row in range(done, upto):  # the same two products as GridMerger.finalize
+            for row in range(done, upto):  # the same two products as GridMerger._normalise_rows
                 self.values[:, row - self.base].mul_(self._plane).mul_(self._inverse[0][row])
         self._normalised = upto
 
