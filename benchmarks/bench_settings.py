@@ -6,7 +6,7 @@ grid of them (volume shape, patch, overlap, batch, blending, input dtype, channe
 method round-robin on the same volume, and prints one row per setting, the ratios and a
 summary: in how many settings we are the fastest, and the closest call.
 
-    python benchmarks/bench_settings.py [--repeats 5] [--models identity "small CNN"] [--quick]
+    python benchmarks/bench_settings.py [--repeats 6] [--models identity "small CNN"] [--quick]
 
 MONAI and TorchIO come with ``pip install -e ".[bench]"``; a peer that is not installed is
 left out (and said so). TorchIO has no gaussian window: its Hann stands in, as in
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import statistics
 import time
 import warnings
@@ -159,15 +160,18 @@ def methods(setting: Setting, model_name: str) -> dict[str, Callable[[], object]
 
 
 def timings(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per method, round-robin, the first method rotating each round."""
+    """Median seconds per method, round-robin, each round in the next order of the methods.
+
+    Every order in turn, not a rotation: rotating keeps each method after the same one (ours
+    always after TorchIO, whose run leaves the caches and the OpenMP threads colder).
+    """
     times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
+    orders = list(itertools.permutations(runs))
     with torch.inference_mode():
         for run in runs.values():
             run()  # warm-up
         for round_ in range(repeats):
-            shift = round_ % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in orders[round_ % len(orders)]:
                 start = time.perf_counter()
                 runs[name]()
                 times[name].append(time.perf_counter() - start)
@@ -176,7 +180,7 @@ def timings(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=6, help="rounds (6 orders of 3 methods)")
     parser.add_argument("--models", nargs="+", default=["identity"])
     parser.add_argument("--quick", action="store_true", help="two small settings (CI)")
     args = parser.parse_args()

@@ -457,3 +457,29 @@ def test_an_input_that_requires_grad_is_inferred_like_any_other():
         except StopIteration as finished:
             assert torch.equal(finished.value, expected)
             break
+
+
+@pytest.mark.parametrize(
+    ("second", "words"),
+    [
+        (lambda x: x[:, :, :4], "output shape changed"),  # a smaller patch
+        (lambda x: torch.cat([x, x], 1), "output shape changed"),  # more channels
+        (lambda x: {"other": x}, "output keys changed"),
+    ],
+    ids=["patch", "channels", "keys"],
+)
+def test_a_model_whose_outputs_change_mid_run_is_refused(second, words):
+    calls = []
+
+    def model(x):
+        calls.append(1)
+        return x if len(calls) == 1 else second(x)
+
+    def dict_model(x):
+        calls.append(1)
+        return {"main": x} if len(calls) == 1 else second(x)
+
+    volume = torch.rand(1, 12, 12, 12)
+    chosen = dict_model if words == "output keys changed" else model
+    with pytest.raises(ValueError, match=words):
+        pw.infer(chosen, volume, patch_size=8, patch_overlap=4, batch_size=2)

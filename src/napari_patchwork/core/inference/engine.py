@@ -287,13 +287,13 @@ class TiledInference:
     def _merge(self, outputs: dict[str, torch.Tensor], first: int) -> None:
         if not self.mergers:
             self._create_mergers(outputs)
-        if set(outputs) != set(self.mergers):
+        if outputs.keys() != self.mergers.keys():
             raise ValueError(
                 f"the model's output keys changed from {sorted(self.mergers)} to {sorted(outputs)}"
             )
         for key, tensor in outputs.items():
             merger = self.mergers[key]
-            if tuple(tensor.shape[1:]) != (merger.values.shape[0], *merger.output_patch):
+            if tensor.shape[1:] != merger.patch_shape:
                 raise ValueError(f"the model's output shape changed to {tuple(tensor.shape)}")
             merger.add(tensor, first)
 

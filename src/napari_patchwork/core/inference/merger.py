@@ -229,6 +229,7 @@ class GridMerger:
             )
         ]
         self.values = self._allocate(channels, device)
+        self.patch_shape = (channels, *self.output_patch)  # (C, I', J', K') of one output patch
         self._per_row = plan.counts[1] * plan.counts[2]  # patches in a grid row
         self._placements = [axis.placements for axis in self.axes]
         self._row = -1  # the grid row (first axis) of the last patch added
