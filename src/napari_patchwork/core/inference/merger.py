@@ -19,12 +19,12 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from napari_patchwork.core.data.location import PatchLocation
 from napari_patchwork.core.inference.blending import _WINDOWS_1D, blending_window
 from napari_patchwork.core.inference.box import box_view
+from napari_patchwork.core.inference.buffers import heap_empty
 from napari_patchwork.core.inference.grid import GridPlan, crop_intervals
 from napari_patchwork.core.types import TypeTriplet
 
@@ -123,31 +123,6 @@ def _planned_axis(key: _AxisKey) -> _Axis:
 #: 2026-12-07); whole-buffer passes are slower once the output leaves the cache (256³: 7.0 ms
 #: against 4.5 ms for the finalize alone).
 NORMALISE_BLOCK_BYTES = 4 << 20
-
-
-def heap_empty(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised float32 tensor from the C heap (numpy's ``malloc``), 64-byte aligned.
-
-    The CPU output buffer of a run (:class:`GridMerger` zeroes its rows just before their
-    first patch, while the patches' rows are in the cache).
-
-    torch allocates large CPU tensors with ``posix_memalign``, which asks glibc for the size
-    plus the alignment: the block a freed output leaves is then too small for the next
-    output of the same size, the heap grows and the new buffer's pages fault in afresh (2048
-    faults at 128³; 59 and 33 runs of 77 in a loop of runs, 2.3-6 µs a fault on this VM,
-    up to half a 128³ run). A plain heap block of the same size fits the hole it left: 0
-    runs of 77 fault. A loop over subjects, or the widget run after run, is that loop.
-
-    Examples
-    --------
-    >>> buffer = heap_empty((1, 4, 4, 4))
-    >>> buffer.shape, buffer.dtype, buffer.data_ptr() % 64
-    (torch.Size([1, 4, 4, 4]), torch.float32, 0)
-    """
-    count = math.prod(shape)
-    raw = np.empty(count + 16, np.float32)  # room to start on a 64-byte boundary
-    skip = (-raw.ctypes.data % 64) // 4
-    return torch.from_numpy(raw[skip : skip + count].reshape(shape))
 
 
 def _one_patch_per_voxel(plan: GridPlan) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from napari_patchwork.core.data.location import PatchLocation
+from napari_patchwork.core.inference.buffers import keep_batch_buffer, take_batch_buffer
 from napari_patchwork.core.inference.grid import GridPlan
 from napari_patchwork.core.inference.patches import PatchGatherer
 
@@ -56,11 +57,13 @@ class Prefetcher:
             (f, min(f + batch_size, ranks.stop)) for f in range(ranks.start, ranks.stop, batch_size)
         ]
         shape = (min(batch_size, len(plan)), gatherer.volume.shape[0], *plan.patch_size)
-        pin = device.type == "cuda"
-        count = 1 if device.type == "cpu" else 2  # on the CPU a batch is used before the next
-        self.buffers = [
-            torch.empty(shape, dtype=torch.float32, pin_memory=pin) for _ in range(count)
-        ]
+        if device.type == "cpu":  # one buffer: a batch is used before the next is gathered
+            self.buffers = [take_batch_buffer(shape)]  # the last run's, its pages already there
+        else:
+            pin = device.type == "cuda"
+            self.buffers = [
+                torch.empty(shape, dtype=torch.float32, pin_memory=pin) for _ in range(2)
+            ]
         self.events: list[Any] = [None, None]
         self.inference_mode = torch.is_inference_mode_enabled()  # thread-local: mirror the caller's
         self.executor = (
@@ -107,3 +110,5 @@ class Prefetcher:
     def __exit__(self, *_: Any) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.device.type == "cpu":
+            keep_batch_buffer(self.buffers[0])
