@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_patchwork.core.allocator import keep_freed_memory
 from napari_patchwork.core.training import (
     NETWORKS,
     Trainer,
@@ -206,6 +207,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     pairs = _pairs(args)
     _check_output(args.output, args.overwrite)
+    keep_freed_memory()  # each step's activations not faulted in afresh (see core.allocator)
     try:
         trainer = Trainer(_pairs_in_memory(pairs), config)
     except (ValueError, TypeError) as error:  # e.g. a --patch-size larger than the image

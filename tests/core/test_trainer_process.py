@@ -208,3 +208,35 @@ def test_closing_from_a_gui_does_not_wait_for_a_message_being_written(pair) -> N
     finally:
         trainer._write_lock.release()  # the write ends: the child is closed after it
     process.wait(15)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc, /proc")
+@pytest.mark.parametrize("user_setting", [None, "262144"], ids=["ours", "the-users"])
+def test_the_child_keeps_freed_memory_unless_the_user_set_malloc(user_setting, monkeypatch):
+    """The training child starts with glibc told to keep what it frees (a step's activations
+    then do not fault in afresh: 289 -> 364-390 iterations in 20 s on nibabel's EPI); a user's own
+    malloc setting is left as it is."""
+    if user_setting is None:
+        monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", user_setting)
+    child = process_module._spawn()
+    try:  # the environment shows once exec has set it up (Popen returns a moment before)
+        variables: dict[str, str] = {}
+        deadline = time.monotonic() + 10
+        while not variables and time.monotonic() < deadline:
+            with open(f"/proc/{child.pid}/environ", "rb") as environ:
+                entries = [entry for entry in environ.read().split(b"\0") if entry]
+            variables = dict(entry.decode().split("=", 1) for entry in entries)
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait()
+        child.stdin.close()
+        child.stdout.close()
+    if user_setting is None:
+        assert variables["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20)
+        assert variables["MALLOC_TRIM_THRESHOLD_"] == str(1 << 30)
+    else:
+        assert variables["MALLOC_MMAP_THRESHOLD_"] == user_setting
+        assert "MALLOC_TRIM_THRESHOLD_" not in variables

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from napari_patchwork.core._validation import to_triplet
+from napari_patchwork.core.allocator import malloc_chosen_by_user
 from napari_patchwork.core.inference.grid import GridPlan
 from napari_patchwork.core.inference.merger import GridMerger
 from napari_patchwork.core.inference.postprocess import ACTIVATIONS, to_labels, to_probabilities
@@ -50,7 +51,6 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 TUNE_ALLOCATOR = True
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 _MMAP_THRESHOLD = 256 * 1024
-_MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 _tuned = False
 
 
@@ -76,9 +76,7 @@ def return_freed_memory() -> bool:
     global _tuned
     if _tuned or not TUNE_ALLOCATOR or not sys.platform.startswith("linux"):
         return _tuned
-    if any(name in os.environ for name in _MALLOC_VARIABLES):
-        return False
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+    if malloc_chosen_by_user():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on

@@ -42,6 +42,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from napari_patchwork.core.allocator import keeping_freed_memory
 from napari_patchwork.core.training.config import Region, TrainingConfig
 from napari_patchwork.core.training.trainer import Prediction, Trainer, TrainingStep
 
@@ -112,6 +113,7 @@ def _spawn() -> subprocess.Popen[bytes]:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=None if _has_stderr() else subprocess.DEVNULL,
+            env=keeping_freed_memory(),  # a step's activations not faulted in afresh each time
         )
     except OSError as error:
         raise SpawnError(f"cannot start a training process ({sys.executable}): {error}") from None
