@@ -68,27 +68,41 @@ def keeping_freed_memory(environ: Mapping[str, str] = os.environ) -> dict[str, s
     return child
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+#: ``mallopt`` options, from glibc's malloc.h.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def set_malloc_option(option: int, value: int) -> bool:
+    """``mallopt(option, value)`` in the C library the process runs on; False off Linux,
+    off glibc, where the user set malloc themselves, or where glibc refuses.
+
+    Examples
+    --------
+    >>> set_malloc_option(M_TRIM_THRESHOLD, "no") # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    TypeError: value must be an int, got 'no'
+    """
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"value must be an int, got {value!r}")
+    if not sys.platform.startswith("linux") or malloc_chosen_by_user():
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return int(mallopt(option, value)) == 1
 
 
 def keep_freed_memory() -> bool:
     """Have this process's glibc keep the memory it frees from now on (what
     :data:`KEEP_FREED_MEMORY` does at start-up), for a process of ours that trains.
 
-    Nothing is changed off Linux, off glibc, or where the user set malloc themselves.
-
     Returns
     -------
     bool
-        Whether glibc took both settings.
+        Whether glibc took both settings (see :func:`set_malloc_option`).
     """
-    if not sys.platform.startswith("linux") or malloc_chosen_by_user():
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     trim = int(KEEP_FREED_MEMORY["MALLOC_TRIM_THRESHOLD_"])
     mapped = int(KEEP_FREED_MEMORY["MALLOC_MMAP_THRESHOLD_"])
-    return bool(mallopt(_M_TRIM_THRESHOLD, trim)) and bool(mallopt(_M_MMAP_THRESHOLD, mapped))
+    return set_malloc_option(M_TRIM_THRESHOLD, trim) and set_malloc_option(M_MMAP_THRESHOLD, mapped)

@@ -26,10 +26,8 @@ writes only the block's rows, so blocks put together equal the single-process re
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -38,7 +36,7 @@ import numpy as np
 import torch
 
 from napari_patchwork.core._validation import to_triplet
-from napari_patchwork.core.allocator import malloc_chosen_by_user
+from napari_patchwork.core.allocator import M_MMAP_THRESHOLD, set_malloc_option
 from napari_patchwork.core.inference.grid import GridPlan
 from napari_patchwork.core.inference.merger import GridMerger
 from napari_patchwork.core.inference.postprocess import ACTIVATIONS, to_labels, to_probabilities
@@ -49,7 +47,6 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 #: Set to False before a run to leave glibc's malloc as it is (see :func:`return_freed_memory`).
 TUNE_ALLOCATOR = True
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 _MMAP_THRESHOLD = 256 * 1024
 _tuned = False
 
@@ -74,16 +71,9 @@ def return_freed_memory() -> bool:
         Whether the threshold is set (by this call or an earlier one).
     """
     global _tuned
-    if _tuned or not TUNE_ALLOCATOR or not sys.platform.startswith("linux"):
+    if _tuned or not TUNE_ALLOCATOR:
         return _tuned
-    if malloc_chosen_by_user():
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
-    except (OSError, AttributeError):  # pragma: no cover - not glibc
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _tuned = int(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) == 1
+    _tuned = set_malloc_option(M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
     return _tuned
 
 
