@@ -27,12 +27,17 @@ MALLOC_VARIABLES = (
     "MALLOC_TOP_PAD_",
     "MALLOC_MMAP_MAX_",
 )
-#: Kept: blocks up to 32 MiB (glibc's largest mmap threshold) come from the heap, and the heap
-#: is given back only above 1 GiB free at its top.
-KEEP_FREED_MEMORY = {
-    "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
-    "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
-}
+#: ``mallopt`` options, from glibc's malloc.h.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: Kept freed memory, as (start-up variable, ``mallopt`` option, value): blocks up to 32 MiB
+#: (glibc's largest mmap threshold) come from the heap, and the heap is given back only above
+#: 1 GiB free at its top.
+_KEPT = (
+    ("MALLOC_MMAP_THRESHOLD_", M_MMAP_THRESHOLD, 32 << 20),
+    ("MALLOC_TRIM_THRESHOLD_", M_TRIM_THRESHOLD, 1 << 30),
+)
+#: The start-up variables of :data:`_KEPT`, for a child process's environment.
+KEEP_FREED_MEMORY = {name: str(value) for name, _, value in _KEPT}
 
 
 def malloc_chosen_by_user(environ: Mapping[str, str] = os.environ) -> bool:
@@ -68,10 +73,6 @@ def keeping_freed_memory(environ: Mapping[str, str] = os.environ) -> dict[str, s
     return child
 
 
-#: ``mallopt`` options, from glibc's malloc.h.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-
-
 def set_malloc_option(option: int, value: int) -> bool:
     """``mallopt(option, value)`` in the C library the process runs on; False off Linux,
     off glibc, where the user set malloc themselves, or where glibc refuses.
@@ -103,6 +104,4 @@ def keep_freed_memory() -> bool:
     bool
         Whether glibc took both settings (see :func:`set_malloc_option`).
     """
-    trim = int(KEEP_FREED_MEMORY["MALLOC_TRIM_THRESHOLD_"])
-    mapped = int(KEEP_FREED_MEMORY["MALLOC_MMAP_THRESHOLD_"])
-    return set_malloc_option(M_TRIM_THRESHOLD, trim) and set_malloc_option(M_MMAP_THRESHOLD, mapped)
+    return all(set_malloc_option(option, value) for _, option, value in _KEPT)

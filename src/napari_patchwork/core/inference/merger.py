@@ -214,7 +214,6 @@ class GridMerger:
         self._summed_rows = 0  # the block sums cover the rows before this
         #: 1/F_i and 1/F_j ⊗ 1/F_k, each None where it is all ones; None until first needed.
         self._factors: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
-        self._sums: torch.Tensor | None = None  # the block sums, stacked by finalize()
         self.window = (
             None
             if mode in ("crop", "average")
@@ -376,7 +375,6 @@ class GridMerger:
         """
         self._zero_rows(self.shape[0])  # rows no patch reaches (none on a covering grid)
         self._normalise_rows(self.shape[0])
-        self._sums = torch.stack(self._block_sums) if self._block_sums else None
         return self.values
 
     def all_finite(self) -> bool:
@@ -386,8 +384,9 @@ class GridMerger:
         finite; only where a sum is not (NaN, infinity or an overflow) is the buffer read.
         """
         summed = self._summed_rows == self.shape[0]  # a sum per block (none lost to an error)
-        if summed and self._sums is not None and bool(torch.isfinite(self._sums).all()):
-            return True
+        if summed and self._block_sums:
+            if bool(torch.isfinite(torch.stack(self._block_sums)).all()):
+                return True
         return bool(torch.isfinite(self.values).all())
 
     def location(self, rank: int) -> PatchLocation:
